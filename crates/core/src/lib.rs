@@ -1,1 +1,15 @@
-//! dockhand core
+//! dockhand: the core of a Concourse resource type for container images.
+//!
+//! The `check`, `in` and `out` binaries parse a [`protocol::Request`] and call one function
+//! here. This library never writes to stdout and never exits; logs go through `tracing`.
+#![deny(clippy::print_stdout)]
+
+pub mod check;
+pub mod error;
+pub mod protocol;
+pub mod reference;
+pub mod registry;
+pub mod secret;
+pub mod source;
+
+pub use error::Error;

@@ -1,1 +1,3 @@
-fn main(){}
+fn main() -> std::process::ExitCode {
+    dockhand_resource::main(dockhand_resource::Command::In)
+}

@@ -1,0 +1,32 @@
+//! The core's error type. Messages are lowercase, name what failed, and never repeat their
+//! source: the binaries print the whole chain once with `{:#}`.
+
+use crate::registry::RegistryError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no request on stdin: expected a JSON object like {{\"source\":{{\"repository\":\"...\"}}}}")]
+    EmptyRequest,
+    #[error("the request on stdin is not valid JSON")]
+    NotJson(#[source] serde_json::Error),
+    #[error("the request on stdin must be a JSON object, not {found}")]
+    NotAnObject { found: &'static str },
+    /// A field of the request is missing or wrong; `field` is its path (`source.tag`).
+    #[error("{field}: {reason}")]
+    Field { field: String, reason: String },
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("tag {tag} not found in repository {repository}")]
+    TagNotFound { repository: String, tag: String },
+    #[error("{0} is not implemented yet")]
+    NotImplemented(&'static str),
+}
+
+impl Error {
+    pub fn field(field: impl Into<String>, reason: impl std::fmt::Display) -> Error {
+        Error::Field {
+            field: field.into(),
+            reason: reason.to_string(),
+        }
+    }
+}

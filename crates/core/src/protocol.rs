@@ -1,0 +1,219 @@
+//! The Concourse resource protocol: what arrives on stdin and what goes to stdout.
+//! <https://concourse-ci.org/implementing-resource-types.html>
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::reference::Digest;
+use crate::source::Source;
+
+/// One request, for any of the three commands; each command checks what it needs.
+#[derive(Debug, Default, Deserialize)]
+pub struct Request {
+    pub source: Option<Source>,
+    pub version: Option<VersionIn>,
+    pub params: Option<serde_json::Value>,
+}
+
+/// A version as Concourse hands it back: both fields optional, checked by the command.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct VersionIn {
+    pub tag: Option<String>,
+    pub digest: Option<String>,
+}
+
+/// A version as dockhand emits it: `{"tag": "...", "digest": "sha256:..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Version {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    pub digest: Digest,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MetadataField {
+    pub name: String,
+    pub value: String,
+}
+
+/// The answer of `in` and `out`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Response {
+    pub version: Version,
+    pub metadata: Vec<MetadataField>,
+}
+
+/// Keys understood at the top level and inside `version`, for "did you mean".
+const TOP_FIELDS: &[&str] = &["source", "version", "params"];
+const VERSION_FIELDS: &[&str] = &["tag", "digest"];
+
+impl Request {
+    pub fn source(&self) -> Result<&Source, Error> {
+        self.source
+            .as_ref()
+            .ok_or_else(|| Error::field("source", "missing from the request"))
+    }
+
+    /// The cursor of `check`: a version with a valid digest, or none.
+    pub fn cursor(&self) -> Result<Option<Version>, Error> {
+        match &self.version {
+            Some(VersionIn {
+                tag,
+                digest: Some(d),
+            }) => Ok(Some(Version {
+                tag: tag.clone(),
+                digest: d.parse().map_err(|e| Error::field("version.digest", e))?,
+            })),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Parses stdin. Unknown fields are logged as warnings (with a suggestion when a known field
+/// is close); wrong types and malformed JSON are errors that name the field.
+pub fn parse_request(input: &[u8]) -> Result<Request, Error> {
+    if input.iter().all(u8::is_ascii_whitespace) {
+        return Err(Error::EmptyRequest);
+    }
+    let value: serde_json::Value = serde_json::from_slice(input).map_err(Error::NotJson)?;
+    let found = match &value {
+        serde_json::Value::Object(_) => None,
+        serde_json::Value::Null => Some("null"),
+        serde_json::Value::Array(_) => Some("an array"),
+        serde_json::Value::String(_) => Some("a string"),
+        serde_json::Value::Number(_) => Some("a number"),
+        serde_json::Value::Bool(_) => Some("a boolean"),
+    };
+    if let Some(found) = found {
+        return Err(Error::NotAnObject { found });
+    }
+    let mut unknown = Vec::new();
+    let mut track = serde_path_to_error::Track::new();
+    let de = serde_path_to_error::Deserializer::new(value, &mut track);
+    let parsed: Result<Request, _> =
+        serde_ignored::deserialize(de, |path| unknown.push(path.to_string()));
+    let request = parsed.map_err(|e| Error::Field {
+        field: track.path().to_string(),
+        reason: e.to_string(),
+    })?;
+    for path in unknown {
+        // serde_ignored marks the inside of an Option with `?`.
+        let path = path.replace("?.", "");
+        // `params` is free-form until each command reads it.
+        if path.starts_with("params") {
+            continue;
+        }
+        match suggestion(&path) {
+            Some(close) => tracing::warn!("ignoring unknown field {path} (did you mean {close}?)"),
+            None => tracing::warn!("ignoring unknown field {path}"),
+        }
+    }
+    Ok(request)
+}
+
+/// The known field closest to the last segment of `path`, when it is close enough.
+fn suggestion(path: &str) -> Option<String> {
+    let (parent, name) = match path.rsplit_once('.') {
+        Some((parent, name)) => (Some(parent), name),
+        None => (None, path),
+    };
+    let known: &[&str] = match parent {
+        None => TOP_FIELDS,
+        Some("source") => crate::source::FIELDS,
+        Some("version") => VERSION_FIELDS,
+        Some(_) => &[
+            "domain",
+            "cert",
+            "key",
+            "registry",
+            "username",
+            "password",
+            "host",
+            "os",
+            "architecture",
+            "variant",
+        ],
+    };
+    let (best, score) = known
+        .iter()
+        .map(|k| (*k, strsim::jaro_winkler(&name.to_ascii_lowercase(), k)))
+        .max_by(|a, b| a.1.total_cmp(&b.1))?;
+    (score >= 0.85).then(|| match parent {
+        Some(parent) => format!("{parent}.{best}"),
+        None => best.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_requests() {
+        let cases: &[(&str, &str)] = &[
+            ("", "no request on stdin"),
+            ("  \n", "no request on stdin"),
+            ("{", "not valid JSON"),
+            ("[]", "must be a JSON object, not an array"),
+            ("null", "must be a JSON object, not null"),
+            (r#"{"source": 5}"#, "source: invalid type"),
+            (
+                r#"{"source": {"repository": 5}}"#,
+                "source.repository: invalid type",
+            ),
+            (
+                r#"{"source": {"repository": "a", "tag": {}}}"#,
+                "source.tag: invalid type",
+            ),
+            (
+                r#"{"source": {"repository": "a", "ca_certs": "x"}}"#,
+                "source.ca_certs: invalid type",
+            ),
+            (
+                r#"{"source": {"repository": "a", "debug": "yes"}}"#,
+                "source.debug: invalid type",
+            ),
+            (
+                r#"{"source": {"repository": "a"}, "version": 3}"#,
+                "version: invalid type",
+            ),
+        ];
+        for (input, want) in cases {
+            let err = parse_request(input.as_bytes()).unwrap_err().to_string();
+            assert!(err.contains(want), "{input:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn password_type_errors_do_not_echo() {
+        let err = parse_request(br#"{"source": {"repository": "a", "password": 987654321}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("source.password:"), "{err}");
+        assert!(!err.contains("987654321"), "{err}");
+    }
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(
+            suggestion("source.repostiory").as_deref(),
+            Some("source.repository")
+        );
+        assert_eq!(
+            suggestion("source.ca_cert").as_deref(),
+            Some("source.ca_certs")
+        );
+        assert_eq!(suggestion("sorce").as_deref(), Some("source"));
+        assert_eq!(suggestion("source.zzzzzz"), None);
+    }
+
+    #[test]
+    fn version_serialises_tag_then_digest() {
+        let v = Version {
+            tag: Some("latest".into()),
+            digest: crate::reference::Digest::of(b"x"),
+        };
+        let s = serde_json::to_string(&v).unwrap();
+        assert!(s.starts_with(r#"{"tag":"latest","digest":"sha256:"#), "{s}");
+    }
+}

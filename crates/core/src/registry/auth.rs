@@ -1,0 +1,511 @@
+//! Registry authentication: `WWW-Authenticate` challenges, basic auth, bearer tokens per scope
+//! (<https://distribution.github.io/distribution/spec/auth/token/>), and credentials from the
+//! pipeline or from `~/.docker/config.json` (`auths`, `credHelpers`, `credsStore`).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use reqwest::header::{HeaderValue, WWW_AUTHENTICATE};
+use serde::Deserialize;
+use tokio::sync::Mutex;
+
+use crate::reference::Host;
+use crate::secret::Secret;
+use crate::source::RegistryConfig;
+
+use super::RegistryError;
+
+/// Username and password for one registry, with where they came from.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: Secret,
+    pub origin: String,
+}
+
+impl Credentials {
+    fn basic_header(&self) -> HeaderValue {
+        let raw = format!("{}:{}", self.username, self.password.expose());
+        let mut v = HeaderValue::from_str(&format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(raw)
+        ))
+        .expect("base64 is a valid header value");
+        v.set_sensitive(true);
+        v
+    }
+}
+
+/// What the registry asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Challenge {
+    #[default]
+    None,
+    Basic,
+    Bearer {
+        realm: String,
+        service: Option<String>,
+    },
+}
+
+/// Parses a `WWW-Authenticate` value: `Bearer realm="...",service="...",scope="..."` or
+/// `Basic realm="..."`. Unknown schemes read as no challenge.
+pub fn parse_challenge(header: &str) -> Challenge {
+    let header = header.trim();
+    let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
+    let params = parse_params(rest);
+    match scheme.to_ascii_lowercase().as_str() {
+        "basic" => Challenge::Basic,
+        "bearer" => match params.get("realm") {
+            Some(realm) => Challenge::Bearer {
+                realm: realm.clone(),
+                service: params.get("service").cloned(),
+            },
+            None => Challenge::None,
+        },
+        _ => Challenge::None,
+    }
+}
+
+/// `key=value` pairs separated by commas; values are tokens or quoted strings with `\` escapes.
+fn parse_params(s: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace() || *c == ',') {
+            chars.next();
+        }
+        let key: String = chars
+            .by_ref()
+            .take_while(|c| *c != '=')
+            .collect::<String>()
+            .trim()
+            .to_ascii_lowercase();
+        if key.is_empty() {
+            break;
+        }
+        let mut value = String::new();
+        while chars.peek().is_some_and(|c| *c == ' ' || *c == '\t') {
+            chars.next();
+        }
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => value.extend(chars.next()),
+                    '"' => break,
+                    c => value.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.peek().copied() {
+                if c == ',' {
+                    break;
+                }
+                value.push(c);
+                chars.next();
+            }
+            value = value.trim().to_string();
+        }
+        out.insert(key, value);
+    }
+    out
+}
+
+struct Token {
+    value: Secret,
+    expires: Instant,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    token: Option<String>,
+    access_token: Option<String>,
+    expires_in: Option<u64>,
+}
+
+/// Authentication state for one registry host, shared by concurrent requests.
+pub struct Auth {
+    host: Host,
+    credentials: Option<Credentials>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    challenge: Challenge,
+    tokens: HashMap<String, Token>,
+}
+
+impl Auth {
+    pub fn new(host: Host, credentials: Option<Credentials>) -> Auth {
+        Auth {
+            host,
+            credentials,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// How the requests were authenticated, for an unauthorized message.
+    pub fn describe(&self) -> String {
+        match &self.credentials {
+            Some(c) => format!("as {:?} with credentials from {}", c.username, c.origin),
+            None => "anonymously (no credentials: set source.username and source.password)".into(),
+        }
+    }
+
+    pub async fn set_challenge(&self, challenge: Challenge) {
+        self.state.lock().await.challenge = challenge;
+    }
+
+    /// The `Authorization` header for a request in `scope`, fetching a token when needed.
+    pub async fn header(
+        &self,
+        http: &reqwest::Client,
+        scope: &str,
+    ) -> Result<Option<HeaderValue>, RegistryError> {
+        let mut state = self.state.lock().await;
+        match state.challenge.clone() {
+            Challenge::None => Ok(None),
+            Challenge::Basic => Ok(self.credentials.as_ref().map(Credentials::basic_header)),
+            Challenge::Bearer { realm, service } => {
+                if let Some(token) = state.tokens.get(scope) {
+                    if token.expires > Instant::now() {
+                        return Ok(Some(bearer_header(&token.value)));
+                    }
+                }
+                let token = self
+                    .fetch_token(http, &realm, service.as_deref(), scope)
+                    .await?;
+                let header = bearer_header(&token.value);
+                state.tokens.insert(scope.to_string(), token);
+                Ok(Some(header))
+            }
+        }
+    }
+
+    /// After a 401: take the challenge of the response and drop the cached token for the
+    /// scope. True when another try could succeed.
+    pub async fn refresh(&self, response: &reqwest::Response, scope: &str) -> bool {
+        let Some(challenge) = response
+            .headers()
+            .get(WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .map(parse_challenge)
+        else {
+            return false;
+        };
+        let mut state = self.state.lock().await;
+        let before = std::mem::replace(&mut state.challenge, challenge.clone());
+        state.tokens.remove(scope);
+        match challenge {
+            Challenge::Bearer { .. } => true,
+            Challenge::Basic => before != Challenge::Basic && self.credentials.is_some(),
+            Challenge::None => false,
+        }
+    }
+
+    async fn fetch_token(
+        &self,
+        http: &reqwest::Client,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+    ) -> Result<Token, RegistryError> {
+        let mut url = url::Url::parse(realm).map_err(|_| RegistryError::Token {
+            host: self.host.to_string(),
+            realm: realm.to_string(),
+            reason: "the realm is not a URL".into(),
+        })?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(service) = service {
+                q.append_pair("service", service);
+            }
+            for s in scope.split(' ').filter(|s| !s.is_empty()) {
+                q.append_pair("scope", s);
+            }
+        }
+        let mut request = http.get(url);
+        if let Some(c) = &self.credentials {
+            request = request.header(reqwest::header::AUTHORIZATION, c.basic_header());
+        }
+        let token_error = |reason: String| RegistryError::Token {
+            host: self.host.to_string(),
+            realm: realm.to_string(),
+            reason,
+        };
+        let response = request.send().await.map_err(|e| RegistryError::Transport {
+            host: self.host.to_string(),
+            what: format!("a token from {realm}"),
+            source: e,
+        })?;
+        let status = response.status();
+        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+            return Err(RegistryError::Unauthorized {
+                host: self.host.to_string(),
+                repository: scope_repository(scope),
+                detail: format!("the token server refused the credentials ({status})"),
+                auth: self.describe(),
+            });
+        }
+        if !status.is_success() {
+            return Err(token_error(format!("answered {status}")));
+        }
+        let body = super::read_limited(response, 1 << 20)
+            .await
+            .map_err(|e| token_error(format!("reading the answer failed: {e}")))?;
+        let parsed: TokenResponse = serde_json::from_slice(&body)
+            .map_err(|_| token_error("the answer is not a token response".into()))?;
+        let value = parsed
+            .token
+            .filter(|t| !t.is_empty())
+            .or(parsed.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| token_error("the answer has no token".into()))?;
+        // The spec's default lifetime is 60 s; renew a little early.
+        let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(60).max(60));
+        Ok(Token {
+            value: Secret::new(value),
+            expires: Instant::now() + lifetime - Duration::from_secs(10),
+        })
+    }
+}
+
+fn bearer_header(token: &Secret) -> HeaderValue {
+    let mut v = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+        .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid"));
+    v.set_sensitive(true);
+    v
+}
+
+/// `repository:library/alpine:pull` → `library/alpine`.
+fn scope_repository(scope: &str) -> String {
+    scope
+        .split(' ')
+        .next()
+        .and_then(|s| s.strip_prefix("repository:"))
+        .and_then(|s| s.rsplit_once(':'))
+        .map(|(name, _)| name.to_string())
+        .unwrap_or_else(|| scope.to_string())
+}
+
+/// Credentials for `host`: the pipeline's first, then the Docker CLI's configuration.
+pub async fn credentials_for(host: &Host, config: &RegistryConfig) -> Option<Credentials> {
+    if let Some(c) = config.credentials_for(host) {
+        return Some(Credentials {
+            username: c.username.clone(),
+            password: c.password.clone(),
+            origin: c.origin.clone(),
+        });
+    }
+    docker_config_credentials(host).await
+}
+
+#[derive(Deserialize, Default)]
+struct DockerConfig {
+    #[serde(default)]
+    auths: HashMap<String, DockerAuth>,
+    #[serde(default, rename = "credHelpers")]
+    cred_helpers: HashMap<String, String>,
+    #[serde(default, rename = "credsStore")]
+    creds_store: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct DockerAuth {
+    auth: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HelperAnswer {
+    username: String,
+    secret: String,
+}
+
+fn docker_config_path() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("DOCKER_CONFIG") {
+        return Some(PathBuf::from(dir).join("config.json"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json"))
+}
+
+/// The host a `config.json` key names: `https://index.docker.io/v1/` → Docker Hub.
+fn config_key_host(key: &str) -> Option<Host> {
+    let k = key
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
+    Host::parse(k.split('/').next()?).ok()
+}
+
+async fn docker_config_credentials(host: &Host) -> Option<Credentials> {
+    let path = docker_config_path()?;
+    let text = tokio::fs::read(&path).await.ok()?;
+    let config: DockerConfig = match serde_json::from_slice(&text) {
+        Ok(c) => c,
+        Err(_) => {
+            tracing::warn!("ignoring {}: not valid JSON", path.display());
+            return None;
+        }
+    };
+    let origin = path.display().to_string();
+    let server = if host.is_docker_hub() {
+        "https://index.docker.io/v1/".to_string()
+    } else {
+        host.to_string()
+    };
+    if let Some((_, helper)) = config
+        .cred_helpers
+        .iter()
+        .find(|(k, _)| config_key_host(k).as_ref() == Some(host))
+    {
+        return run_helper(helper, &server).await;
+    }
+    if let Some((_, entry)) = config
+        .auths
+        .iter()
+        .find(|(k, _)| config_key_host(k).as_ref() == Some(host))
+    {
+        if let Some(auth) = &entry.auth {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(auth.trim())
+                .ok()?;
+            let decoded = String::from_utf8(decoded).ok()?;
+            let (user, pass) = decoded.split_once(':')?;
+            return Some(Credentials {
+                username: user.to_string(),
+                password: Secret::new(pass),
+                origin,
+            });
+        }
+        if let (Some(u), Some(p)) = (&entry.username, &entry.password) {
+            return Some(Credentials {
+                username: u.clone(),
+                password: Secret::new(p.clone()),
+                origin,
+            });
+        }
+    }
+    match &config.creds_store {
+        Some(store) if !store.is_empty() => run_helper(store, &server).await,
+        _ => None,
+    }
+}
+
+/// `docker-credential-<helper> get`, server URL on stdin, JSON on stdout.
+async fn run_helper(helper: &str, server: &str) -> Option<Credentials> {
+    use tokio::io::AsyncWriteExt;
+    let program = format!("docker-credential-{helper}");
+    let mut child = tokio::process::Command::new(&program)
+        .arg("get")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| tracing::warn!("cannot run credential helper {program}: {e}"))
+        .ok()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(server.as_bytes()).await.ok()?;
+    }
+    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .ok()?
+        .ok()?;
+    if !output.status.success() {
+        tracing::debug!("credential helper {program} has nothing for {server}");
+        return None;
+    }
+    let answer: HelperAnswer = serde_json::from_slice(&output.stdout).ok()?;
+    if answer.username == "<token>" {
+        tracing::warn!(
+            "credential helper {program} returned an identity token, which dockhand does not use"
+        );
+        return None;
+    }
+    Some(Credentials {
+        username: answer.username,
+        password: Secret::new(answer.secret),
+        origin: format!("credential helper {program}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges() {
+        assert_eq!(
+            parse_challenge(
+                r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/alpine:pull""#
+            ),
+            Challenge::Bearer {
+                realm: "https://auth.docker.io/token".into(),
+                service: Some("registry.docker.io".into())
+            }
+        );
+        assert_eq!(
+            parse_challenge(r#"Basic realm="Registry Realm""#),
+            Challenge::Basic
+        );
+        assert_eq!(
+            parse_challenge(r#"bearer realm=http://127.0.0.1:1/token , service = "a \"b\"""#),
+            Challenge::Bearer {
+                realm: "http://127.0.0.1:1/token".into(),
+                service: Some("a \"b\"".into())
+            }
+        );
+        assert_eq!(parse_challenge("Negotiate"), Challenge::None);
+        assert_eq!(parse_challenge("Bearer service=x"), Challenge::None);
+    }
+
+    #[test]
+    fn scope_names() {
+        assert_eq!(scope_repository("repository:a/b:pull"), "a/b");
+        assert_eq!(
+            scope_repository("repository:127.0.0.1/x:pull,push"),
+            "127.0.0.1/x"
+        );
+    }
+
+    #[test]
+    fn config_keys() {
+        assert!(config_key_host("https://index.docker.io/v1/")
+            .unwrap()
+            .is_docker_hub());
+        assert_eq!(
+            config_key_host("http://127.0.0.1:5000").unwrap().as_str(),
+            "127.0.0.1:5000"
+        );
+        assert_eq!(config_key_host("quay.io").unwrap().as_str(), "quay.io");
+    }
+
+    #[tokio::test]
+    async fn docker_config_auths() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"auths":{"https://127.0.0.1:5000/v1/":{"auth":"dXNlcjpwQHNzOndvcmQ="}}}"#,
+        )
+        .unwrap();
+        // SAFETY of the env change: this is the only test that reads DOCKER_CONFIG.
+        std::env::set_var("DOCKER_CONFIG", dir.path());
+        let c = docker_config_credentials(&Host::parse("127.0.0.1:5000").unwrap())
+            .await
+            .unwrap();
+        assert_eq!(c.username, "user");
+        assert_eq!(c.password.expose(), "p@ss:word");
+        assert!(
+            docker_config_credentials(&Host::parse("127.0.0.1:5001").unwrap())
+                .await
+                .is_none()
+        );
+        std::env::remove_var("DOCKER_CONFIG");
+    }
+}

@@ -1,0 +1,679 @@
+//! `source`: the serde mirror of the pipeline's JSON, then [`Source::resolve`] into typed
+//! settings without touching the network.
+//!
+//! Every field of concourse/docker-image-resource is accepted (and the registry-image-resource
+//! spellings where they differ), so that a pipeline can switch by changing the image only.
+//! Unknown fields are reported by [`crate::protocol`] as warnings, not errors.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+
+use crate::error::Error;
+use crate::reference::{Host, Repository, Tag};
+use crate::secret::Secret;
+
+/// Every key `source` understands, for "did you mean" on unknown ones. A unit test keeps it in
+/// step with [`Source`].
+pub const FIELDS: &[&str] = &[
+    "repository",
+    "tag",
+    "username",
+    "password",
+    "additional_private_registries",
+    "aws_access_key_id",
+    "aws_secret_access_key",
+    "aws_session_token",
+    "aws_region",
+    "aws_role_arn",
+    "aws_role_arns",
+    "aws_account_id",
+    "insecure_registries",
+    "registry_mirror",
+    "ca_certs",
+    "client_certs",
+    "max_concurrent_downloads",
+    "max_concurrent_uploads",
+    "startup_timeout",
+    "debug",
+    "platform",
+    "tag_regex",
+    "tag_exclude_regex",
+    "semver_constraint",
+    "variant",
+    "pre_releases",
+    "pre_release_prefixes",
+    "created_at_sort",
+    "fail_when_missing",
+    "git_repo",
+    "git_private_key",
+];
+
+/// The `source` object as the pipeline wrote it.
+#[derive(Debug, Default, Deserialize)]
+pub struct Source {
+    pub repository: Option<String>,
+    pub tag: Option<TagText>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub additional_private_registries: Vec<PrivateRegistry>,
+
+    pub aws_access_key_id: Option<String>,
+    pub aws_secret_access_key: Option<Secret>,
+    pub aws_session_token: Option<Secret>,
+    pub aws_region: Option<String>,
+    pub aws_role_arn: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub aws_role_arns: Vec<String>,
+    pub aws_account_id: Option<TagText>,
+
+    #[serde(default, deserialize_with = "nullable")]
+    pub insecure_registries: Vec<String>,
+    pub registry_mirror: Option<Mirror>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub ca_certs: Vec<CaCert>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub client_certs: Vec<ClientCert>,
+
+    pub max_concurrent_downloads: Option<Count>,
+    pub max_concurrent_uploads: Option<Count>,
+    pub startup_timeout: Option<Count>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub debug: bool,
+
+    pub platform: Option<Platform>,
+    pub tag_regex: Option<String>,
+    pub tag_exclude_regex: Option<String>,
+    pub semver_constraint: Option<String>,
+    pub variant: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub pre_releases: bool,
+    #[serde(default, deserialize_with = "nullable")]
+    pub pre_release_prefixes: Vec<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub created_at_sort: bool,
+    #[serde(default, deserialize_with = "nullable")]
+    pub fail_when_missing: bool,
+    pub git_repo: Option<String>,
+    pub git_private_key: Option<Secret>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct PrivateRegistry {
+    pub registry: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, PartialEq, Eq)]
+pub struct Platform {
+    pub os: Option<String>,
+    pub architecture: Option<String>,
+    pub variant: Option<String>,
+}
+
+/// `registry_mirror`: a URL string (docker-image-resource) or `{host, username, password}`
+/// (registry-image-resource).
+#[derive(Debug, Default)]
+pub struct Mirror {
+    pub host: String,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+}
+
+/// A `ca_certs` entry: `{domain, cert}` (docker-image-resource) or a bare PEM string
+/// (registry-image-resource), which applies to every registry.
+#[derive(Debug, Default)]
+pub struct CaCert {
+    pub domain: Option<String>,
+    pub cert: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ClientCert {
+    pub domain: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<Secret>,
+}
+
+/// A tag as the pipeline gave it: a string, or a number whose text is kept (`3.7` → "3.7").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagText(pub String);
+
+/// A non-negative count, also accepted as a numeric string (YAML users quote numbers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Count(pub u64);
+
+/// Defaults that docker-image-resource documents.
+pub const DEFAULT_TAG: &str = "latest";
+pub const DEFAULT_CONCURRENCY: usize = 3;
+pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What a `source` means, checked and typed; no network was used to make it.
+#[derive(Debug)]
+pub struct Settings {
+    pub repository: Repository,
+    pub tag: Tag,
+    pub registries: RegistryConfig,
+    pub fail_when_missing: bool,
+    pub platform: Option<Platform>,
+    pub max_concurrent_downloads: usize,
+    pub max_concurrent_uploads: usize,
+    pub startup_timeout: Duration,
+    pub debug: bool,
+}
+
+/// Everything needed to talk to any registry: credentials and TLS material by host.
+#[derive(Debug, Default, Clone)]
+pub struct RegistryConfig {
+    pub credentials: Vec<HostCredentials>,
+    pub ca_certs: Vec<DomainPem>,
+    pub client_certs: Vec<DomainPem>,
+    pub insecure: Vec<Insecure>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HostCredentials {
+    pub host: Host,
+    pub username: String,
+    pub password: Secret,
+    /// Where they came from, for error messages (`source.username`).
+    pub origin: String,
+}
+
+/// PEM material for a domain; `domain` `None` applies to every registry.
+#[derive(Debug, Clone)]
+pub struct DomainPem {
+    pub domain: Option<String>,
+    /// Certificate chain (and for client certificates, the key after it).
+    pub pem: Secret,
+    pub field: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Insecure {
+    Host(String),
+    Net(ipnet::IpNet),
+}
+
+impl DomainPem {
+    /// `domain` matches a registry when equal to its `host:port` or to its bare host name.
+    pub fn applies_to(&self, host: &Host) -> bool {
+        match &self.domain {
+            None => true,
+            Some(d) => {
+                let d = d.to_ascii_lowercase();
+                d == host.as_str() || d == host.hostname()
+            }
+        }
+    }
+}
+
+impl RegistryConfig {
+    pub fn is_insecure(&self, host: &Host) -> bool {
+        self.insecure.iter().any(|entry| match entry {
+            Insecure::Host(h) => h == host.as_str() || h == host.hostname(),
+            Insecure::Net(net) => host.ip().is_some_and(|ip| net.contains(&ip)),
+        })
+    }
+
+    pub fn credentials_for(&self, host: &Host) -> Option<&HostCredentials> {
+        self.credentials.iter().find(|c| &c.host == host)
+    }
+}
+
+fn field_error(field: impl Into<String>, reason: impl fmt::Display) -> Error {
+    Error::Field {
+        field: field.into(),
+        reason: reason.to_string(),
+    }
+}
+
+impl Source {
+    /// Checks every field and builds [`Settings`]. Field errors name the field.
+    pub fn resolve(&self) -> Result<Settings, Error> {
+        let repository = match self.repository.as_deref() {
+            None => return Err(field_error("source.repository", "required")),
+            Some(r) => r
+                .parse::<Repository>()
+                .map_err(|e| field_error("source.repository", e))?,
+        };
+        let tag = match &self.tag {
+            None => DEFAULT_TAG.parse().expect("default tag is valid"),
+            Some(TagText(t)) => t.parse::<Tag>().map_err(|e| field_error("source.tag", e))?,
+        };
+
+        let mut registries = RegistryConfig::default();
+        if let Some(username) = self.username.as_deref().filter(|u| !u.is_empty()) {
+            let password = self.password.clone().unwrap_or_default();
+            registries.credentials.push(HostCredentials {
+                host: repository.host().clone(),
+                username: username.to_string(),
+                password,
+                origin: "source.username".into(),
+            });
+        } else if self.password.as_ref().is_some_and(|p| !p.is_empty()) {
+            return Err(field_error(
+                "source.username",
+                "required when source.password is set",
+            ));
+        }
+        for (i, reg) in self.additional_private_registries.iter().enumerate() {
+            let field = format!("source.additional_private_registries[{i}]");
+            let host = reg
+                .registry
+                .as_deref()
+                .ok_or_else(|| field_error(format!("{field}.registry"), "required"))?;
+            let host = parse_registry_host(host)
+                .map_err(|e| field_error(format!("{field}.registry"), e))?;
+            let username = reg
+                .username
+                .clone()
+                .ok_or_else(|| field_error(format!("{field}.username"), "required"))?;
+            // source.username wins for the repository's own registry.
+            if registries.credentials_for(&host).is_none() {
+                registries.credentials.push(HostCredentials {
+                    host,
+                    username,
+                    password: reg.password.clone().unwrap_or_default(),
+                    origin: field,
+                });
+            }
+        }
+
+        for (i, entry) in self.ca_certs.iter().enumerate() {
+            let field = format!("source.ca_certs[{i}]");
+            let cert = entry
+                .cert
+                .as_deref()
+                .ok_or_else(|| field_error(format!("{field}.cert"), "required"))?;
+            check_certificates(cert).map_err(|e| field_error(format!("{field}.cert"), e))?;
+            let domain = match &entry.domain {
+                Some(d) => {
+                    Some(check_domain(d).map_err(|e| field_error(format!("{field}.domain"), e))?)
+                }
+                None => None,
+            };
+            registries.ca_certs.push(DomainPem {
+                domain,
+                pem: Secret::new(cert),
+                field,
+            });
+        }
+        for (i, entry) in self.client_certs.iter().enumerate() {
+            let field = format!("source.client_certs[{i}]");
+            let domain = entry
+                .domain
+                .as_deref()
+                .ok_or_else(|| field_error(format!("{field}.domain"), "required"))?;
+            let domain =
+                check_domain(domain).map_err(|e| field_error(format!("{field}.domain"), e))?;
+            let cert = entry
+                .cert
+                .as_deref()
+                .ok_or_else(|| field_error(format!("{field}.cert"), "required"))?;
+            check_certificates(cert).map_err(|e| field_error(format!("{field}.cert"), e))?;
+            let key = entry
+                .key
+                .as_ref()
+                .filter(|k| !k.is_empty())
+                .ok_or_else(|| {
+                    field_error(format!("{field}.key"), "required with a client cert")
+                })?;
+            check_private_key(key.expose()).map_err(|e| field_error(format!("{field}.key"), e))?;
+            let mut pem = cert.trim_end().to_string();
+            pem.push('\n');
+            pem.push_str(key.expose());
+            registries.client_certs.push(DomainPem {
+                domain: Some(domain),
+                pem: Secret::new(pem),
+                field,
+            });
+        }
+        for (i, entry) in self.insecure_registries.iter().enumerate() {
+            let field = format!("source.insecure_registries[{i}]");
+            let entry = entry.trim();
+            if let Ok(net) = entry.parse::<ipnet::IpNet>() {
+                registries.insecure.push(Insecure::Net(net));
+            } else {
+                let host = parse_registry_host(entry).map_err(|e| field_error(&field, e))?;
+                registries
+                    .insecure
+                    .push(Insecure::Host(host.as_str().to_string()));
+            }
+        }
+        if let Some(platform) = &self.platform {
+            if platform.os.as_deref().is_some_and(str::is_empty)
+                || platform.architecture.as_deref().is_some_and(str::is_empty)
+            {
+                return Err(field_error(
+                    "source.platform",
+                    "os and architecture must not be empty",
+                ));
+            }
+        }
+        let concurrency = |c: Option<Count>, field: &str| -> Result<usize, Error> {
+            match c {
+                None => Ok(DEFAULT_CONCURRENCY),
+                Some(Count(0)) => Err(field_error(field, "must be at least 1")),
+                Some(Count(n)) => Ok(n.min(64) as usize),
+            }
+        };
+        Ok(Settings {
+            tag,
+            registries,
+            fail_when_missing: self.fail_when_missing,
+            platform: self.platform.clone(),
+            max_concurrent_downloads: concurrency(
+                self.max_concurrent_downloads,
+                "source.max_concurrent_downloads",
+            )?,
+            max_concurrent_uploads: concurrency(
+                self.max_concurrent_uploads,
+                "source.max_concurrent_uploads",
+            )?,
+            startup_timeout: self
+                .startup_timeout
+                .map_or(DEFAULT_STARTUP_TIMEOUT, |Count(s)| Duration::from_secs(s)),
+            debug: self.debug,
+            repository,
+        })
+    }
+}
+
+/// A registry given as `host[:port]`, or as a URL (`https://host:port/`) as people paste it.
+fn parse_registry_host(s: &str) -> Result<Host, String> {
+    let trimmed = s
+        .trim()
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
+    let host = trimmed.split('/').next().unwrap_or_default();
+    Host::parse(host).map_err(|_| format!("{s:?} is not a registry host (expected host[:port])"))
+}
+
+fn check_domain(d: &str) -> Result<String, String> {
+    parse_registry_host(d).map(|h| h.as_str().to_string())
+}
+
+/// At least one PEM certificate that parses, and nothing that fails to.
+fn check_certificates(pem: &str) -> Result<(), String> {
+    let mut count = 0;
+    for item in rustls_pemfile::certs(&mut pem.as_bytes()) {
+        item.map_err(|e| format!("not a valid PEM certificate ({e})"))?;
+        count += 1;
+    }
+    if count == 0 {
+        return Err("no PEM certificate found (expected -----BEGIN CERTIFICATE-----)".into());
+    }
+    Ok(())
+}
+
+fn check_private_key(pem: &str) -> Result<(), String> {
+    match rustls_pemfile::private_key(&mut pem.as_bytes()) {
+        Ok(Some(_)) => Ok(()),
+        // Never echo key material: rustls-pemfile's error text does not contain it, but keep
+        // the message generic anyway.
+        _ => Err("no PEM private key found (expected -----BEGIN ... PRIVATE KEY-----)".into()),
+    }
+}
+
+/// `null` as the type's default, for every optional list and flag.
+fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+impl<'de> Deserialize<'de> for TagText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = TagText;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or a number")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<TagText, E> {
+                Ok(TagText(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<TagText, E> {
+                Ok(TagText(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<TagText, E> {
+                Ok(TagText(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<TagText, E> {
+                // Shortest text that reads back as the same number: 3.7 → "3.7".
+                Ok(TagText(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Count;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a non-negative whole number")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Count, E> {
+                Ok(Count(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Count, E> {
+                u64::try_from(v)
+                    .map(Count)
+                    .map_err(|_| E::custom("must not be negative"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Count, E> {
+                v.trim()
+                    .parse()
+                    .map(Count)
+                    .map_err(|_| E::custom(format!("{v:?} is not a whole number")))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Accepts a string (then `string_field` is filled) or an object of `T`.
+fn string_or_struct<'de, D, T>(d: D, from_string: fn(String) -> T) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct V<T>(fn(String) -> T);
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a string or an object")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+            Ok((self.0)(v.to_string()))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            T::deserialize(de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    d.deserialize_any(V(from_string))
+}
+
+#[derive(Deserialize)]
+struct MirrorObject {
+    host: Option<String>,
+    username: Option<String>,
+    password: Option<Secret>,
+}
+
+impl<'de> Deserialize<'de> for Mirror {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let m = string_or_struct(d, |host| MirrorObject {
+            host: Some(host),
+            username: None,
+            password: None,
+        })?;
+        Ok(Mirror {
+            host: m
+                .host
+                .ok_or_else(|| de::Error::custom("host is required"))?,
+            username: m.username,
+            password: m.password,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct CaCertObject {
+    domain: Option<String>,
+    cert: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for CaCert {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let c = string_or_struct(d, |cert| CaCertObject {
+            domain: None,
+            cert: Some(cert),
+        })?;
+        Ok(CaCert {
+            domain: c.domain,
+            cert: c.cert,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn source(v: serde_json::Value) -> Source {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn resolve_err(v: serde_json::Value) -> String {
+        source(v).resolve().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn every_listed_field_is_understood() {
+        let all: serde_json::Map<_, _> = FIELDS
+            .iter()
+            .map(|f| (f.to_string(), serde_json::Value::Null))
+            .collect();
+        let mut unknown = Vec::new();
+        let _: Source = serde_ignored::deserialize(serde_json::Value::Object(all), |p| {
+            unknown.push(p.to_string())
+        })
+        .unwrap();
+        assert!(unknown.is_empty(), "listed but not in Source: {unknown:?}");
+    }
+
+    #[test]
+    fn numeric_tags_keep_their_text() {
+        for (tag, text) in [
+            (json!(3.7), "3.7"),
+            (json!(18), "18"),
+            (json!("3.10"), "3.10"),
+        ] {
+            let s = source(json!({"repository": "alpine", "tag": tag}));
+            assert_eq!(s.resolve().unwrap().tag.as_str(), text);
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let s = source(json!({"repository": "alpine"})).resolve().unwrap();
+        assert_eq!(s.tag.as_str(), "latest");
+        assert_eq!(
+            s.repository.to_string(),
+            "registry-1.docker.io/library/alpine"
+        );
+        assert_eq!(s.max_concurrent_downloads, 3);
+        assert_eq!(s.startup_timeout, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn field_errors_name_the_field() {
+        let cases = [
+            (json!({}), "source.repository: required"),
+            (json!({"repository": "Bad"}), "source.repository:"),
+            (json!({"repository": "a", "tag": "a b"}), "source.tag:"),
+            (
+                json!({"repository": "a", "password": "p"}),
+                "source.username:",
+            ),
+            (
+                json!({"repository": "a", "ca_certs": [{"domain": "x"}]}),
+                "source.ca_certs[0].cert: required",
+            ),
+            (
+                json!({"repository": "a", "ca_certs": [{"domain": "x", "cert": "nope"}]}),
+                "source.ca_certs[0].cert: no PEM",
+            ),
+            (
+                json!({"repository": "a", "client_certs": [{"domain": "x", "cert": "nope"}]}),
+                "source.client_certs[0].cert",
+            ),
+            (
+                json!({"repository": "a", "insecure_registries": ["bad host"]}),
+                "source.insecure_registries[0]",
+            ),
+            (
+                json!({"repository": "a", "max_concurrent_downloads": 0}),
+                "source.max_concurrent_downloads",
+            ),
+            (
+                json!({"repository": "a", "additional_private_registries": [{"username": "u"}]}),
+                "source.additional_private_registries[0].registry: required",
+            ),
+        ];
+        for (input, want) in cases {
+            let got = resolve_err(input.clone());
+            assert!(got.starts_with(want), "{input}: {got}");
+        }
+    }
+
+    #[test]
+    fn insecure_by_host_and_cidr() {
+        let s = source(json!({"repository": "a", "insecure_registries": ["my.reg:5000", "10.0.0.0/8", "other.reg"]}))
+            .resolve()
+            .unwrap();
+        let r = &s.registries;
+        assert!(r.is_insecure(&Host::parse("my.reg:5000").unwrap()));
+        assert!(!r.is_insecure(&Host::parse("my.reg:5001").unwrap()));
+        assert!(r.is_insecure(&Host::parse("other.reg:443").unwrap()));
+        assert!(r.is_insecure(&Host::parse("10.1.2.3:5000").unwrap()));
+        assert!(!r.is_insecure(&Host::parse("11.1.2.3:5000").unwrap()));
+    }
+
+    #[test]
+    fn mirror_and_ca_cert_shapes() {
+        let s = source(json!({"repository": "a", "registry_mirror": "https://mirror.local:5000"}));
+        assert_eq!(s.registry_mirror.unwrap().host, "https://mirror.local:5000");
+        let s = source(
+            json!({"repository": "a", "registry_mirror": {"host": "m", "username": "u", "password": "p"}}),
+        );
+        assert_eq!(s.registry_mirror.unwrap().username.as_deref(), Some("u"));
+        let s = source(
+            json!({"repository": "a", "ca_certs": ["pem", {"domain": "d", "cert": "pem2"}]}),
+        );
+        assert_eq!(s.ca_certs[0].domain, None);
+        assert_eq!(s.ca_certs[1].domain.as_deref(), Some("d"));
+    }
+
+    #[test]
+    fn counts_accept_numeric_strings() {
+        let s = source(
+            json!({"repository": "a", "max_concurrent_downloads": "5", "startup_timeout": 30}),
+        );
+        let s = s.resolve().unwrap();
+        assert_eq!(s.max_concurrent_downloads, 5);
+        assert_eq!(s.startup_timeout, Duration::from_secs(30));
+    }
+}
