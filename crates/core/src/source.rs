@@ -345,6 +345,8 @@ impl Source {
                     .push(Insecure::Host(host.as_str().to_string()));
             }
         }
+        crate::registry::check_tls_material(&registries)
+            .map_err(|(field, reason)| field_error(field, format!("cannot be used: {reason}")))?;
         if let Some(platform) = &self.platform {
             if platform.os.as_deref().is_some_and(str::is_empty)
                 || platform.architecture.as_deref().is_some_and(str::is_empty)

@@ -19,6 +19,7 @@ use crate::reference::{Digest, Host, Repository};
 use crate::source::RegistryConfig;
 
 pub use auth::{parse_challenge, Challenge, Credentials};
+pub use transport::check_tls_material;
 use transport::{build_client, classify, Failure, Verify};
 
 /// Media types of manifests and indexes, all four accepted on every manifest request.
@@ -302,12 +303,22 @@ impl Registry {
             let last = i + 1 == candidates.len();
             let http = build_client(&self.host, &self.config, *verify)?;
             let base = format!("{scheme}://{}", self.host);
-            match self.ping(&http, &base, last).await {
-                Ok(challenge) => {
+            let error = match self.ping(&http, &base, last).await {
+                // A registry answers /v2/ with 200 or 401 (and says it is one); anything else
+                // from a first candidate (a TLS server's 400 to plain HTTP) means try the next.
+                Ok((status, challenge))
+                    if last || status.is_success() || status == StatusCode::UNAUTHORIZED =>
+                {
                     tracing::debug!("registry {} speaks {scheme}", self.host);
                     self.auth.set_challenge(challenge).await;
                     return Ok(Connection { base, http });
                 }
+                Ok((status, _)) => RegistryError::Status {
+                    host: self.host.to_string(),
+                    status,
+                    what: format!("{base}/v2/"),
+                    detail: String::new(),
+                },
                 Err((failure, e)) => {
                     let hard =
                         matches!(failure, Failure::Untrusted(_) | Failure::ClientCertificate);
@@ -315,13 +326,14 @@ impl Registry {
                     if last || (hard && !insecure) {
                         return Err(error);
                     }
-                    tracing::debug!(
-                        "{scheme} to {} failed, trying the next scheme: {error}",
-                        self.host
-                    );
-                    last_error = Some(error);
+                    error
                 }
-            }
+            };
+            tracing::debug!(
+                "{scheme} to {} failed, trying the next scheme: {error}",
+                self.host
+            );
+            last_error = Some(error);
         }
         Err(last_error.expect("at least one scheme was tried"))
     }
@@ -332,7 +344,7 @@ impl Registry {
         http: &reqwest::Client,
         base: &str,
         patient: bool,
-    ) -> Result<Challenge, (Failure, reqwest::Error)> {
+    ) -> Result<(StatusCode, Challenge), (Failure, reqwest::Error)> {
         let mut attempt = 0;
         loop {
             match http.get(format!("{base}/v2/")).send().await {
@@ -348,15 +360,18 @@ impl Registry {
                     tokio::time::sleep(wait).await;
                     attempt += 1;
                 }
-                Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED => {
-                    return Ok(resp
-                        .headers()
-                        .get(reqwest::header::WWW_AUTHENTICATE)
-                        .and_then(|v| v.to_str().ok())
-                        .map(parse_challenge)
-                        .unwrap_or_default());
+                Ok(resp) => {
+                    let challenge = match resp.status() {
+                        StatusCode::UNAUTHORIZED => resp
+                            .headers()
+                            .get(reqwest::header::WWW_AUTHENTICATE)
+                            .and_then(|v| v.to_str().ok())
+                            .map(parse_challenge)
+                            .unwrap_or_default(),
+                        _ => Challenge::None,
+                    };
+                    return Ok((resp.status(), challenge));
                 }
-                Ok(_) => return Ok(Challenge::None),
                 Err(e) => {
                     let failure = classify(&e);
                     if failure == Failure::Transient && patient && attempt + 1 < self.retry.attempts

@@ -61,6 +61,44 @@ pub fn build_client(
     })
 }
 
+/// Builds a throwaway client with each `ca_certs` and `client_certs` entry alone, so that
+/// unusable material (a v1 certificate, a key that does not match) is reported against its
+/// field before any request. Returns the field and the reason.
+pub fn check_tls_material(config: &RegistryConfig) -> Result<(), (String, String)> {
+    let bare = || {
+        reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .tls_built_in_native_certs(false)
+    };
+    let reason = |e: reqwest::Error| {
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            text = format!("{text}: {s}");
+            source = s.source();
+        }
+        text.trim_start_matches("builder error: ").to_string()
+    };
+    for ca in &config.ca_certs {
+        let field = format!("{}.cert", ca.field);
+        let certs = reqwest::Certificate::from_pem_bundle(ca.pem.expose().as_bytes())
+            .map_err(|e| (field.clone(), reason(e)))?;
+        let builder = certs
+            .into_iter()
+            .fold(bare(), |b, c| b.add_root_certificate(c));
+        builder.build().map_err(|e| (field, reason(e)))?;
+    }
+    for id in &config.client_certs {
+        let identity = reqwest::Identity::from_pem(id.pem.expose().as_bytes())
+            .map_err(|e| (id.field.clone(), reason(e)))?;
+        bare()
+            .identity(identity)
+            .build()
+            .map_err(|e| (id.field.clone(), reason(e)))?;
+    }
+    Ok(())
+}
+
 /// What a failed request says about the connection.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Failure {
@@ -77,33 +115,36 @@ pub enum Failure {
 }
 
 /// Reads the error chain of a reqwest error. `io::Error` hides its inner error from
-/// `source()`, so each io error is opened by hand to find rustls's.
+/// `source()` (it returns the inner error's source), so io errors are opened by hand.
 pub fn classify(err: &reqwest::Error) -> Failure {
-    let mut current: Option<&(dyn StdError + 'static)> = Some(err);
     let mut transient = err.is_timeout() || err.is_connect();
+    let mut current: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(e) = current {
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
             return classify_tls(tls);
         }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                return classify_tls(tls);
+        current = match e.downcast_ref::<std::io::Error>() {
+            Some(io) => {
+                use std::io::ErrorKind::*;
+                if matches!(
+                    io.kind(),
+                    ConnectionRefused
+                        | ConnectionReset
+                        | ConnectionAborted
+                        | BrokenPipe
+                        | UnexpectedEof
+                        | TimedOut
+                        | Interrupted
+                ) {
+                    transient = true;
+                }
+                match io.get_ref() {
+                    Some(inner) => Some(inner as &(dyn StdError + 'static)),
+                    None => None,
+                }
             }
-            use std::io::ErrorKind::*;
-            if matches!(
-                io.kind(),
-                ConnectionRefused
-                    | ConnectionReset
-                    | ConnectionAborted
-                    | BrokenPipe
-                    | UnexpectedEof
-                    | TimedOut
-                    | Interrupted
-            ) {
-                transient = true;
-            }
-        }
-        current = e.source();
+            None => e.source(),
+        };
     }
     if transient || err.is_body() || err.is_request() {
         Failure::Transient
