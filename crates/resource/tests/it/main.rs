@@ -1,0 +1,6 @@
+//! Integration tests: the real binaries against real registries. One test binary, so the
+//! registries start once.
+
+mod check;
+mod common;
+mod malformed;
