@@ -16,8 +16,8 @@ work=$(mktemp -d /tmp/dockhand-demo.XXXXXX)
 on_exit "rm -rf $work"
 
 log "starting a local registry"
-registry=$(start_registry)
-repository="$registry/demo/busybox"
+start_registry
+repository="$REGISTRY/demo/busybox"
 
 # An OCI image layout made by hand from a busybox rootfs: one gzip layer, a config, a manifest.
 make_example_image() {

@@ -99,7 +99,8 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-# Starts a plain-HTTP docker-registry on a free loopback port; prints host:port.
+# Starts a plain-HTTP docker-registry on a free loopback port and sets REGISTRY=host:port.
+# Not for $(...): the clean-up must be registered in the calling shell.
 start_registry() {
   local dir port
   dir=$(mktemp -d /tmp/dockhand-registry.XXXXXX)
@@ -124,7 +125,7 @@ YAML
   local _
   for _ in $(seq 1 50); do
     if curl -fsS "http://127.0.0.1:$port/v2/" >/dev/null 2>&1; then
-      echo "127.0.0.1:$port"
+      export REGISTRY="127.0.0.1:$port"
       return 0
     fi
     sleep 0.1

@@ -474,3 +474,42 @@ fn example_payloads_run_against_a_local_registry() {
         assert_eq!(out, versions("latest", &[&digest]), "{name}");
     }
 }
+
+#[test]
+fn credentials_from_a_docker_credential_helper() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let reg = &env().token;
+    let repo = common::unique("cred-helper");
+    let digest = reg.push(&Image::marked("helper"), &format!("{repo}:latest"));
+    let dir = tempfile::tempdir().unwrap();
+    // A credential helper speaks a protocol: server on stdin, JSON on stdout.
+    let helper = dir.path().join("docker-credential-dockhandtest");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\nread server\n[ \"$server\" = \"{}\" ] || exit 1\necho '{{\"ServerURL\":\"'$server'\",\"Username\":\"{}\",\"Secret\":\"{}\"}}'\n",
+            reg.host,
+            common::USER,
+            common::PASSWORD
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        json!({"credHelpers": {(reg.host.clone()): "dockhandtest"}}).to_string(),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        dir.path().display(),
+        std::env::var("PATH").unwrap()
+    );
+    let out = Run::new("check")
+        .stdin_json(&json!({"source": {"repository": reg.repo(&repo)}}))
+        .env("DOCKER_CONFIG", dir.path().display().to_string())
+        .env("PATH", path)
+        .run();
+    assert_eq!(out.success(), versions("latest", &[&digest]));
+    assert!(!out.all_output().contains(common::PASSWORD));
+}

@@ -119,11 +119,7 @@ fn start() -> Env {
     for tool in ["docker-registry", "skopeo", "htpasswd"] {
         require(tool);
     }
-    let dir = tempfile::Builder::new()
-        .prefix("dockhand-it-")
-        .tempdir()
-        .unwrap()
-        .keep();
+    let dir = scratch_dir("env");
     let ca = pki::Ca::new("dockhand test ca");
     let other = pki::Ca::new("dockhand unrelated ca");
     let server = ca.server();
@@ -353,17 +349,31 @@ fn skopeo(args: &[String]) -> Vec<u8> {
     out.stdout
 }
 
+/// A directory for this test process under cargo's target/tmp; earlier runs' are removed.
+fn scratch_dir(name: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dockhand-it");
+    let mine = root.join(std::process::id().to_string());
+    static CLEAN: std::sync::Once = std::sync::Once::new();
+    CLEAN.call_once(|| {
+        if let Ok(entries) = std::fs::read_dir(&root) {
+            for e in entries.flatten() {
+                let pid: Option<i32> = e.file_name().to_str().and_then(|s| s.parse().ok());
+                let alive = pid.is_some_and(|p| unsafe { libc::kill(p, 0) } == 0);
+                if !alive {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    });
+    let dir = mine.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// An empty HOME, so no user docker config leaks into the tests.
 fn env_home() -> PathBuf {
     static HOME: OnceLock<PathBuf> = OnceLock::new();
-    HOME.get_or_init(|| {
-        tempfile::Builder::new()
-            .prefix("dockhand-home-")
-            .tempdir()
-            .unwrap()
-            .keep()
-    })
-    .clone()
+    HOME.get_or_init(|| scratch_dir("home")).clone()
 }
 
 /// A unique repository name for one test.
