@@ -18,6 +18,10 @@ pub enum Error {
     Registry(#[from] RegistryError),
     #[error("tag {tag} not found in repository {repository}")]
     TagNotFound { repository: String, tag: String },
+    #[error("image {reference}: {reason}")]
+    Image { reference: String, reason: String },
+    #[error("cannot write {path}: {reason}")]
+    Output { path: String, reason: String },
     #[error("{0} is not implemented yet")]
     NotImplemented(&'static str),
 }
@@ -29,4 +33,16 @@ impl Error {
             reason: reason.to_string(),
         }
     }
+}
+
+/// An error and its sources on one line, for errors folded into another's message.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }

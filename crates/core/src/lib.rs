@@ -6,10 +6,14 @@
 
 pub mod check;
 pub mod error;
+pub mod get;
+pub mod image;
+pub mod outputs;
 pub mod protocol;
 pub mod reference;
 pub mod registry;
 pub mod secret;
 pub mod source;
+pub mod unpack;
 
 pub use error::Error;

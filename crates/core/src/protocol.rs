@@ -87,20 +87,40 @@ pub fn parse_request(input: &[u8]) -> Result<Request, Error> {
     if let Some(found) = found {
         return Err(Error::NotAnObject { found });
     }
+    deserialize_reporting(value, "")
+}
+
+/// Reads `params` into `T` (defaults when absent), with the same field errors and unknown
+/// field warnings as the request itself.
+pub fn parse_params<T: serde::de::DeserializeOwned + Default>(
+    params: Option<&serde_json::Value>,
+) -> Result<T, Error> {
+    match params {
+        None | Some(serde_json::Value::Null) => Ok(T::default()),
+        Some(value) => deserialize_reporting(value.clone(), "params."),
+    }
+}
+
+fn deserialize_reporting<T: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+    prefix: &str,
+) -> Result<T, Error> {
     let mut unknown = Vec::new();
     let mut track = serde_path_to_error::Track::new();
     let de = serde_path_to_error::Deserializer::new(value, &mut track);
-    let parsed: Result<Request, _> =
+    let parsed: Result<T, _> =
         serde_ignored::deserialize(de, |path| unknown.push(path.to_string()));
-    let request = parsed.map_err(|e| Error::Field {
-        field: track.path().to_string(),
+    let parsed = parsed.map_err(|e| Error::Field {
+        field: format!("{prefix}{}", track.path())
+            .trim_end_matches('.')
+            .to_string(),
         reason: e.to_string(),
     })?;
     for path in unknown {
         // serde_ignored marks the inside of an Option with `?`.
-        let path = path.replace("?.", "");
-        // `params` is free-form until each command reads it.
-        if path.starts_with("params") {
+        let path = format!("{prefix}{}", path.replace("?.", ""));
+        // `params` is read by each command into its own type.
+        if prefix.is_empty() && path.starts_with("params") {
             continue;
         }
         match suggestion(&path) {
@@ -108,7 +128,7 @@ pub fn parse_request(input: &[u8]) -> Result<Request, Error> {
             None => tracing::warn!("ignoring unknown field {path}"),
         }
     }
-    Ok(request)
+    Ok(parsed)
 }
 
 /// The known field closest to the last segment of `path`, when it is close enough.
@@ -121,6 +141,7 @@ fn suggestion(path: &str) -> Option<String> {
         None => TOP_FIELDS,
         Some("source") => crate::source::FIELDS,
         Some("version") => VERSION_FIELDS,
+        Some("params") => crate::get::PARAMS,
         Some(_) => &[
             "domain",
             "cert",

@@ -147,8 +147,9 @@ fn run(command: Command, dir: Option<PathBuf>, filter: &FilterHandle) -> anyhow:
                 Ok::<_, anyhow::Error>(serde_json::to_string(&versions)?)
             }
             Command::In => {
-                let _dir = dir;
-                Err(dockhand::Error::NotImplemented("in").into())
+                let dir = dir.expect("clap requires DIR for in");
+                let response = dockhand::get::get(&request, &dir).await?;
+                Ok(serde_json::to_string(&response)?)
             }
             Command::Out => Err(dockhand::Error::NotImplemented("out").into()),
         }

@@ -96,6 +96,18 @@ pub enum RegistryError {
         what: String,
         limit: usize,
     },
+    #[error("blob {digest} not found in repository {repository} on registry {host}")]
+    BlobNotFound {
+        host: String,
+        repository: String,
+        digest: String,
+    },
+    #[error("cannot write {path}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{what} from registry {host} has digest {actual}, expected {expected}")]
     DigestMismatch {
         host: String,
@@ -186,18 +198,7 @@ fn retryable(status: StatusCode) -> bool {
     status == StatusCode::TOO_MANY_REQUESTS || matches!(status.as_u16(), 500 | 502 | 503 | 504)
 }
 
-/// An error and its sources on one line, for log lines (errors returned are chained by the
-/// binaries' `{:#}`).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
+use crate::error::chain as error_chain;
 
 /// Reads a body up to `limit` bytes.
 pub(crate) async fn read_limited(
@@ -257,6 +258,8 @@ struct Call<'a> {
     accept: Option<&'a str>,
     scope: String,
     what: String,
+    /// `Range: bytes=N-`, to resume a blob.
+    range_from: Option<u64>,
 }
 
 impl Registry {
@@ -431,6 +434,9 @@ impl Registry {
             if let Some(accept) = call.accept {
                 request = request.header(ACCEPT, accept);
             }
+            if let Some(from) = call.range_from {
+                request = request.header(reqwest::header::RANGE, format!("bytes={from}-"));
+            }
             if let Some(header) = self.auth.header(&conn.http, &call.scope).await? {
                 request = request.header(reqwest::header::AUTHORIZATION, header);
             }
@@ -533,6 +539,7 @@ impl Registry {
             accept: Some(MANIFEST_ACCEPT),
             scope: Self::pull_scope(repository),
             what: what.clone(),
+            range_from: None,
         };
         let response = self.send(&call).await?;
         match response.status() {
@@ -574,6 +581,7 @@ impl Registry {
             accept: Some(MANIFEST_ACCEPT),
             scope: Self::pull_scope(repository),
             what: what.clone(),
+            range_from: None,
         };
         let response = self.send(&call).await?;
         if response.status() == StatusCode::NOT_FOUND {
@@ -622,6 +630,127 @@ impl Registry {
             media_type,
             bytes,
         }))
+    }
+}
+
+impl Registry {
+    /// Downloads a blob into `dest`, hashing as it goes; the file is only good when this
+    /// returns Ok (digest and size verified). A body that breaks off is resumed with `Range`
+    /// where the registry honours it, else restarted. `progress` gets byte counts.
+    pub async fn download_blob(
+        &self,
+        repository: &Repository,
+        digest: &Digest,
+        size: Option<u64>,
+        dest: &std::path::Path,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<(), RegistryError> {
+        use sha2::Digest as _;
+        use tokio::io::AsyncWriteExt as _;
+        let what = format!("blob {digest}");
+        let write_error = |e: std::io::Error| RegistryError::Write {
+            path: dest.display().to_string(),
+            source: e,
+        };
+        let mut file = tokio::fs::File::create(dest).await.map_err(write_error)?;
+        let mut hasher = sha2::Sha256::new();
+        let mut written: u64 = 0;
+        let mut attempt = 0;
+        loop {
+            let call = Call {
+                method: Method::GET,
+                path: format!("/v2/{}/blobs/{digest}", repository.path()),
+                accept: None,
+                scope: Self::pull_scope(repository),
+                what: what.clone(),
+                range_from: (written > 0).then_some(written),
+            };
+            let response = self.send(&call).await?;
+            match response.status() {
+                StatusCode::PARTIAL_CONTENT if written > 0 => {}
+                s if s.is_success() => {
+                    if written > 0 {
+                        // The registry ignored the range: start over.
+                        tracing::debug!("{what}: no range support, downloading again");
+                        file.set_len(0).await.map_err(write_error)?;
+                        use tokio::io::AsyncSeekExt as _;
+                        file.seek(std::io::SeekFrom::Start(0))
+                            .await
+                            .map_err(write_error)?;
+                        hasher = sha2::Sha256::new();
+                        written = 0;
+                    }
+                }
+                StatusCode::NOT_FOUND => {
+                    return Err(RegistryError::BlobNotFound {
+                        host: self.host.to_string(),
+                        repository: repository.path().to_string(),
+                        digest: digest.to_string(),
+                    })
+                }
+                _ => return Err(self.status_error(response, repository, &what).await),
+            }
+            let mut stream = response.bytes_stream();
+            let mut broken = None;
+            while let Some(chunk) = stream.next().await {
+                match chunk {
+                    Ok(chunk) => {
+                        written += chunk.len() as u64;
+                        if size.is_some_and(|s| written > s) {
+                            return Err(RegistryError::TooLarge {
+                                host: self.host.to_string(),
+                                what,
+                                limit: size.unwrap_or_default() as usize,
+                            });
+                        }
+                        hasher.update(&chunk);
+                        file.write_all(&chunk).await.map_err(write_error)?;
+                        progress(chunk.len() as u64);
+                    }
+                    Err(e) => {
+                        broken = Some(e);
+                        break;
+                    }
+                }
+            }
+            let short = size.is_some_and(|s| written < s);
+            if broken.is_none() && !short {
+                break;
+            }
+            attempt += 1;
+            if attempt >= self.retry.attempts {
+                return match broken {
+                    Some(e) => Err(RegistryError::Transport {
+                        host: self.host.to_string(),
+                        what,
+                        source: e,
+                    }),
+                    None => Err(RegistryError::DigestMismatch {
+                        host: self.host.to_string(),
+                        what: format!("{what} (cut short at {written} bytes)"),
+                        expected: digest.to_string(),
+                        actual: Digest::from_sha256(&hasher.finalize()).to_string(),
+                    }),
+                };
+            }
+            let wait = self.retry.delay(attempt - 1, None);
+            tracing::warn!(
+                "{what} from {} broke off after {written} bytes; resuming in {wait:?}",
+                self.host
+            );
+            tokio::time::sleep(wait).await;
+        }
+        file.flush().await.map_err(write_error)?;
+        let actual = Digest::from_sha256(&hasher.finalize());
+        if &actual != digest {
+            return Err(RegistryError::DigestMismatch {
+                host: self.host.to_string(),
+                what: format!("{what} of repository {}", repository.path()),
+                expected: digest.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        Ok(())
     }
 }
 

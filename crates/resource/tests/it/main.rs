@@ -3,4 +3,5 @@
 
 mod check;
 mod common;
+mod get;
 mod malformed;

@@ -26,9 +26,61 @@ pub enum Entry {
         path: String,
         target: String,
     },
+    Hardlink {
+        path: String,
+        target: String,
+    },
+    Fifo {
+        path: String,
+    },
+    /// A file owned by `uid`/`gid` with `mode` (setuid bits included).
+    Owned {
+        path: String,
+        content: Vec<u8>,
+        mode: u32,
+        uid: u64,
+        gid: u64,
+    },
+    /// Name and link bytes written verbatim into the header: hostile layers.
+    Raw {
+        name: Vec<u8>,
+        kind: tar::EntryType,
+        link: Vec<u8>,
+        content: Vec<u8>,
+    },
 }
 
 impl Entry {
+    pub fn dir(path: &str) -> Entry {
+        Entry::Dir {
+            path: path.into(),
+            mode: 0o755,
+        }
+    }
+
+    pub fn symlink(path: &str, target: &str) -> Entry {
+        Entry::Symlink {
+            path: path.into(),
+            target: target.into(),
+        }
+    }
+
+    pub fn hardlink(path: &str, target: &str) -> Entry {
+        Entry::Hardlink {
+            path: path.into(),
+            target: target.into(),
+        }
+    }
+
+    pub fn raw(name: &[u8], kind: tar::EntryType, link: &[u8], content: &[u8]) -> Entry {
+        Entry::Raw {
+            name: name.to_vec(),
+            kind,
+            link: link.to_vec(),
+            content: content.to_vec(),
+        }
+    }
+
     pub fn file(path: &str, content: impl Into<Vec<u8>>) -> Entry {
         Entry::File {
             path: path.into(),
@@ -89,6 +141,24 @@ impl Image {
     pub fn layer(mut self, entries: Vec<Entry>) -> Image {
         self.layers.push(entries);
         self
+    }
+
+    /// A runnable image: busybox (static, from the host) as /bin/busybox and /bin/sh.
+    pub fn busybox() -> Image {
+        let busybox = std::fs::read("/bin/busybox")
+            .or_else(|_| std::fs::read("/usr/bin/busybox"))
+            .expect("busybox-static is installed (ci/test.sh installs it)");
+        Image::new().layer(vec![
+            Entry::dir("bin"),
+            Entry::File {
+                path: "bin/busybox".into(),
+                content: busybox,
+                mode: 0o755,
+            },
+            Entry::symlink("bin/sh", "busybox"),
+            Entry::symlink("bin/cat", "busybox"),
+            Entry::symlink("bin/ls", "busybox"),
+        ])
     }
 
     pub fn env(mut self, env: &str) -> Image {
@@ -265,6 +335,53 @@ fn build_tar(entries: &[Entry]) -> Vec<u8> {
                 header.set_mode(0o777);
                 header.set_size(0);
                 builder.append_link(&mut header, path, target).unwrap();
+            }
+            Entry::Hardlink { path, target } => {
+                header.set_entry_type(tar::EntryType::Link);
+                header.set_mode(0o644);
+                header.set_size(0);
+                builder.append_link(&mut header, path, target).unwrap();
+            }
+            Entry::Fifo { path } => {
+                header.set_entry_type(tar::EntryType::Fifo);
+                header.set_mode(0o644);
+                header.set_size(0);
+                builder
+                    .append_data(&mut header, path, std::io::empty())
+                    .unwrap();
+            }
+            Entry::Owned {
+                path,
+                content,
+                mode,
+                uid,
+                gid,
+            } => {
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_mode(*mode);
+                header.set_uid(*uid);
+                header.set_gid(*gid);
+                header.set_size(content.len() as u64);
+                builder
+                    .append_data(&mut header, path, content.as_slice())
+                    .unwrap();
+            }
+            Entry::Raw {
+                name,
+                kind,
+                link,
+                content,
+            } => {
+                let mut h = tar::Header::new_old();
+                h.set_entry_type(*kind);
+                h.set_mode(0o644);
+                h.set_mtime(1_700_000_000);
+                h.set_size(content.len() as u64);
+                let old = h.as_old_mut();
+                old.name[..name.len()].copy_from_slice(name);
+                old.linkname[..link.len()].copy_from_slice(link);
+                h.set_cksum();
+                builder.append(&h, content.as_slice()).unwrap();
             }
         }
     }

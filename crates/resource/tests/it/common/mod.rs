@@ -325,6 +325,16 @@ impl Registry {
         image::sha256(&skopeo(&args))
     }
 
+    /// Where the registry keeps a blob on disk (to corrupt it in a test).
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.dir
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
     /// Deletes a manifest by digest, so a cursor can disappear.
     pub fn delete(&self, repo: &str, digest: &str) {
         let mut args = vec!["delete".to_string()];
@@ -399,6 +409,19 @@ pub struct Outcome {
     pub code: Option<i32>,
     pub stdout: String,
     pub stderr: String,
+}
+
+/// The docker CLI against the daemon ci/test.sh started (DOCKER_HOST); panics with a hint
+/// when none answers.
+pub fn docker(args: &[&str]) -> Vec<u8> {
+    let out = Command::new("docker").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "docker {} failed (these tests need the Docker daemon ci/test.sh starts): {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }
 
 pub fn check(request: &serde_json::Value) -> Outcome {

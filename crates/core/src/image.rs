@@ -1,0 +1,271 @@
+//! Manifests, indexes and configs as the image spec defines them
+//! (<https://github.com/opencontainers/image-spec>), Docker's equivalents read the same way, and
+//! the choice of one platform from an index.
+
+use serde::Deserialize;
+
+use crate::reference::Digest;
+use crate::registry::{DOCKER_LIST, OCI_INDEX};
+use crate::source::Platform;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Descriptor {
+    #[serde(default)]
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: u64,
+    #[serde(default)]
+    pub platform: Option<DescriptorPlatform>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct DescriptorPlatform {
+    #[serde(default)]
+    pub os: String,
+    #[serde(default)]
+    pub architecture: String,
+    #[serde(default)]
+    pub variant: Option<String>,
+}
+
+impl std::fmt::Display for DescriptorPlatform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageManifest {
+    #[serde(default)]
+    pub media_type: Option<String>,
+    pub config: Descriptor,
+    #[serde(default)]
+    pub layers: Vec<Descriptor>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageIndex {
+    #[serde(default)]
+    pub media_type: Option<String>,
+    pub manifests: Vec<Descriptor>,
+}
+
+/// The parts of an image config that dockhand reads; the raw JSON is kept for the rest.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ImageConfig {
+    #[serde(default)]
+    pub architecture: String,
+    #[serde(default)]
+    pub os: String,
+    #[serde(default)]
+    pub variant: Option<String>,
+    #[serde(default)]
+    pub created: Option<String>,
+    #[serde(default)]
+    pub config: Option<RunConfig>,
+    #[serde(default)]
+    pub rootfs: Option<RootFs>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RunConfig {
+    #[serde(default)]
+    pub env: Option<Vec<String>>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub cmd: Option<Vec<String>>,
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default)]
+    pub labels: Option<std::collections::BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RootFs {
+    #[serde(default)]
+    pub diff_ids: Vec<Digest>,
+}
+
+/// Is this manifest (by media type, or by shape when the type is missing) an index?
+pub fn is_index(media_type: &str, bytes: &[u8]) -> bool {
+    if media_type == OCI_INDEX || media_type == DOCKER_LIST {
+        return true;
+    }
+    if media_type.is_empty() || media_type == "application/json" {
+        #[derive(Deserialize)]
+        struct Probe {
+            manifests: Option<serde_json::Value>,
+            #[serde(rename = "mediaType")]
+            media_type: Option<String>,
+        }
+        if let Ok(p) = serde_json::from_slice::<Probe>(bytes) {
+            return p.manifests.is_some()
+                || p.media_type.as_deref() == Some(OCI_INDEX)
+                || p.media_type.as_deref() == Some(DOCKER_LIST);
+        }
+    }
+    false
+}
+
+/// The platform wanted: explicit, else linux/amd64.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WantedPlatform {
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+}
+
+impl WantedPlatform {
+    pub fn from_option(p: Option<&Platform>) -> WantedPlatform {
+        let p = p.cloned().unwrap_or_default();
+        WantedPlatform {
+            os: p.os.unwrap_or_else(|| "linux".into()),
+            architecture: p.architecture.unwrap_or_else(|| "amd64".into()),
+            variant: p.variant.filter(|v| !v.is_empty()),
+        }
+    }
+
+    /// `arm64` matches `arm64/v8` (v8 is arm64's only variant); `arm` defaults to v7 only when
+    /// asked without a variant and several arm children exist (the first match wins).
+    pub fn matches(&self, p: &DescriptorPlatform) -> bool {
+        if p.os != self.os || normalise_arch(&p.architecture) != normalise_arch(&self.architecture)
+        {
+            return false;
+        }
+        let theirs = normalise_variant(&p.architecture, p.variant.as_deref());
+        match &self.variant {
+            None => true,
+            Some(v) => Some(normalise_variant(&self.architecture, Some(v))) == Some(theirs),
+        }
+    }
+}
+
+impl std::fmt::Display for WantedPlatform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+fn normalise_arch(a: &str) -> &str {
+    match a {
+        "aarch64" => "arm64",
+        "x86_64" | "x86-64" => "amd64",
+        other => other,
+    }
+}
+
+fn normalise_variant(arch: &str, v: Option<&str>) -> String {
+    match (normalise_arch(arch), v) {
+        ("arm64", None | Some("")) => "v8".into(),
+        (_, None) => String::new(),
+        (_, Some(v)) => v.to_string(),
+    }
+}
+
+/// The child of `index` for `wanted`; the error lists what the index has.
+pub fn choose_platform<'a>(
+    index: &'a ImageIndex,
+    wanted: &WantedPlatform,
+) -> Result<&'a Descriptor, String> {
+    let candidates: Vec<&Descriptor> = index
+        .manifests
+        .iter()
+        .filter(|d| d.platform.as_ref().is_some_and(|p| wanted.matches(p)))
+        .collect();
+    // Without a wanted variant, prefer a child without one, then the highest (arm v7 over v6).
+    let best = candidates.iter().copied().max_by_key(|d| {
+        let v = d.platform.as_ref().and_then(|p| p.variant.clone());
+        (v.is_none(), v)
+    });
+    best.ok_or_else(|| {
+        let available: Vec<String> = index
+            .manifests
+            .iter()
+            .filter_map(|d| d.platform.as_ref())
+            .filter(|p| p.os != "unknown")
+            .map(|p| p.to_string())
+            .collect();
+        format!(
+            "no image for platform {wanted} (available: {})",
+            if available.is_empty() {
+                "none".to_string()
+            } else {
+                available.join(", ")
+            }
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index(platforms: &[(&str, &str, Option<&str>)]) -> ImageIndex {
+        ImageIndex {
+            media_type: None,
+            manifests: platforms
+                .iter()
+                .enumerate()
+                .map(|(i, (os, arch, variant))| Descriptor {
+                    media_type: String::new(),
+                    digest: Digest::of(&[i as u8]),
+                    size: 1,
+                    platform: Some(DescriptorPlatform {
+                        os: os.to_string(),
+                        architecture: arch.to_string(),
+                        variant: variant.map(str::to_string),
+                    }),
+                })
+                .collect(),
+        }
+    }
+
+    fn wanted(arch: &str, variant: Option<&str>) -> WantedPlatform {
+        WantedPlatform {
+            os: "linux".into(),
+            architecture: arch.into(),
+            variant: variant.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn platform_choice() {
+        let idx = index(&[
+            ("linux", "amd64", None),
+            ("linux", "arm64", Some("v8")),
+            ("linux", "arm", Some("v6")),
+            ("linux", "arm", Some("v7")),
+            ("unknown", "unknown", None),
+        ]);
+        let pick = |arch, v| choose_platform(&idx, &wanted(arch, v)).map(|d| d.digest.clone());
+        assert_eq!(pick("amd64", None).unwrap(), idx.manifests[0].digest);
+        assert_eq!(pick("arm64", None).unwrap(), idx.manifests[1].digest);
+        assert_eq!(pick("arm64", Some("v8")).unwrap(), idx.manifests[1].digest);
+        assert_eq!(pick("arm", Some("v6")).unwrap(), idx.manifests[2].digest);
+        assert_eq!(pick("arm", None).unwrap(), idx.manifests[3].digest);
+        let err = pick("s390x", None).unwrap_err();
+        assert_eq!(
+            err,
+            "no image for platform linux/s390x (available: linux/amd64, linux/arm64/v8, linux/arm/v6, linux/arm/v7)"
+        );
+    }
+
+    #[test]
+    fn arm64_without_variant_in_the_index_matches_v8() {
+        let idx = index(&[("linux", "arm64", None)]);
+        assert!(choose_platform(&idx, &wanted("arm64", Some("v8"))).is_ok());
+    }
+}

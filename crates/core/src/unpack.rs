@@ -1,0 +1,608 @@
+//! Applying image layers to a directory, as `docker export` would show the result, and
+//! safely against hostile layers.
+//!
+//! Layer semantics follow the image spec's changeset rules
+//! (<https://github.com/opencontainers/image-spec/blob/main/layer.md>): whiteouts `.wh.NAME`,
+//! opaque directories `.wh..wh..opq` (lower layers only), hardlinks (also to files of lower
+//! layers), later entries replacing earlier ones.
+//!
+//! Confinement: every path, and every hardlink target, is resolved with
+//! `openat2(RESOLVE_IN_ROOT)` against the root's file descriptor: `..` stops at the root,
+//! absolute symlinks planted by earlier entries resolve inside it, and nothing is ever
+//! written outside. Kernels without `openat2` (before 5.6) get an equivalent component walk.
+//! The final component is always created with `O_EXCL`/`O_NOFOLLOW` or `*at` calls that do
+//! not follow it.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt as _;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
+
+const WHITEOUT_PREFIX: &[u8] = b".wh.";
+const OPAQUE: &[u8] = b".wh..wh..opq";
+
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    #[error("cannot read the layer archive")]
+    Archive(#[source] io::Error),
+    #[error("cannot apply {path:?}")]
+    Apply {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Counts of what was skipped, for the log.
+#[derive(Debug, Default)]
+pub struct Skipped {
+    pub devices: usize,
+}
+
+/// Directory metadata applied after all layers: a read-only directory must not stop later
+/// layers from writing into it, and adding children changes a directory's mtime.
+struct DirMeta {
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    mtime: u64,
+}
+
+/// Applies layers, in order, to one root directory.
+pub struct Unpacker {
+    root: OwnedFd,
+    as_root: bool,
+    dirs: HashMap<Vec<u8>, DirMeta>,
+    pub skipped: Skipped,
+}
+
+impl Unpacker {
+    /// `root` must exist and should be empty.
+    pub fn new(root: &Path) -> io::Result<Unpacker> {
+        let fd = rustix::fs::open(
+            root,
+            OFlags::DIRECTORY | OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(Unpacker {
+            root: fd,
+            as_root: rustix::process::geteuid().is_root(),
+            dirs: HashMap::new(),
+            skipped: Skipped::default(),
+        })
+    }
+
+    /// Applies one uncompressed layer tar stream.
+    pub fn apply_layer<R: Read>(&mut self, layer: R) -> Result<(), UnpackError> {
+        let mut archive = tar::Archive::new(layer);
+        // Paths written by this layer (and their parents): an opaque marker clears only what
+        // lower layers put in its directory.
+        let mut this_layer: HashSet<Vec<u8>> = HashSet::new();
+        for entry in archive.entries().map_err(UnpackError::Archive)? {
+            let mut entry = entry.map_err(UnpackError::Archive)?;
+            let raw = entry.path_bytes().into_owned();
+            let Some(components) = clean(&raw) else {
+                continue;
+            };
+            let path = components.join(&b'/');
+            let (name, parent) = components.split_last().expect("clean() is never empty");
+            let fail = |source: io::Error| UnpackError::Apply {
+                path: String::from_utf8_lossy(&path).into_owned(),
+                source,
+            };
+            if *name == OPAQUE {
+                self.opaque(parent, &this_layer).map_err(fail)?;
+                continue;
+            }
+            if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
+                self.whiteout(parent, hidden).map_err(fail)?;
+                continue;
+            }
+            let mut prefix = Vec::new();
+            for c in &components {
+                if !prefix.is_empty() {
+                    prefix.push(b'/');
+                }
+                prefix.extend_from_slice(c);
+                this_layer.insert(prefix.clone());
+            }
+            self.apply_entry(&mut entry, parent, name, &path)
+                .map_err(fail)?;
+        }
+        Ok(())
+    }
+
+    /// Sets the recorded directory modes, owners and times. Call once, after the last layer.
+    pub fn finish(mut self) -> io::Result<Skipped> {
+        let mut dirs: Vec<_> = self.dirs.drain().collect();
+        // Deepest first, so setting a parent's mtime is the last change inside it.
+        dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.iter().filter(|b| **b == b'/').count()));
+        for (path, meta) in dirs {
+            let components: Vec<&[u8]> = path.split(|b| *b == b'/').collect();
+            let (name, parent) = components.split_last().expect("non-empty");
+            let Ok(dir) = self.resolve_dir(parent, false) else {
+                continue;
+            };
+            let is_dir = rustix::fs::statat(&dir, *name, AtFlags::SYMLINK_NOFOLLOW)
+                .map(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory)
+                .unwrap_or(false);
+            if !is_dir {
+                continue;
+            }
+            if self.as_root {
+                rustix::fs::chownat(
+                    &dir,
+                    *name,
+                    Some(uid(meta.uid)),
+                    Some(gid(meta.gid)),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )?;
+            }
+            rustix::fs::chmodat(
+                &dir,
+                *name,
+                Mode::from_raw_mode(meta.mode & 0o7777),
+                AtFlags::empty(),
+            )?;
+            rustix::fs::utimensat(&dir, *name, &times(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)?;
+        }
+        Ok(self.skipped)
+    }
+
+    fn apply_entry<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        parent: &[&[u8]],
+        name: &[u8],
+        path: &[u8],
+    ) -> io::Result<()> {
+        let header = entry.header();
+        let kind = header.entry_type();
+        let mode = header.mode()?;
+        let (uid_, gid_) = (header.uid()?, header.gid()?);
+        let mtime = header.mtime().unwrap_or(0);
+        let dir = self.resolve_dir(parent, true)?;
+
+        // What is there now: a directory stays for a directory; anything else is replaced.
+        let existing = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)
+            .ok()
+            .map(|st| FileType::from_raw_mode(st.st_mode));
+        if kind.is_hard_link() {
+            let target = entry
+                .link_name_bytes()
+                .ok_or_else(|| io::Error::other("hardlink without a target"))?;
+            if clean(&target).is_some_and(|t| t.join(&b'/') == path) {
+                return Ok(());
+            }
+        }
+        match (existing, kind.is_dir()) {
+            (Some(FileType::Directory), true) | (None, _) => {}
+            (Some(FileType::Directory), false) => remove_all(&dir, name)?,
+            (Some(_), _) => rustix::fs::unlinkat(&dir, name, AtFlags::empty())?,
+        }
+
+        match kind {
+            k if k.is_dir() => {
+                if existing != Some(FileType::Directory) {
+                    rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o755))?;
+                }
+                self.dirs.insert(
+                    path.to_vec(),
+                    DirMeta {
+                        mode,
+                        uid: uid_,
+                        gid: gid_,
+                        mtime,
+                    },
+                );
+            }
+            k if k.is_file() || k == tar::EntryType::Continuous || k.is_gnu_sparse() => {
+                let fd = rustix::fs::openat(
+                    &dir,
+                    name,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )?;
+                let mut file = std::fs::File::from(fd);
+                io::copy(entry, &mut file)?;
+                if self.as_root {
+                    rustix::fs::fchown(&file, Some(uid(uid_)), Some(gid(gid_)))?;
+                }
+                // After chown, which clears setuid and setgid.
+                rustix::fs::fchmod(&file, Mode::from_raw_mode(mode & 0o7777))?;
+                rustix::fs::futimens(&file, &times(mtime))?;
+            }
+            k if k.is_symlink() => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| io::Error::other("symlink without a target"))?;
+                // Stored as given, absolute or not; never followed here.
+                rustix::fs::symlinkat(OsStr::from_bytes(&target), &dir, name)?;
+                if self.as_root {
+                    rustix::fs::chownat(
+                        &dir,
+                        name,
+                        Some(uid(uid_)),
+                        Some(gid(gid_)),
+                        AtFlags::SYMLINK_NOFOLLOW,
+                    )?;
+                }
+                rustix::fs::utimensat(&dir, name, &times(mtime), AtFlags::SYMLINK_NOFOLLOW)?;
+            }
+            k if k.is_hard_link() => {
+                let target = entry.link_name_bytes().expect("checked above");
+                let Some(target) = clean(&target) else {
+                    return Err(io::Error::other("hardlink to the root"));
+                };
+                let (tname, tparent) = target.split_last().expect("non-empty");
+                let tdir = self.resolve_dir(tparent, false)?;
+                rustix::fs::linkat(&tdir, *tname, &dir, name, AtFlags::empty())?;
+            }
+            k if k.is_character_special() || k.is_block_special() || k.is_fifo() => {
+                let ft = if k.is_fifo() {
+                    FileType::Fifo
+                } else if k.is_character_special() {
+                    FileType::CharacterDevice
+                } else {
+                    FileType::BlockDevice
+                };
+                // Fifos often carry blank device fields.
+                let dev = rustix::fs::makedev(
+                    header.device_major().ok().flatten().unwrap_or(0),
+                    header.device_minor().ok().flatten().unwrap_or(0),
+                );
+                match rustix::fs::mknodat(&dir, name, ft, Mode::from_raw_mode(mode & 0o7777), dev) {
+                    Ok(()) => {}
+                    Err(e)
+                        if ft != FileType::Fifo
+                            && (e == rustix::io::Errno::PERM || e == rustix::io::Errno::ACCESS) =>
+                    {
+                        self.skipped.devices += 1;
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                if self.as_root {
+                    rustix::fs::chownat(
+                        &dir,
+                        name,
+                        Some(uid(uid_)),
+                        Some(gid(gid_)),
+                        AtFlags::SYMLINK_NOFOLLOW,
+                    )?;
+                }
+                rustix::fs::chmodat(
+                    &dir,
+                    name,
+                    Mode::from_raw_mode(mode & 0o7777),
+                    AtFlags::empty(),
+                )?;
+            }
+            // Global and per-file extended headers are read by `tar` itself; anything else
+            // (GNU volume labels, unknown types) carries nothing to write.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn whiteout(&mut self, parent: &[&[u8]], hidden: &[u8]) -> io::Result<()> {
+        if hidden.is_empty() || hidden == b"." || hidden == b".." {
+            return Ok(());
+        }
+        let dir = match self.resolve_dir(parent, false) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        match remove_all(&dir, hidden) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+
+    fn opaque(&mut self, parent: &[&[u8]], this_layer: &HashSet<Vec<u8>>) -> io::Result<()> {
+        let dir = match self.resolve_dir(parent, true) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let prefix = parent.join(&b'/');
+        for name in list(&dir)? {
+            let mut full = prefix.clone();
+            if !full.is_empty() {
+                full.push(b'/');
+            }
+            full.extend_from_slice(&name);
+            if !this_layer.contains(&full) {
+                remove_all(&dir, &name)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens the directory at `components` inside the root, creating missing ones when
+    /// `create` (as Docker does for parents a layer does not list).
+    fn resolve_dir(&self, components: &[&[u8]], create: bool) -> io::Result<OwnedFd> {
+        let path = if components.is_empty() {
+            b".".to_vec()
+        } else {
+            components.join(&b'/')
+        };
+        match open_in_root(&self.root, &path) {
+            Err(e) if create && e.kind() == io::ErrorKind::NotFound => {
+                // Create from the top down; each step resolved inside the root again.
+                let mut dir = self.root.try_clone()?;
+                for c in components {
+                    dir = match open_in_root(&dir, c) {
+                        Ok(d) => d,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                            rustix::fs::mkdirat(&dir, *c, Mode::from_raw_mode(0o755))?;
+                            open_in_root(&dir, c)?
+                        }
+                        Err(e) => return Err(e),
+                    };
+                }
+                // Re-resolve the whole path from the root, so no step escaped.
+                open_in_root(&self.root, &path)
+            }
+            other => other,
+        }
+    }
+}
+
+static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
+
+/// Opens directory `path` under `root` as if `root` were `/`.
+fn open_in_root(root: &OwnedFd, path: &[u8]) -> io::Result<OwnedFd> {
+    if !NO_OPENAT2.load(Ordering::Relaxed) {
+        match rustix::fs::openat2(
+            root,
+            path,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_XDEV,
+        ) {
+            Err(rustix::io::Errno::NOSYS) => {
+                tracing::debug!("openat2 is not available; resolving paths component by component");
+                NO_OPENAT2.store(true, Ordering::Relaxed);
+            }
+            Err(rustix::io::Errno::AGAIN) => return walk_in_root(root, path),
+            other => return other.map_err(Into::into),
+        }
+    }
+    walk_in_root(root, path)
+}
+
+/// The same resolution as `RESOLVE_IN_ROOT`, one component at a time: `..` never leaves the
+/// root, symlinks are read and resolved against the root (absolute) or the current directory
+/// (relative), at most 40 of them.
+fn walk_in_root(root: &OwnedFd, path: &[u8]) -> io::Result<OwnedFd> {
+    let mut stack: Vec<OwnedFd> = Vec::new();
+    let mut todo: Vec<Vec<u8>> = path
+        .split(|b| *b == b'/')
+        .filter(|c| !c.is_empty() && *c != b".")
+        .rev()
+        .map(<[u8]>::to_vec)
+        .collect();
+    let mut links = 0;
+    let current =
+        |stack: &Vec<OwnedFd>| -> io::Result<OwnedFd> { stack.last().unwrap_or(root).try_clone() };
+    while let Some(c) = todo.pop() {
+        if c == b".." {
+            stack.pop();
+            continue;
+        }
+        let here = current(&stack)?;
+        let fd = rustix::fs::openat(
+            &here,
+            c.as_slice(),
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let st = rustix::fs::fstat(&fd)?;
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::Directory => stack.push(fd),
+            FileType::Symlink => {
+                links += 1;
+                if links > 40 {
+                    return Err(rustix::io::Errno::LOOP.into());
+                }
+                let target = rustix::fs::readlinkat(&here, c.as_slice(), Vec::new())?;
+                let target = target.as_bytes();
+                if target.starts_with(b"/") {
+                    stack.clear();
+                }
+                todo.extend(
+                    target
+                        .split(|b| *b == b'/')
+                        .filter(|c| !c.is_empty() && *c != b".")
+                        .rev()
+                        .map(<[u8]>::to_vec),
+                );
+            }
+            _ => return Err(rustix::io::Errno::NOTDIR.into()),
+        }
+    }
+    current(&stack)
+}
+
+/// The path cleaned as Docker's `filepath.Clean("/" + name)`: no `.`, no empty components,
+/// `..` applied lexically and never above the root. `None` for the root itself.
+fn clean(raw: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut out: Vec<&[u8]> = Vec::new();
+    for c in raw.split(|b| *b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+fn list(dir: &OwnedFd) -> io::Result<Vec<Vec<u8>>> {
+    let fd = rustix::fs::openat(
+        dir,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut names = Vec::new();
+    for entry in rustix::fs::Dir::read_from(&fd)? {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push(name.to_vec());
+        }
+    }
+    Ok(names)
+}
+
+/// Removes `name` in `dir`, recursively, never following a symlink.
+fn remove_all(dir: &impl AsFd, name: &[u8]) -> io::Result<()> {
+    let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+    if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+        let child = rustix::fs::openat(
+            dir,
+            name,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        // A read-only directory (as a non-root user) would refuse the unlinks.
+        let _ = rustix::fs::chmodat(dir, name, Mode::from_raw_mode(0o700), AtFlags::empty());
+        for n in list(&child)? {
+            remove_all(&child, &n)?;
+        }
+        rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)?;
+    } else {
+        rustix::fs::unlinkat(dir, name, AtFlags::empty())?;
+    }
+    Ok(())
+}
+
+fn uid(id: u64) -> rustix::fs::Uid {
+    rustix::fs::Uid::from_raw(id as u32)
+}
+
+fn gid(id: u64) -> rustix::fs::Gid {
+    rustix::fs::Gid::from_raw(id as u32)
+}
+
+fn times(mtime: u64) -> Timestamps {
+    let t = Timespec {
+        tv_sec: mtime as i64,
+        tv_nsec: 0,
+    };
+    Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
+}
+
+/// What a layer blob is compressed with, by its first bytes (BuildKit mislabels zstd, so
+/// the media type is not trusted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    Gzip,
+    Zstd,
+    None,
+}
+
+pub fn sniff(head: &[u8]) -> Compression {
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Compression::Gzip
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Compression::Zstd
+    } else {
+        Compression::None
+    }
+}
+
+/// A reader of the uncompressed layer in `path`.
+pub fn open_layer(path: &Path) -> io::Result<Box<dyn Read + Send>> {
+    let mut file = std::fs::File::open(path)?;
+    let mut head = [0u8; 4];
+    let n = read_up_to(&mut file, &mut head)?;
+    let file =
+        io::BufReader::with_capacity(256 << 10, io::Cursor::new(head[..n].to_vec()).chain(file));
+    Ok(match sniff(&head[..n]) {
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(file)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(file)?),
+        Compression::None => Box::new(file),
+    })
+}
+
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_paths() {
+        let j = |p: &[u8]| clean(p).map(|c| String::from_utf8(c.join(&b'/')).unwrap());
+        assert_eq!(j(b"./etc/passwd").as_deref(), Some("etc/passwd"));
+        assert_eq!(j(b"/etc//passwd").as_deref(), Some("etc/passwd"));
+        assert_eq!(j(b"../../etc/passwd").as_deref(), Some("etc/passwd"));
+        assert_eq!(j(b"a/../../b").as_deref(), Some("b"));
+        assert_eq!(j(b"./"), None);
+        assert_eq!(j(b".."), None);
+    }
+
+    #[test]
+    fn sniffing() {
+        assert_eq!(sniff(&[0x1f, 0x8b, 8, 0]), Compression::Gzip);
+        assert_eq!(sniff(&[0x28, 0xb5, 0x2f, 0xfd]), Compression::Zstd);
+        assert_eq!(sniff(b"etc/"), Compression::None);
+    }
+
+    #[test]
+    fn walk_matches_openat2_on_hostile_symlinks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root_path = tmp.path().join("root");
+        std::fs::create_dir_all(root_path.join("etc")).unwrap();
+        std::fs::create_dir_all(tmp.path().join("outside")).unwrap();
+        std::os::unix::fs::symlink("/etc", root_path.join("abs")).unwrap();
+        std::os::unix::fs::symlink("../../outside", root_path.join("rel")).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("outside"), root_path.join("host")).unwrap();
+        let root =
+            rustix::fs::open(&root_path, OFlags::DIRECTORY | OFlags::PATH, Mode::empty()).unwrap();
+        for path in ["abs", "rel", "host", "../..", "etc/../../.."] {
+            let walked = walk_in_root(&root, path.as_bytes());
+            let kernel = open_in_root(&root, path.as_bytes());
+            let ino =
+                |fd: io::Result<OwnedFd>| fd.ok().map(|fd| rustix::fs::fstat(&fd).unwrap().st_ino);
+            let (w, k) = (ino(walked), ino(kernel));
+            assert_eq!(w, k, "{path}");
+            // Whatever it resolves to is inside the root.
+            if let Some(ino) = w {
+                let outside = std::fs::metadata(tmp.path().join("outside")).unwrap();
+                assert_ne!(
+                    ino,
+                    std::os::unix::fs::MetadataExt::ino(&outside),
+                    "{path} escaped"
+                );
+            }
+        }
+    }
+}
