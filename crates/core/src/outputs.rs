@@ -33,26 +33,21 @@ pub fn unpack_layers(
 ) -> anyhow_like::Result<Skipped> {
     std::fs::create_dir_all(target)?;
     let mut unpacker = Unpacker::new(target)?;
-    let mut queue: std::collections::VecDeque<Receiver<io::Result<Vec<u8>>>> = Default::default();
-    let mut received = 0;
-    let mut applied = 0;
-    while applied < layers {
-        while queue.len() < DECOMPRESS_AHEAD && received < layers {
-            match ready.recv() {
-                Ok(path) => {
-                    received += 1;
-                    queue.push_back(decompress_in_background(path));
-                    // Start the next one only when it is already downloaded.
-                    if !queue.is_empty() {
-                        break;
-                    }
-                }
-                Err(_) => return Err(anyhow_like::Error::msg("the layer downloads stopped")),
+    // A dispatcher starts each layer's decompression as soon as it is downloaded, at most
+    // DECOMPRESS_AHEAD beyond the one being applied (the bounded queue blocks it).
+    let (queued_tx, queued) = sync_channel::<Receiver<io::Result<Vec<u8>>>>(DECOMPRESS_AHEAD - 1);
+    std::thread::spawn(move || {
+        for path in ready {
+            if queued_tx.send(decompress_in_background(path)).is_err() {
+                return;
             }
         }
-        let chunks = queue.pop_front().expect("a layer was queued");
+    });
+    for applied in 1..=layers {
+        let chunks = queued
+            .recv()
+            .map_err(|_| anyhow_like::Error::msg("the layer downloads stopped"))?;
         unpacker.apply_layer(ChunkReader::new(chunks))?;
-        applied += 1;
         tracing::debug!("applied layer {applied}/{layers}");
     }
     Ok(unpacker.finish()?)
