@@ -524,6 +524,17 @@ impl Registry {
         format!("repository:{}:pull", repository.path())
     }
 
+    fn manifest_call(method: Method, repository: &Repository, reference: &str) -> Call<'static> {
+        Call {
+            method,
+            path: format!("/v2/{}/manifests/{reference}", repository.path()),
+            accept: Some(MANIFEST_ACCEPT),
+            scope: Self::pull_scope(repository),
+            what: format!("manifest {}:{reference}", repository.path()),
+            range_from: None,
+        }
+    }
+
     /// The digest of a manifest by tag or digest, `None` when the registry has none. HEAD
     /// first (no rate-limit cost on Docker Hub); GET and hash when the registry sends no
     /// `Docker-Content-Digest`.
@@ -532,15 +543,8 @@ impl Registry {
         repository: &Repository,
         reference: &str,
     ) -> Result<Option<Digest>, RegistryError> {
-        let what = format!("manifest {}:{reference}", repository.path());
-        let call = Call {
-            method: Method::HEAD,
-            path: format!("/v2/{}/manifests/{reference}", repository.path()),
-            accept: Some(MANIFEST_ACCEPT),
-            scope: Self::pull_scope(repository),
-            what: what.clone(),
-            range_from: None,
-        };
+        let call = Self::manifest_call(Method::HEAD, repository, reference);
+        let what = &call.what;
         let response = self.send(&call).await?;
         match response.status() {
             StatusCode::NOT_FOUND => return Ok(None),
@@ -556,7 +560,7 @@ impl Registry {
                 tracing::debug!("no digest header for {what}; reading the manifest");
             }
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                return Err(self.status_error(response, repository, &what).await)
+                return Err(self.status_error(response, repository, what).await)
             }
             // Some registries refuse HEAD (405) or answer it oddly: GET decides.
             _ => {}
@@ -574,15 +578,8 @@ impl Registry {
         repository: &Repository,
         reference: &str,
     ) -> Result<Option<Manifest>, RegistryError> {
-        let what = format!("manifest {}:{reference}", repository.path());
-        let call = Call {
-            method: Method::GET,
-            path: format!("/v2/{}/manifests/{reference}", repository.path()),
-            accept: Some(MANIFEST_ACCEPT),
-            scope: Self::pull_scope(repository),
-            what: what.clone(),
-            range_from: None,
-        };
+        let call = Self::manifest_call(Method::GET, repository, reference);
+        let what = call.what.clone();
         let response = self.send(&call).await?;
         if response.status() == StatusCode::NOT_FOUND {
             return Ok(None);
