@@ -4,4 +4,5 @@
 mod check;
 mod common;
 mod get;
+mod harness;
 mod malformed;

@@ -1,53 +1,189 @@
-//! Minimal HTTP/1.1 plumbing for the in-test servers (token server, fault proxy): one request
-//! per connection, `Connection: close`, so the servers stay small and obvious.
+//! Plumbing shared by the in-process HTTP servers (token server, fault proxy): the harness's
+//! tokio runtime, a hyper 1 HTTP/1.1 server loop with keep-alive, and small body/query helpers.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd as _, RawFd};
+use std::sync::{Arc, OnceLock};
 
-pub struct RequestHead {
-    pub method: String,
-    pub target: String,
-    pub headers: Vec<(String, String)>,
-    /// The head as received, for forwarding.
-    pub raw: Vec<u8>,
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt as _, Empty, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The one body type every in-test server answers with.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// The harness's tokio runtime: two worker threads that live as long as the test process.
+/// Servers run on it; tests drive async clients with [`block_on`].
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("harness-rt")
+            .enable_all()
+            .build()
+            .expect("build the harness runtime")
+    })
 }
 
-impl RequestHead {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn path(&self) -> &str {
-        self.target.split('?').next().unwrap_or_default()
-    }
-
-    pub fn query(&self, key: &str) -> Vec<String> {
-        let q = self
-            .target
-            .split_once('?')
-            .map(|(_, q)| q)
-            .unwrap_or_default();
-        q.split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .filter(|(k, _)| *k == key)
-            .map(|(_, v)| percent_decode(v))
-            .collect()
+/// Runs a future to completion on the harness runtime. From a plain `#[test]` thread it
+/// blocks right there; from inside an async context (where `block_on` would panic) it
+/// blocks a helper thread instead.
+pub fn block_on<F>(future: F) -> F::Output
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    if tokio::runtime::Handle::try_current().is_ok() {
+        std::thread::scope(|s| {
+            s.spawn(|| runtime().block_on(future))
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
+    } else {
+        runtime().block_on(future)
     }
 }
 
-fn percent_decode(s: &str) -> String {
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
+}
+
+pub fn empty() -> Body {
+    Empty::new()
+        .map_err(|never: Infallible| match never {})
+        .boxed()
+}
+
+pub fn incoming(body: Incoming) -> Body {
+    body.map_err(BoxError::from).boxed()
+}
+
+/// Returned by a handler to drop the connection without an answer.
+#[derive(Debug)]
+pub struct Abort;
+
+impl std::fmt::Display for Abort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection aborted by the test server")
+    }
+}
+
+impl std::error::Error for Abort {}
+
+/// The connection a request arrived on.
+#[derive(Clone, Copy, Debug)]
+pub struct Conn {
+    pub peer: SocketAddr,
+    fd: RawFd,
+}
+
+impl Conn {
+    /// Makes the next close send a TCP RST instead of a FIN (SO_LINGER with a zero timeout).
+    /// Only valid while the request is being handled (the connection is open).
+    pub fn reset_on_close(&self) {
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        unsafe {
+            libc::setsockopt(
+                self.fd,
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                &linger as *const libc::linger as *const libc::c_void,
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            );
+        }
+    }
+}
+
+/// Binds a fresh loopback port.
+pub fn bind_loopback() -> (std::net::TcpListener, u16) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    (listener, port)
+}
+
+/// Serves HTTP/1.1 (keep-alive) on `listener` with `handler` until the returned task is
+/// aborted. A handler returning `Err(Abort)` closes the connection without a response.
+pub fn serve<H, Fut>(listener: std::net::TcpListener, handler: H) -> tokio::task::JoinHandle<()>
+where
+    H: Fn(Request<Incoming>, Conn) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<Body>, Abort>> + Send + 'static,
+{
+    let handler = Arc::new(handler);
+    runtime().spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).expect("register listener");
+        loop {
+            let Ok((stream, peer)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let conn = Conn {
+                peer,
+                fd: stream.as_raw_fd(),
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| handler(req, conn));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(true)
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
+}
+
+/// `key=value` pairs of a query string or form body, percent-decoded, in order.
+pub fn query_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+pub fn query_values(query: &str, key: &str) -> Vec<String> {
+    query_pairs(query)
+        .into_iter()
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| v)
+        .collect()
+}
+
+pub fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
             b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("00");
-                out.push(u8::from_str_radix(hex, 16).unwrap_or(b'?'));
-                i += 3;
+                match std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
             }
             b'+' => {
                 out.push(b' ');
@@ -62,71 +198,31 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Reads the request line and headers (not the body).
-pub fn read_head(reader: &mut BufReader<TcpStream>) -> Option<RequestHead> {
-    let mut raw = Vec::new();
-    let mut line = String::new();
-    reader.read_line(&mut line).ok()?;
-    if line.trim().is_empty() {
-        return None;
-    }
-    raw.extend_from_slice(line.as_bytes());
-    let mut parts = line.split_whitespace();
-    let method = parts.next()?.to_string();
-    let target = parts.next()?.to_string();
-    let mut headers = Vec::new();
-    loop {
-        let mut h = String::new();
-        reader.read_line(&mut h).ok()?;
-        raw.extend_from_slice(h.as_bytes());
-        let t = h.trim_end();
-        if t.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = t.split_once(':') {
-            headers.push((k.trim().to_string(), v.trim().to_string()));
-        }
-    }
-    Some(RequestHead {
-        method,
-        target,
-        headers,
-        raw,
-    })
+/// `secs` since the epoch as RFC 3339 UTC (`2026-01-02T03:04:05Z`).
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
-/// Reads a `Content-Length` body (chunked request bodies are not used by the tests).
-pub fn read_body(reader: &mut BufReader<TcpStream>, head: &RequestHead) -> Vec<u8> {
-    let len: usize = head
-        .header("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = vec![0; len];
-    let _ = reader.read_exact(&mut body);
-    body
-}
-
-pub fn respond(stream: &mut TcpStream, status: u16, headers: &[(&str, String)], body: &[u8]) {
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        404 => "Not Found",
-        429 => "Too Many Requests",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        _ => "Status",
-    };
-    let mut out = format!("HTTP/1.1 {status} {reason}\r\n");
-    for (k, v) in headers {
-        out.push_str(&format!("{k}: {v}\r\n"));
-    }
-    out.push_str(&format!(
-        "Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    ));
-    let _ = stream.write_all(out.as_bytes());
-    let _ = stream.write_all(body);
-    let _ = stream.flush();
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }

@@ -1,23 +1,66 @@
-//! A fault-injecting HTTP proxy in front of a real plain-HTTP registry: it forwards requests
-//! (one per connection) and, when a rule matches, answers with a status, resets the
-//! connection, or cuts the body short. Every request is recorded for counting.
+//! A fault-injecting HTTP/1.1 reverse proxy in front of a real plain-HTTP registry.
+//!
+//! It forwards method, path+query, headers and body in both directions as streams (large
+//! blobs and chunked uploads work, connections are kept alive), keeps the `Host` header (so
+//! the registry's absolute `Location`s already name the proxy) and rewrites any `Location`
+//! that still names the upstream. Rules added at run time make the next N matching requests
+//! fail in a chosen way; every request is recorded. Optionally it enforces a page size on tag
+//! listing, which distribution 2.8 itself does not do (it ignores `n` and `last`).
+//!
+//! Each `FaultProxy` is its own server on its own loopback port; dropping it stops accepting.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::future::Future as _;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use super::http::{read_body, read_head, respond};
+use bytes::Bytes;
+use http_body_util::BodyExt as _;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+
+use super::http::{self, full, Abort, Body, BoxError, Conn};
 
 #[derive(Clone, Debug)]
 pub enum Fault {
-    /// Answer with this status, extra headers and body.
+    /// Answer with this status, extra headers and body; the upstream never sees the request.
     Status(u16, Vec<(String, String)>, String),
-    /// Close the connection without an answer.
+    /// Drop the connection without an answer (a TCP RST).
     Reset,
-    /// Forward, but send only the first N bytes of the body, then close.
+    /// Forward, but after the response head (with the full `Content-Length`) send only the
+    /// first N bytes of the body, then close the connection.
     Truncate(usize),
     /// Forward, without this response header.
     StripHeader(String),
+    /// Wait this long, then forward.
+    Delay(Duration),
+}
+
+impl Fault {
+    /// A bare status, e.g. `Fault::status(503)`.
+    pub fn status(code: u16) -> Fault {
+        Fault::Status(code, Vec::new(), String::new())
+    }
+
+    /// A status with a registry-style JSON error body.
+    pub fn status_json(code: u16, error_code: &str, message: &str) -> Fault {
+        Fault::Status(
+            code,
+            vec![("Content-Type".into(), "application/json".into())],
+            serde_json::json!({"errors": [{"code": error_code, "message": message}]}).to_string(),
+        )
+    }
+
+    /// 429 with `Retry-After: secs`.
+    pub fn too_many_requests(retry_after_secs: u64) -> Fault {
+        Fault::Status(
+            429,
+            vec![("Retry-After".into(), retry_after_secs.to_string())],
+            "slow down".into(),
+        )
+    }
 }
 
 struct Rule {
@@ -27,168 +70,417 @@ struct Rule {
     fault: Fault,
 }
 
+/// One request the proxy received.
 #[derive(Clone, Debug)]
 pub struct Seen {
     pub method: String,
+    /// Path and query, as received.
     pub target: String,
+    /// All request headers, names lowercase.
+    pub headers: Vec<(String, String)>,
+    /// The status sent back (`None` while in flight, or when the connection was reset or
+    /// the upstream could not be reached before a status).
+    pub status: Option<u16>,
+    /// The fault applied, if a rule matched.
+    pub fault: Option<Fault>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or_default()
+    }
 }
 
 #[derive(Default)]
 struct State {
     rules: Vec<Rule>,
     seen: Vec<Seen>,
+    tag_page_limit: Option<usize>,
 }
 
 pub struct FaultProxy {
     pub port: u16,
+    upstream: String,
+    state: Arc<Mutex<State>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct Shared {
+    upstream: String,
+    me: String,
     state: Arc<Mutex<State>>,
 }
 
 impl FaultProxy {
+    /// A proxy on a fresh loopback port forwarding to `upstream` (`host:port`, plain HTTP).
     pub fn start(upstream: &str) -> FaultProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
+        let (listener, port) = http::bind_loopback();
         let state = Arc::new(Mutex::new(State::default()));
-        let shared = state.clone();
-        let upstream = upstream.to_string();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let state = shared.clone();
-                let upstream = upstream.clone();
-                std::thread::spawn(move || handle(stream, &upstream, &state));
-            }
+        let shared = Arc::new(Shared {
+            upstream: upstream.to_string(),
+            me: format!("127.0.0.1:{port}"),
+            state: state.clone(),
         });
-        FaultProxy { port, state }
+        let task = http::serve(listener, move |req, conn| {
+            let shared = shared.clone();
+            async move { handle(&shared, req, conn).await }
+        });
+        FaultProxy {
+            port,
+            upstream: upstream.to_string(),
+            state,
+            task,
+        }
     }
 
+    /// `127.0.0.1:PORT`, to use in place of the registry's host.
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// The next `times` requests whose path contains `path_contains` (and whose method is
-    /// `method`, when given) get `fault`.
+    pub fn upstream(&self) -> &str {
+        &self.upstream
+    }
+
+    /// `127.0.0.1:PORT/<name>`
+    pub fn repo(&self, name: &str) -> String {
+        format!("{}/{name}", self.host())
+    }
+
+    /// The next `times` requests whose path+query contains `path_contains` (and whose method
+    /// is `method`, when given) get `fault`. Rules are tried in the order they were added; a
+    /// request takes at most one fault.
     pub fn add(&self, path_contains: &str, method: Option<&str>, times: usize, fault: Fault) {
         self.state.lock().unwrap().rules.push(Rule {
             path_contains: path_contains.into(),
-            method: method.map(str::to_string),
+            method: method.map(|m| m.to_ascii_uppercase()),
             remaining: times,
             fault,
         });
     }
 
+    /// Tag lists (`/v2/<name>/tags/list`) come back at most `limit` tags at a time, sorted,
+    /// after `last`, with a `Link: <...?last=X&n=N>; rel="next"` header while more remain,
+    /// whatever `n` the client asked for above `limit` (or none). `None` turns it off.
+    pub fn limit_tag_pages(&self, limit: Option<usize>) {
+        self.state.lock().unwrap().tag_page_limit = limit;
+    }
+
+    /// Every request so far, oldest first.
     pub fn seen(&self) -> Vec<Seen> {
         self.state.lock().unwrap().seen.clone()
     }
 
+    /// How many requests' path+query contained `path_contains`.
+    pub fn count(&self, path_contains: &str) -> usize {
+        self.count_method(None, path_contains)
+    }
+
+    /// How many `method` requests (any, when `None`) contained `path_contains`.
+    pub fn count_method(&self, method: Option<&str>, path_contains: &str) -> usize {
+        self.state
+            .lock()
+            .unwrap()
+            .seen
+            .iter()
+            .filter(|s| s.target.contains(path_contains))
+            .filter(|s| method.is_none_or(|m| s.method.eq_ignore_ascii_case(m)))
+            .count()
+    }
+
+    /// Rules not yet used up.
+    pub fn pending_faults(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap()
+            .rules
+            .iter()
+            .map(|r| r.remaining)
+            .sum()
+    }
+
+    /// Forgets rules and recorded requests.
     pub fn clear(&self) {
         let mut s = self.state.lock().unwrap();
         s.rules.clear();
         s.seen.clear();
     }
+
+    pub fn clear_rules(&self) {
+        self.state.lock().unwrap().rules.clear();
+    }
 }
 
-fn handle(client: TcpStream, upstream: &str, state: &Mutex<State>) {
-    let mut reader = BufReader::new(client.try_clone().unwrap());
-    let mut client = client;
-    let Some(head) = read_head(&mut reader) else {
-        return;
-    };
-    let body = read_body(&mut reader, &head);
-    let fault = {
-        let mut s = state.lock().unwrap();
-        s.seen.push(Seen {
-            method: head.method.clone(),
-            target: head.target.clone(),
-        });
-        let rule = s.rules.iter_mut().find(|r| {
-            r.remaining > 0
-                && head.target.contains(&r.path_contains)
-                && r.method.as_ref().is_none_or(|m| *m == head.method)
-        });
-        rule.map(|r| {
-            r.remaining -= 1;
-            r.fault.clone()
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+async fn handle(
+    shared: &Shared,
+    req: Request<Incoming>,
+    conn: Conn,
+) -> Result<Response<Body>, Abort> {
+    let method = req.method().to_string();
+    let target = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
         })
+        .collect();
+    let (index, fault, page_limit) = {
+        let mut s = shared.state.lock().unwrap();
+        let fault = s
+            .rules
+            .iter_mut()
+            .find(|r| {
+                r.remaining > 0
+                    && target.contains(&r.path_contains)
+                    && r.method.as_ref().is_none_or(|m| *m == method)
+            })
+            .map(|r| {
+                r.remaining -= 1;
+                r.fault.clone()
+            });
+        s.seen.push(Seen {
+            method: method.clone(),
+            target: target.clone(),
+            headers,
+            status: None,
+            fault: fault.clone(),
+        });
+        (s.seen.len() - 1, fault, s.tag_page_limit)
     };
-    match fault {
-        Some(Fault::Status(code, headers, text)) => {
-            let headers: Vec<(&str, String)> = headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.clone()))
-                .collect();
-            respond(&mut client, code, &headers, text.as_bytes());
-            return;
+    let record = |status: u16| {
+        if let Some(seen) = shared.state.lock().unwrap().seen.get_mut(index) {
+            seen.status = Some(status);
+        }
+    };
+    match &fault {
+        Some(Fault::Status(code, extra, text)) => {
+            let mut response = Response::builder().status(*code);
+            for (k, v) in extra {
+                response = response.header(k.as_str(), v.as_str());
+            }
+            record(*code);
+            return Ok(response.body(full(text.clone())).unwrap());
         }
         Some(Fault::Reset) => {
-            let _ = client.shutdown(Shutdown::Both);
-            return;
+            conn.reset_on_close();
+            return Err(Abort);
         }
+        Some(Fault::Delay(d)) => tokio::time::sleep(*d).await,
         _ => {}
     }
-    let Ok(mut up) = TcpStream::connect(upstream) else {
-        respond(&mut client, 502, &[], b"upstream down");
-        return;
+
+    let tag_list = page_limit.and_then(|limit| {
+        let path = req.uri().path();
+        let name = path.strip_prefix("/v2/")?.strip_suffix("/tags/list")?;
+        (req.method() == hyper::Method::GET).then(|| (name.to_string(), limit))
+    });
+
+    let response = match forward(shared, req).await {
+        Ok(r) => r,
+        Err(e) => {
+            record(502);
+            return Ok(Response::builder()
+                .status(StatusCode::BAD_GATEWAY)
+                .body(full(format!(
+                    "fault proxy: upstream {}: {e}",
+                    shared.upstream
+                )))
+                .unwrap());
+        }
     };
-    // Same head, but one request per connection.
-    let mut out = format!("{} {} HTTP/1.1\r\n", head.method, head.target);
-    for (k, v) in &head.headers {
-        if !k.eq_ignore_ascii_case("connection") {
-            out.push_str(&format!("{k}: {v}\r\n"));
-        }
+    let (mut parts, body) = response.into_parts();
+    for name in HOP_BY_HOP.iter().chain(&["transfer-encoding"]) {
+        parts.headers.remove(*name);
     }
-    out.push_str("Connection: close\r\n\r\n");
-    if up.write_all(out.as_bytes()).is_err() || up.write_all(&body).is_err() {
-        return;
-    }
-    let mut up_reader = BufReader::new(up);
-    // Response head, forwarded as is.
-    let mut head_bytes = Vec::new();
-    loop {
-        let mut line = Vec::new();
-        if up_reader.read_until(b'\n', &mut line).unwrap_or(0) == 0 {
-            break;
-        }
-        head_bytes.extend_from_slice(&line);
-        if line == b"\r\n" || line == b"\n" {
-            break;
+    if let Some(location) = parts
+        .headers
+        .get(hyper::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let from = format!("http://{}", shared.upstream);
+        if let Some(rest) = location.strip_prefix(&from) {
+            let rewritten = format!("http://{}{rest}", shared.me);
+            parts
+                .headers
+                .insert(hyper::header::LOCATION, rewritten.parse().unwrap());
         }
     }
     if let Some(Fault::StripHeader(name)) = &fault {
-        let prefix = format!("{}:", name.to_ascii_lowercase());
-        let text = String::from_utf8_lossy(&head_bytes).into_owned();
-        head_bytes = text
-            .split_inclusive('\n')
-            .filter(|line| !line.to_ascii_lowercase().starts_with(&prefix))
-            .collect::<String>()
-            .into_bytes();
+        parts.headers.remove(name.as_str());
     }
-    if client.write_all(&head_bytes).is_err() {
-        return;
+    record(parts.status.as_u16());
+    let body = match (&fault, tag_list) {
+        (_, Some((name, limit))) if parts.status == StatusCode::OK => {
+            let bytes = body.collect().await.map_err(|_| Abort)?.to_bytes();
+            let query = target.split_once('?').map(|(_, q)| q).unwrap_or_default();
+            let (page, link) = page_tags(&name, &bytes, query, limit);
+            parts.headers.remove(hyper::header::CONTENT_LENGTH);
+            if let Some(link) = link {
+                parts.headers.insert("link", link.parse().unwrap());
+            }
+            full(page)
+        }
+        (Some(Fault::Truncate(n)), _) => Truncated::new(body, *n).boxed_body(),
+        _ => http::incoming(body),
+    };
+    Ok(Response::from_parts(parts, body))
+}
+
+/// One upstream connection per request: simple, and a reset upstream cannot poison a pool.
+async fn forward(shared: &Shared, req: Request<Incoming>) -> Result<Response<Incoming>, BoxError> {
+    let stream = tokio::net::TcpStream::connect(&shared.upstream).await?;
+    let _ = stream.set_nodelay(true);
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake::<_, Incoming>(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let (mut parts, body) = req.into_parts();
+    for name in HOP_BY_HOP {
+        parts.headers.remove(*name);
     }
-    let limit = match fault {
-        Some(Fault::Truncate(n)) => Some(n),
+    // Origin-form target, as received.
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    parts.uri = target.parse()?;
+    Ok(sender
+        .send_request(Request::from_parts(parts, body))
+        .await?)
+}
+
+/// Applies the page limit to a distribution tag list body.
+fn page_tags(name: &str, body: &[u8], query: &str, limit: usize) -> (Vec<u8>, Option<String>) {
+    let Ok(mut list) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return (body.to_vec(), None);
+    };
+    let mut tags: Vec<String> = list["tags"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    tags.sort();
+    let last = http::query_values(query, "last").pop();
+    let asked: Option<usize> = http::query_values(query, "n")
+        .pop()
+        .and_then(|n| n.parse().ok());
+    let n = match asked {
+        Some(n) if n > 0 && n <= limit => n,
+        _ => limit,
+    };
+    let after: Vec<String> = tags
+        .into_iter()
+        .filter(|t| last.as_ref().is_none_or(|l| t > l))
+        .collect();
+    let more = after.len() > n;
+    let page: Vec<String> = after.into_iter().take(n).collect();
+    let link = match (more, page.last()) {
+        (true, Some(last)) => Some(format!(
+            "</v2/{name}/tags/list?last={last}&n={n}>; rel=\"next\""
+        )),
         _ => None,
     };
-    let mut sent = 0usize;
-    let mut buf = [0u8; 64 * 1024];
-    loop {
-        let n = match up_reader.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        let n = match limit {
-            Some(l) if sent + n >= l => {
-                let _ = client.write_all(&buf[..l - sent]);
-                break;
-            }
-            _ => n,
-        };
-        if client.write_all(&buf[..n]).is_err() {
-            break;
+    list["tags"] = serde_json::json!(page);
+    (serde_json::to_vec(&list).unwrap(), link)
+}
+
+/// A response body cut short: the first `limit` bytes, flushed, then an error that makes
+/// hyper close the connection (the client sees fewer bytes than `Content-Length`).
+struct Truncated {
+    inner: Incoming,
+    remaining: usize,
+    closing: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Truncated {
+    fn new(inner: Incoming, limit: usize) -> Truncated {
+        Truncated {
+            inner,
+            remaining: limit,
+            closing: None,
         }
-        sent += n;
     }
-    let _ = client.flush();
-    let _ = client.shutdown(Shutdown::Both);
+
+    fn boxed_body(self) -> Body {
+        http_body_util::BodyExt::boxed(self)
+    }
+}
+
+impl hyper::body::Body for Truncated {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.remaining == 0 {
+            // Give hyper a chance to flush what was sent, then fail the body.
+            let sleep = this
+                .closing
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_millis(100))));
+            return match sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err("truncated by the fault proxy".into()))),
+                Poll::Pending => Poll::Pending,
+            };
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(mut data) => {
+                    if data.len() > this.remaining {
+                        data.truncate(this.remaining);
+                    }
+                    this.remaining -= data.len();
+                    Poll::Ready(Some(Ok(Frame::data(data))))
+                }
+                // Trailers: drop them, the body is cut anyway.
+                Err(_) => Poll::Ready(Some(Err("truncated by the fault proxy".into()))),
+            },
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            // The body was shorter than the cut: end it as the upstream did.
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        // Unknown: hyper then frames by the Content-Length header the upstream sent.
+        SizeHint::default()
+    }
 }
