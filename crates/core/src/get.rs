@@ -7,7 +7,6 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -15,6 +14,7 @@ use serde::Deserialize;
 use crate::error::Error;
 use crate::image::{self, ImageConfig, ImageIndex, ImageManifest, WantedPlatform};
 use crate::outputs;
+use crate::progress::Progress;
 use crate::protocol::{parse_params, MetadataField, Request, Response, Version};
 use crate::reference::{Digest, Repository};
 use crate::registry::{Manifest, Registry};
@@ -194,32 +194,40 @@ async fn fetch_and_write(
     let semaphore = Arc::new(tokio::sync::Semaphore::new(
         settings.max_concurrent_downloads,
     ));
-    let total: u64 = manifest.layers.iter().map(|l| l.size).sum();
-    let done = Arc::new(AtomicU64::new(0));
-    let progress = outputs::Progress::start(total, manifest.layers.len(), done.clone());
-    let mut seen = HashSet::new();
+    let unique: Vec<&crate::image::Descriptor> = {
+        let mut seen = HashSet::new();
+        manifest
+            .layers
+            .iter()
+            .filter(|l| seen.insert(l.digest.clone()))
+            .collect()
+    };
+    let progress = Progress::start(
+        unique
+            .iter()
+            .map(|l| (l.digest.hex()[..12].to_string(), l.size))
+            .collect(),
+    );
     let mut downloads = Vec::new();
-    for layer in &manifest.layers {
-        if !seen.insert(layer.digest.clone()) {
-            continue;
-        }
+    for (i, layer) in unique.iter().enumerate() {
         let path = staging.join(layer.digest.hex());
-        let (semaphore, done) = (semaphore.clone(), done.clone());
-        let layer = layer.clone();
+        let semaphore = semaphore.clone();
+        let report = progress.layer(i);
+        let layer = (*layer).clone();
         downloads.push((layer.digest.clone(), async move {
             let _permit = semaphore.acquire_owned().await.expect("never closed");
+            let reporter = report.clone();
             registry_ref
                 .download_blob(
                     repository,
                     &layer.digest,
                     Some(layer.size),
                     &path,
-                    &move |n| {
-                        done.fetch_add(n, Ordering::Relaxed);
-                    },
+                    &move |n| reporter.set(n),
                 )
-                .await
-                .map(|()| path)
+                .await?;
+            report.finished();
+            Ok::<_, crate::registry::RegistryError>(path)
         }));
     }
     // Drive all downloads concurrently; hand each finished layer (in manifest order) to the

@@ -9,6 +9,7 @@ pub mod error;
 pub mod get;
 pub mod image;
 pub mod outputs;
+pub mod progress;
 pub mod protocol;
 pub mod reference;
 pub mod registry;

@@ -8,10 +8,7 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use crate::error::Error;
 use crate::get::{io_error, write_file};
@@ -148,61 +145,6 @@ pub mod anyhow_like {
         }
     }
     pub type Result<T> = std::result::Result<T, Error>;
-}
-
-/// Download progress on stderr: a line every few seconds (Concourse's log is not a terminal).
-pub struct Progress {
-    stop: Arc<AtomicBool>,
-}
-
-impl Progress {
-    pub fn start(total: u64, layers: usize, done: Arc<AtomicU64>) -> Progress {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let started = Instant::now();
-        tracing::info!("fetching {layers} layers, {}", human(total));
-        std::thread::spawn(move || {
-            let mut last = 0;
-            while !flag.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(200));
-                let secs = started.elapsed().as_secs();
-                if secs >= last + 5 && !flag.load(Ordering::Relaxed) {
-                    last = secs;
-                    let d = done.load(Ordering::Relaxed);
-                    tracing::info!(
-                        "{} of {} ({}/s)",
-                        human(d),
-                        human(total),
-                        human(d / secs.max(1))
-                    );
-                }
-            }
-        });
-        Progress { stop }
-    }
-
-    pub fn finish(self) {}
-}
-
-impl Drop for Progress {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
 }
 
 /// `metadata.json`: what Concourse needs to run the rootfs as a task image.

@@ -633,7 +633,8 @@ impl Registry {
 impl Registry {
     /// Downloads a blob into `dest`, hashing as it goes; the file is only good when this
     /// returns Ok (digest and size verified). A body that breaks off is resumed with `Range`
-    /// where the registry honours it, else restarted. `progress` gets byte counts.
+    /// where the registry honours it, else restarted. `progress` gets the bytes received so
+    /// far.
     pub async fn download_blob(
         &self,
         repository: &Repository,
@@ -702,7 +703,7 @@ impl Registry {
                         }
                         hasher.update(&chunk);
                         file.write_all(&chunk).await.map_err(write_error)?;
-                        progress(chunk.len() as u64);
+                        progress(written);
                     }
                     Err(e) => {
                         broken = Some(e);

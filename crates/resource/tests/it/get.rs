@@ -694,3 +694,34 @@ fn a_persistent_blob_failure_is_a_clear_error() {
     assert!(err.contains("blob sha256:"), "{err}");
     assert!(!dest.path().join("rootfs").exists());
 }
+
+#[test]
+fn progress_names_each_layer_and_the_throughput() {
+    let reg = &env().plain;
+    let repo = common::unique("get-progress");
+    let image = Image::new()
+        .layer(vec![Entry::file("one", "1")])
+        .layer(vec![Entry::file("two", "2")]);
+    let layout = tempfile::tempdir().unwrap();
+    let built = image.write_layout(layout.path(), "t");
+    reg.push_layout(layout.path(), "t", &format!("{repo}:latest"));
+    let dest = tempfile::tempdir().unwrap();
+    let out = get(
+        json!({"repository": reg.repo(&repo)}),
+        json!({"digest": built.digest}),
+        json!({}),
+        dest.path(),
+    );
+    out.success();
+    assert!(out.stderr.contains("fetching 2 layers"), "{}", out.stderr);
+    let manifest: Value = serde_json::from_slice(&built.manifest).unwrap();
+    for layer in manifest["layers"].as_array().unwrap() {
+        let short = &layer["digest"].as_str().unwrap()["sha256:".len().."sha256:".len() + 12];
+        assert!(
+            out.stderr.contains(&format!("fetched layer {short}")),
+            "{}",
+            out.stderr
+        );
+    }
+    assert!(out.stderr.contains("/s)"), "{}", out.stderr);
+}
