@@ -20,6 +20,8 @@ pub enum Error {
     TagNotFound { repository: String, tag: String },
     #[error("image {reference}: {reason}")]
     Image { reference: String, reason: String },
+    #[error("{path}: {reason}")]
+    Input { path: String, reason: String },
     #[error("cannot write {path}: {reason}")]
     Output { path: String, reason: String },
     #[error("{0} is not implemented yet")]

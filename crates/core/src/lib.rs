@@ -4,6 +4,7 @@
 //! here. This library never writes to stdout and never exits; logs go through `tracing`.
 #![deny(clippy::print_stdout)]
 
+pub mod archive;
 pub mod check;
 pub mod error;
 pub mod get;
@@ -11,6 +12,7 @@ pub mod image;
 pub mod outputs;
 pub mod progress;
 pub mod protocol;
+pub mod put;
 pub mod reference;
 pub mod registry;
 pub mod secret;

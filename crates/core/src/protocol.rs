@@ -137,11 +137,12 @@ fn suggestion(path: &str) -> Option<String> {
         Some((parent, name)) => (Some(parent), name),
         None => (None, path),
     };
+    let params = [crate::get::PARAMS, crate::put::PARAMS].concat();
     let known: &[&str] = match parent {
         None => TOP_FIELDS,
         Some("source") => crate::source::FIELDS,
         Some("version") => VERSION_FIELDS,
-        Some("params") => crate::get::PARAMS,
+        Some("params") => &params,
         Some(_) => &[
             "domain",
             "cert",

@@ -151,7 +151,11 @@ fn run(command: Command, dir: Option<PathBuf>, filter: &FilterHandle) -> anyhow:
                 let response = dockhand::get::get(&request, &dir).await?;
                 Ok(serde_json::to_string(&response)?)
             }
-            Command::Out => Err(dockhand::Error::NotImplemented("out").into()),
+            Command::Out => {
+                let dir = dir.expect("clap requires DIR for out");
+                let response = dockhand::put::put(&request, &dir).await?;
+                Ok(serde_json::to_string(&response)?)
+            }
         }
     })?;
     Ok(json + "\n")

@@ -6,6 +6,7 @@
 
 mod auth;
 mod transport;
+mod upload;
 
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ use crate::source::RegistryConfig;
 pub use auth::{parse_challenge, Challenge, Credentials};
 pub use transport::check_tls_material;
 use transport::{build_client, classify, Failure, Verify};
+pub use upload::Mount;
 
 /// Media types of manifests and indexes, all four accepted on every manifest request.
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -260,6 +262,60 @@ struct Call<'a> {
     what: String,
     /// `Range: bytes=N-`, to resume a blob.
     range_from: Option<u64>,
+    /// What to send; made again for every try.
+    body: Option<Body>,
+}
+
+/// A request body that can be produced again for a retry.
+#[derive(Debug, Clone)]
+pub enum Body {
+    Bytes {
+        bytes: Vec<u8>,
+        content_type: String,
+    },
+    /// `len` bytes of a file from `offset` (a blob inside a tarball, or a whole file).
+    File {
+        path: std::path::PathBuf,
+        offset: u64,
+        len: u64,
+    },
+}
+
+impl Body {
+    async fn to_reqwest(&self) -> std::io::Result<(reqwest::Body, String, u64)> {
+        match self {
+            Body::Bytes {
+                bytes,
+                content_type,
+            } => Ok((
+                reqwest::Body::from(bytes.clone()),
+                content_type.clone(),
+                bytes.len() as u64,
+            )),
+            Body::File { path, offset, len } => {
+                use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+                let mut file = tokio::fs::File::open(path).await?;
+                file.seek(std::io::SeekFrom::Start(*offset)).await?;
+                let reader = file.take(*len);
+                let stream = futures_util::stream::unfold(reader, |mut r| async move {
+                    let mut buf = vec![0u8; 256 << 10];
+                    match r.read(&mut buf).await {
+                        Ok(0) => None,
+                        Ok(n) => {
+                            buf.truncate(n);
+                            Some((Ok::<_, std::io::Error>(buf), r))
+                        }
+                        Err(e) => Some((Err(e), r)),
+                    }
+                });
+                Ok((
+                    reqwest::Body::wrap_stream(stream),
+                    "application/octet-stream".to_string(),
+                    *len,
+                ))
+            }
+        }
+    }
 }
 
 impl Registry {
@@ -426,7 +482,11 @@ impl Registry {
     /// broken connections with backoff. Any status is returned; callers read it.
     async fn send(&self, call: &Call<'_>) -> Result<reqwest::Response, RegistryError> {
         let conn = self.connection().await?;
-        let url = format!("{}{}", conn.base, call.path);
+        let url = if call.path.starts_with("http://") || call.path.starts_with("https://") {
+            call.path.clone()
+        } else {
+            format!("{}{}", conn.base, call.path)
+        };
         let mut reauthenticated = false;
         let mut attempt = 0;
         loop {
@@ -439,6 +499,19 @@ impl Registry {
             }
             if let Some(header) = self.auth.header(&conn.http, &call.scope).await? {
                 request = request.header(reqwest::header::AUTHORIZATION, header);
+            }
+            if let Some(body) = &call.body {
+                let (body, content_type, len) =
+                    body.to_reqwest().await.map_err(|e| RegistryError::Write {
+                        path: format!("the body of {}", call.what),
+                        source: e,
+                    })?;
+                request = request
+                    .header(CONTENT_TYPE, content_type)
+                    .header(reqwest::header::CONTENT_LENGTH, len)
+                    .body(body);
+            } else if call.method == Method::POST || call.method == Method::PUT {
+                request = request.header(reqwest::header::CONTENT_LENGTH, 0);
             }
             match request.send().await {
                 Ok(resp) => {
@@ -532,6 +605,7 @@ impl Registry {
             scope: Self::pull_scope(repository),
             what: format!("manifest {}:{reference}", repository.path()),
             range_from: None,
+            body: None,
         }
     }
 
@@ -662,6 +736,7 @@ impl Registry {
                 scope: Self::pull_scope(repository),
                 what: what.clone(),
                 range_from: (written > 0).then_some(written),
+                body: None,
             };
             let response = self.send(&call).await?;
             match response.status() {

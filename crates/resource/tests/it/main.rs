@@ -6,3 +6,4 @@ mod common;
 mod get;
 mod harness;
 mod malformed;
+mod put;

@@ -1,0 +1,623 @@
+//! Images on disk, read for pushing: OCI image layouts (a directory or a tarball,
+//! <https://github.com/opencontainers/image-spec/blob/main/image-layout.md>), `docker save`
+//! tarballs (`manifest.json`, <https://github.com/moby/moby/blob/master/image/spec/v1.2.md>),
+//! and rootfs tarballs for `import_file`.
+//!
+//! Blobs inside a tarball are not copied out: they are sent straight from their offset in
+//! the file. An OCI layout is pushed byte for byte, so digests (of indexes too) are kept.
+//! Uncompressed layers (`docker save` before Docker 25) are gzipped, in parallel.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sha2::Digest as _;
+
+use crate::error::Error;
+use crate::image::{is_index, ImageIndex, ImageManifest};
+use crate::reference::Digest;
+use crate::registry::{Body, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
+use crate::unpack::{sniff, Compression};
+
+/// One blob to make sure the registry has.
+#[derive(Debug, Clone)]
+pub struct Blob {
+    pub digest: Digest,
+    pub size: u64,
+    pub body: Body,
+}
+
+/// A manifest or index, as bytes.
+#[derive(Debug, Clone)]
+pub struct ManifestBlob {
+    pub digest: Digest,
+    pub media_type: String,
+    pub bytes: Vec<u8>,
+}
+
+/// Everything a push sends: blobs, then the manifests of an index's children, then the top.
+#[derive(Debug)]
+pub struct Plan {
+    pub blobs: Vec<Blob>,
+    pub children: Vec<ManifestBlob>,
+    pub top: ManifestBlob,
+    /// The config digest (image id) of a single-platform image.
+    pub image_id: Option<Digest>,
+}
+
+fn bad(path: &Path, reason: impl std::fmt::Display) -> Error {
+    Error::Input {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// The files of an image on disk: a directory, or the members of a tarball by offset.
+enum Files {
+    Dir(PathBuf),
+    Tar {
+        path: PathBuf,
+        members: HashMap<String, (u64, u64)>,
+    },
+}
+
+impl Files {
+    fn open(path: &Path) -> Result<Files, Error> {
+        let meta = std::fs::metadata(path).map_err(|e| bad(path, e))?;
+        if meta.is_dir() {
+            return Ok(Files::Dir(path.to_path_buf()));
+        }
+        let file = std::fs::File::open(path).map_err(|e| bad(path, e))?;
+        let mut archive = tar::Archive::new(file);
+        let mut members = HashMap::new();
+        let entries = archive
+            .entries_with_seek()
+            .map_err(|e| bad(path, format!("not a tar archive: {e}")))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| bad(path, format!("not a tar archive: {e}")))?;
+            if !entry.header().entry_type().is_file() {
+                continue;
+            }
+            let name = String::from_utf8_lossy(&entry.path_bytes())
+                .trim_start_matches("./")
+                .to_string();
+            members.insert(name, (entry.raw_file_position(), entry.size()));
+        }
+        if members.is_empty() {
+            return Err(bad(path, "not a tar archive (no files in it)"));
+        }
+        Ok(Files::Tar {
+            path: path.to_path_buf(),
+            members,
+        })
+    }
+
+    fn describe(&self) -> &Path {
+        match self {
+            Files::Dir(p) => p,
+            Files::Tar { path, .. } => path,
+        }
+    }
+
+    fn has(&self, name: &str) -> bool {
+        match self {
+            Files::Dir(root) => root.join(name).is_file(),
+            Files::Tar { members, .. } => members.contains_key(name),
+        }
+    }
+
+    /// The body that sends this member, and its size.
+    fn body(&self, name: &str) -> Result<(Body, u64), Error> {
+        let missing = || bad(self.describe(), format!("{name} is missing"));
+        match self {
+            Files::Dir(root) => {
+                let path = root.join(name);
+                let len = std::fs::metadata(&path).map_err(|_| missing())?.len();
+                Ok((
+                    Body::File {
+                        path,
+                        offset: 0,
+                        len,
+                    },
+                    len,
+                ))
+            }
+            Files::Tar { path, members } => {
+                let (offset, len) = *members.get(name).ok_or_else(missing)?;
+                Ok((
+                    Body::File {
+                        path: path.clone(),
+                        offset,
+                        len,
+                    },
+                    len,
+                ))
+            }
+        }
+    }
+
+    fn reader(&self, name: &str) -> Result<Box<dyn Read>, Error> {
+        let (body, _) = self.body(name)?;
+        let Body::File { path, offset, len } = body else {
+            unreachable!("files are file bodies")
+        };
+        let mut f = std::fs::File::open(&path).map_err(|e| bad(&path, e))?;
+        f.seek(io::SeekFrom::Start(offset))
+            .map_err(|e| bad(&path, e))?;
+        Ok(Box::new(io::BufReader::with_capacity(1 << 20, f.take(len))))
+    }
+
+    /// A small member (manifest, config), at most 16 MiB.
+    fn read_small(&self, name: &str) -> Result<Vec<u8>, Error> {
+        let (_, len) = self.body(name)?;
+        if len > 16 << 20 {
+            return Err(bad(
+                self.describe(),
+                format!("{name} is too large for JSON"),
+            ));
+        }
+        let mut out = Vec::with_capacity(len as usize);
+        self.reader(name)?
+            .read_to_end(&mut out)
+            .map_err(|e| bad(self.describe(), e))?;
+        Ok(out)
+    }
+}
+
+fn blob_name(d: &Digest) -> String {
+    format!("blobs/sha256/{}", d.hex())
+}
+
+/// Reads an image given as `image`, `load_file` or `load`: an OCI layout (directory or
+/// tarball) when it has `index.json`, else a `docker save` tarball. `staging` receives
+/// layers that have to be compressed.
+pub fn read_image(path: &Path, staging: &Path) -> Result<Plan, Error> {
+    let files = Files::open(path)?;
+    if files.has("index.json") && files.has("oci-layout") {
+        return read_oci_layout(&files);
+    }
+    if files.has("manifest.json") {
+        return read_docker_archive(&files, staging);
+    }
+    Err(bad(
+        path,
+        "neither an OCI image layout (index.json) nor a docker save archive (manifest.json)",
+    ))
+}
+
+fn read_oci_layout(files: &Files) -> Result<Plan, Error> {
+    let index_bytes = files.read_small("index.json")?;
+    let index: ImageIndex = serde_json::from_slice(&index_bytes).map_err(|e| {
+        bad(
+            files.describe(),
+            format!("index.json is not an image index: {e}"),
+        )
+    })?;
+    // One entry: that manifest or index is the image. Several: index.json itself is the
+    // (multi-platform) image, as `in` with `format: oci-layout` writes it.
+    let top = match index.manifests.as_slice() {
+        [] => return Err(bad(files.describe(), "index.json lists no image")),
+        [one] => {
+            let bytes = read_verified(files, &one.digest)?;
+            ManifestBlob {
+                digest: one.digest.clone(),
+                media_type: media_type_of(&one.media_type, &bytes),
+                bytes,
+            }
+        }
+        _ => ManifestBlob {
+            digest: Digest::of(&index_bytes),
+            media_type: OCI_INDEX.to_string(),
+            bytes: index_bytes,
+        },
+    };
+    let mut plan = Plan {
+        blobs: Vec::new(),
+        children: Vec::new(),
+        image_id: None,
+        top: top.clone(),
+    };
+    if is_index(&top.media_type, &top.bytes) {
+        let idx: ImageIndex = serde_json::from_slice(&top.bytes).map_err(|e| {
+            bad(
+                files.describe(),
+                format!("{}: not an image index: {e}", top.digest),
+            )
+        })?;
+        for child in &idx.manifests {
+            let bytes = read_verified(files, &child.digest)?;
+            add_manifest_blobs(files, &bytes, &child.digest, &mut plan)?;
+            plan.children.push(ManifestBlob {
+                digest: child.digest.clone(),
+                media_type: media_type_of(&child.media_type, &bytes),
+                bytes,
+            });
+        }
+    } else {
+        let id = add_manifest_blobs(files, &top.bytes, &top.digest, &mut plan)?;
+        plan.image_id = Some(id);
+    }
+    Ok(plan)
+}
+
+/// Adds a manifest's config and layers to the plan; returns the config digest.
+fn add_manifest_blobs(
+    files: &Files,
+    bytes: &[u8],
+    digest: &Digest,
+    plan: &mut Plan,
+) -> Result<Digest, Error> {
+    let manifest: ImageManifest = serde_json::from_slice(bytes).map_err(|e| {
+        bad(
+            files.describe(),
+            format!("{digest}: not an image manifest: {e}"),
+        )
+    })?;
+    for d in std::iter::once(&manifest.config).chain(&manifest.layers) {
+        if plan.blobs.iter().any(|b| b.digest == d.digest) {
+            continue;
+        }
+        let (body, size) = files.body(&blob_name(&d.digest))?;
+        if size != d.size {
+            return Err(bad(
+                files.describe(),
+                format!(
+                    "blob {} has {size} bytes, its descriptor says {}",
+                    d.digest, d.size
+                ),
+            ));
+        }
+        plan.blobs.push(Blob {
+            digest: d.digest.clone(),
+            size,
+            body,
+        });
+    }
+    Ok(manifest.config.digest)
+}
+
+/// A manifest blob, checked against its digest.
+fn read_verified(files: &Files, digest: &Digest) -> Result<Vec<u8>, Error> {
+    let bytes = files.read_small(&blob_name(digest))?;
+    let actual = Digest::of(&bytes);
+    if &actual != digest {
+        return Err(bad(
+            files.describe(),
+            format!("blob {digest} has digest {actual}"),
+        ));
+    }
+    Ok(bytes)
+}
+
+fn media_type_of(declared: &str, bytes: &[u8]) -> String {
+    if !declared.is_empty() {
+        return declared.to_string();
+    }
+    #[derive(Deserialize)]
+    struct M {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
+    }
+    serde_json::from_slice::<M>(bytes)
+        .ok()
+        .and_then(|m| m.media_type)
+        .unwrap_or_else(|| {
+            if is_index("", bytes) {
+                OCI_INDEX.to_string()
+            } else {
+                OCI_MANIFEST.to_string()
+            }
+        })
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct SaveEntry {
+    config: String,
+    #[serde(default)]
+    layers: Vec<String>,
+}
+
+/// A layer ready to push: compressed, with its digest, size and media type.
+struct PreparedLayer {
+    digest: Digest,
+    size: u64,
+    body: Body,
+    zstd: bool,
+}
+
+fn read_docker_archive(files: &Files, staging: &Path) -> Result<Plan, Error> {
+    let entries: Vec<SaveEntry> = serde_json::from_slice(&files.read_small("manifest.json")?)
+        .map_err(|e| {
+            bad(
+                files.describe(),
+                format!("manifest.json is not a docker save manifest: {e}"),
+            )
+        })?;
+    let entry = entries
+        .first()
+        .ok_or_else(|| bad(files.describe(), "manifest.json lists no image"))?;
+    if entries.len() > 1 {
+        tracing::warn!(
+            "{} holds {} images; pushing the first",
+            files.describe().display(),
+            entries.len()
+        );
+    }
+    let config = files.read_small(&entry.config)?;
+    let config_digest = Digest::of(&config);
+    std::fs::create_dir_all(staging).map_err(|e| bad(staging, e))?;
+    // Each layer on its own thread: hashing or gzipping is the slow part.
+    let prepared: Vec<Result<PreparedLayer, Error>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = entry
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                scope.spawn(move || {
+                    prepare_layer(files, name, &staging.join(format!("layer-{i}.tar.gz")))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(bad(files.describe(), "a layer thread failed")))
+            })
+            .collect()
+    });
+    let layers = prepared.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let oci = layers.iter().any(|l| l.zstd);
+    let (manifest_type, config_type, gzip_type, zstd_type) = if oci {
+        (
+            OCI_MANIFEST,
+            "application/vnd.oci.image.config.v1+json",
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+        )
+    } else {
+        (
+            DOCKER_MANIFEST,
+            "application/vnd.docker.container.image.v1+json",
+            "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            "",
+        )
+    };
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": manifest_type,
+        "config": {"mediaType": config_type, "size": config.len(), "digest": config_digest},
+        "layers": layers.iter().map(|l| serde_json::json!({
+            "mediaType": if l.zstd { zstd_type } else { gzip_type },
+            "size": l.size,
+            "digest": l.digest,
+        })).collect::<Vec<_>>(),
+    });
+    let bytes = serde_json::to_vec(&manifest).expect("serialisable");
+    let mut blobs = vec![Blob {
+        digest: config_digest.clone(),
+        size: config.len() as u64,
+        body: Body::Bytes {
+            bytes: config,
+            content_type: "application/octet-stream".into(),
+        },
+    }];
+    for l in layers {
+        if !blobs.iter().any(|b| b.digest == l.digest) {
+            blobs.push(Blob {
+                digest: l.digest,
+                size: l.size,
+                body: l.body,
+            });
+        }
+    }
+    Ok(Plan {
+        blobs,
+        children: Vec::new(),
+        top: ManifestBlob {
+            digest: Digest::of(&bytes),
+            media_type: manifest_type.to_string(),
+            bytes,
+        },
+        image_id: Some(config_digest),
+    })
+}
+
+/// A compressed layer is sent as it is (hashed); an uncompressed one is gzipped to `out`.
+fn prepare_layer(files: &Files, name: &str, out: &Path) -> Result<PreparedLayer, Error> {
+    let mut head = [0u8; 4];
+    let n = files
+        .reader(name)?
+        .read(&mut head)
+        .map_err(|e| bad(files.describe(), e))?;
+    match sniff(&head[..n]) {
+        kind @ (Compression::Gzip | Compression::Zstd) => {
+            let (body, size) = files.body(name)?;
+            let mut hasher = sha2::Sha256::new();
+            io::copy(&mut files.reader(name)?, &mut HashWriter(&mut hasher))
+                .map_err(|e| bad(files.describe(), e))?;
+            Ok(PreparedLayer {
+                digest: Digest::from_sha256(&hasher.finalize()),
+                size,
+                body,
+                zstd: kind == Compression::Zstd,
+            })
+        }
+        Compression::None => {
+            let (digest, size) = gzip_to(files.reader(name)?, out).map_err(|e| bad(out, e))?;
+            Ok(PreparedLayer {
+                digest,
+                size,
+                body: Body::File {
+                    path: out.to_path_buf(),
+                    offset: 0,
+                    len: size,
+                },
+                zstd: false,
+            })
+        }
+    }
+}
+
+struct HashWriter<'a>(&'a mut sha2::Sha256);
+
+impl Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes `input` gzipped to `out`; returns the digest and size of what was written, and
+/// hashes the input as it goes when `diff_id` is given.
+fn gzip_to(mut input: impl Read, out: &Path) -> io::Result<(Digest, u64)> {
+    struct Tee<W: Write> {
+        inner: W,
+        hasher: sha2::Sha256,
+        written: u64,
+    }
+    impl<W: Write> Write for Tee<W> {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let n = self.inner.write(buf)?;
+            self.hasher.update(&buf[..n]);
+            self.written += n as u64;
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.inner.flush()
+        }
+    }
+    let file = std::fs::File::create(out)?;
+    let tee = Tee {
+        inner: io::BufWriter::with_capacity(1 << 20, file),
+        hasher: sha2::Sha256::new(),
+        written: 0,
+    };
+    let mut gz = flate2::write::GzEncoder::new(tee, flate2::Compression::new(3));
+    io::copy(&mut input, &mut gz)?;
+    let mut tee = gz.finish()?;
+    tee.flush()?;
+    Ok((Digest::from_sha256(&tee.hasher.finalize()), tee.written))
+}
+
+/// `import_file`: a rootfs tarball (plain or compressed) as a one-layer image, as
+/// `docker import` makes it.
+pub fn import_rootfs(path: &Path, staging: &Path) -> Result<Plan, Error> {
+    std::fs::create_dir_all(staging).map_err(|e| bad(staging, e))?;
+    let layer_path = staging.join("import.tar.gz");
+    let input = crate::unpack::open_layer(path).map_err(|e| bad(path, e))?;
+    // Hash the uncompressed stream (the diff id) while gzipping it.
+    struct HashRead<R> {
+        inner: R,
+        hasher: sha2::Sha256,
+    }
+    impl<R: Read> Read for HashRead<R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.hasher.update(&buf[..n]);
+            Ok(n)
+        }
+    }
+    let mut reader = HashRead {
+        inner: input,
+        hasher: sha2::Sha256::new(),
+    };
+    let (digest, size) = gzip_to(&mut reader, &layer_path).map_err(|e| bad(path, e))?;
+    let diff_id = Digest::from_sha256(&reader.hasher.finalize());
+    let architecture = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": architecture,
+        "os": "linux",
+        "created": httpdate_rfc3339(std::time::SystemTime::now()),
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        "history": [{"created_by": "dockhand import_file"}],
+    }))
+    .expect("serialisable");
+    let config_digest = Digest::of(&config);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": DOCKER_MANIFEST,
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": config.len(), "digest": config_digest},
+        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": size, "digest": digest}],
+    }))
+    .expect("serialisable");
+    Ok(Plan {
+        blobs: vec![
+            Blob {
+                digest: config_digest.clone(),
+                size: config.len() as u64,
+                body: Body::Bytes {
+                    bytes: config,
+                    content_type: "application/octet-stream".into(),
+                },
+            },
+            Blob {
+                digest,
+                size,
+                body: Body::File {
+                    path: layer_path,
+                    offset: 0,
+                    len: size,
+                },
+            },
+        ],
+        children: Vec::new(),
+        top: ManifestBlob {
+            digest: Digest::of(&manifest),
+            media_type: DOCKER_MANIFEST.to_string(),
+            bytes: manifest,
+        },
+        image_id: Some(config_digest),
+    })
+}
+
+/// RFC 3339 in UTC, seconds precision, without a date crate.
+fn httpdate_rfc3339(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        assert_eq!(httpdate_rfc3339(t), "2023-11-14T22:13:20Z");
+        assert_eq!(
+            httpdate_rfc3339(std::time::UNIX_EPOCH),
+            "1970-01-01T00:00:00Z"
+        );
+    }
+}

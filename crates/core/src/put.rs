@@ -1,0 +1,378 @@
+//! `out`: push an image, with docker-image-resource's params and precedence (load, build,
+//! load_file, import_file, pull_repository) and registry-image-resource's `image`/`version`.
+//!
+//! Everything that can be pushed without a Docker daemon is: blobs the registry has are
+//! skipped (HEAD), blobs from the source repository on the same registry are mounted, the
+//! rest upload in parallel (`max_concurrent_uploads`), manifests go last.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::archive::{self, Plan};
+use crate::error::Error;
+use crate::protocol::{parse_params, MetadataField, Request, Response, Version};
+use crate::reference::{Digest, Repository, Tag};
+use crate::registry::{Mount, Registry};
+
+/// `params` of `out`: every docker-image-resource put param, and registry-image-resource's.
+#[derive(Debug, Default, Deserialize)]
+pub struct Params {
+    pub load: Option<String>,
+    pub build: Option<String>,
+    pub load_file: Option<String>,
+    pub load_repository: Option<String>,
+    pub load_tag: Option<String>,
+    pub import_file: Option<String>,
+    pub pull_repository: Option<String>,
+    pub pull_tag: Option<String>,
+    pub image: Option<String>,
+
+    pub tag_file: Option<String>,
+    /// Deprecated spelling of `tag_file`.
+    pub tag: Option<String>,
+    pub tag_prefix: Option<String>,
+    #[serde(default)]
+    pub tag_as_latest: bool,
+    pub additional_tags: Option<String>,
+    pub version: Option<String>,
+    #[serde(default)]
+    pub bump_aliases: bool,
+
+    pub dockerfile: Option<String>,
+    pub build_args: Option<serde_json::Value>,
+    pub build_args_file: Option<String>,
+    pub target_name: Option<String>,
+    pub labels: Option<serde_json::Value>,
+    pub labels_file: Option<String>,
+    pub secrets: Option<serde_json::Value>,
+    pub docker_buildkit: Option<serde_json::Value>,
+    pub cache: Option<bool>,
+    pub cache_tag: Option<String>,
+    pub cache_from: Option<Vec<String>>,
+    pub load_base: Option<String>,
+    pub load_bases: Option<Vec<String>>,
+    pub skip_download: Option<bool>,
+}
+
+pub const PARAMS: &[&str] = &[
+    "load",
+    "build",
+    "load_file",
+    "load_repository",
+    "load_tag",
+    "import_file",
+    "pull_repository",
+    "pull_tag",
+    "image",
+    "tag_file",
+    "tag",
+    "tag_prefix",
+    "tag_as_latest",
+    "additional_tags",
+    "version",
+    "bump_aliases",
+    "dockerfile",
+    "build_args",
+    "build_args_file",
+    "target_name",
+    "labels",
+    "labels_file",
+    "secrets",
+    "docker_buildkit",
+    "cache",
+    "cache_tag",
+    "cache_from",
+    "load_base",
+    "load_bases",
+    "skip_download",
+];
+
+pub async fn put(request: &Request, src: &Path) -> Result<Response, Error> {
+    let settings = request.source()?.resolve()?;
+    let params: Params = parse_params(request.params.as_ref())?;
+    let repository = &settings.repository;
+    let tags = tags(&params, &settings.tag, src)?;
+
+    let staging = tempfile_dir(src)?;
+    let result = async {
+        let (plan, mount_from) = plan(&params, src, staging.path())?;
+        let registry = Registry::new(repository.host().clone(), &settings.registries).await;
+        let mount_from = mount_from.filter(|r| r.host() == repository.host() && r != repository);
+        let digest = push(
+            &registry,
+            repository,
+            &plan,
+            &tags,
+            settings.max_concurrent_uploads,
+            mount_from.as_ref(),
+        )
+        .await?;
+        Ok::<_, Error>((plan.image_id, digest))
+    }
+    .await;
+    drop(staging);
+    let (image_id, digest) = result?;
+
+    let mut metadata = Vec::new();
+    if let Some(id) = &image_id {
+        metadata.push(field("image", &id.hex()[..12]));
+        metadata.push(field("image_id", id.as_str()));
+    }
+    metadata.push(field(
+        "tags",
+        &tags.iter().map(Tag::as_str).collect::<Vec<_>>().join(" "),
+    ));
+    Ok(Response {
+        version: Version {
+            tag: Some(tags[0].to_string()),
+            digest,
+        },
+        metadata,
+    })
+}
+
+/// A scratch directory for compressed layers, next to the inputs (same filesystem).
+fn tempfile_dir(src: &Path) -> Result<TempDir, Error> {
+    let base = std::env::temp_dir();
+    let dir = base.join(format!("dockhand-out-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| Error::Output {
+        path: dir.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let _ = src;
+    Ok(TempDir(dir))
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The image to push, from the first source param given (docker-image-resource's order,
+/// then `image`), and the repository it came from when known (for mounts).
+fn plan(params: &Params, src: &Path, staging: &Path) -> Result<(Plan, Option<Repository>), Error> {
+    if let Some(load) = &params.load {
+        let dir = src.join(load);
+        let image = dir.join("image");
+        if !image.is_file() {
+            return Err(Error::Input {
+                path: image.display().to_string(),
+                reason: "params.load names a directory without an image file (get it with params.save: true)".into(),
+            });
+        }
+        let from = std::fs::read_to_string(dir.join("repository"))
+            .ok()
+            .and_then(|r| r.trim().parse().ok());
+        return Ok((archive::read_image(&image, staging)?, from));
+    }
+    if params.build.is_some() {
+        return Err(Error::NotImplemented(
+            "out with params.build (docker build)",
+        ));
+    }
+    if let Some(file) = &params.load_file {
+        let path = src.join(file);
+        if !path.exists() {
+            return Err(Error::Input {
+                path: path.display().to_string(),
+                reason: "params.load_file: no such file".into(),
+            });
+        }
+        if params.load_repository.is_some() || params.load_tag.is_some() {
+            tracing::debug!("load_repository/load_tag name the image inside the archive; the first one is pushed");
+        }
+        return Ok((archive::read_image(&path, staging)?, None));
+    }
+    if let Some(file) = &params.import_file {
+        let path = src.join(file);
+        if !path.is_file() {
+            return Err(Error::Input {
+                path: path.display().to_string(),
+                reason: "params.import_file: no such file".into(),
+            });
+        }
+        return Ok((archive::import_rootfs(&path, staging)?, None));
+    }
+    if params.pull_repository.is_some() {
+        return Err(Error::NotImplemented("out with params.pull_repository"));
+    }
+    if let Some(pattern) = &params.image {
+        let path = glob_one(src, pattern)?;
+        return Ok((archive::read_image(&path, staging)?, None));
+    }
+    Err(Error::field(
+        "params",
+        "must specify build, load, load_file, import_file, pull_repository or image params",
+    ))
+}
+
+/// `image` may be a glob; it must match exactly one path.
+fn glob_one(src: &Path, pattern: &str) -> Result<PathBuf, Error> {
+    let full = src.join(pattern);
+    let text = full.to_string_lossy();
+    let matches: Vec<PathBuf> = match glob::glob(&text) {
+        Ok(paths) => paths.filter_map(Result::ok).collect(),
+        Err(e) => {
+            return Err(Error::field(
+                "params.image",
+                format!("{pattern:?} is not a valid glob: {e}"),
+            ))
+        }
+    };
+    match matches.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(Error::Input {
+            path: text.into_owned(),
+            reason: "params.image matches nothing".into(),
+        }),
+        many => Err(Error::field(
+            "params.image",
+            format!(
+                "{pattern:?} matches {} paths, it must match one: {}",
+                many.len(),
+                many.iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
+/// The tags to push, the version's first: tag_file (or the deprecated `tag`) with
+/// tag_prefix, else `version`, else source.tag; then additional_tags and `latest`.
+fn tags(params: &Params, source_tag: &Tag, src: &Path) -> Result<Vec<Tag>, Error> {
+    let mut out: Vec<Tag> = Vec::new();
+    let mut add = |text: &str, from: &str| -> Result<(), Error> {
+        let tag: Tag = text.parse().map_err(|e| Error::field(from, e))?;
+        if !out.contains(&tag) {
+            out.push(tag);
+        }
+        Ok(())
+    };
+    let tag_file = params
+        .tag_file
+        .as_ref()
+        .map(|f| (f, "params.tag_file"))
+        .or_else(|| params.tag.as_ref().map(|f| (f, "params.tag")));
+    if params.tag_file.is_none() && params.tag.is_some() {
+        tracing::warn!("params.tag is deprecated; use params.tag_file");
+    }
+    if let Some((file, field)) = tag_file {
+        let text = read_text(src, file, field)?;
+        let prefix = params.tag_prefix.as_deref().unwrap_or("");
+        add(&format!("{prefix}{}", text.trim()), field)?;
+    } else if let Some(version) = &params.version {
+        add(version.trim(), "params.version")?;
+    } else {
+        add(source_tag.as_str(), "source.tag")?;
+    }
+    if let Some(file) = &params.additional_tags {
+        for t in read_text(src, file, "params.additional_tags")?.split_whitespace() {
+            add(t, "params.additional_tags")?;
+        }
+    }
+    if params.tag_as_latest {
+        add("latest", "params.tag_as_latest")?;
+    }
+    if params.bump_aliases {
+        return Err(Error::NotImplemented("params.bump_aliases"));
+    }
+    Ok(out)
+}
+
+fn read_text(src: &Path, file: &str, field: &str) -> Result<String, Error> {
+    let path = src.join(file);
+    std::fs::read_to_string(&path).map_err(|e| Error::Input {
+        path: path.display().to_string(),
+        reason: format!("{field}: {e}"),
+    })
+}
+
+/// Makes sure the registry has every blob, then puts the manifests: an index's children by
+/// digest, then the top one under every tag. Returns the digest the registry stores.
+pub async fn push(
+    registry: &Registry,
+    repository: &Repository,
+    plan: &Plan,
+    tags: &[Tag],
+    concurrency: usize,
+    mount_from: Option<&Repository>,
+) -> Result<Digest, Error> {
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let uploads = plan.blobs.iter().map(|blob| {
+        let semaphore = semaphore.clone();
+        async move {
+            let _permit = semaphore.acquire_owned().await.expect("never closed");
+            if registry.blob_exists(repository, &blob.digest).await? {
+                tracing::info!("blob {} exists", short(&blob.digest));
+                return Ok::<_, Error>(());
+            }
+            let mut session = None;
+            if let Some(from) = mount_from {
+                match registry.mount_blob(repository, &blob.digest, from).await? {
+                    Mount::Mounted => {
+                        tracing::info!("blob {} mounted from {}", short(&blob.digest), from.path());
+                        return Ok(());
+                    }
+                    Mount::Upload(location) => session = Some(location),
+                    Mount::NotMounted => {}
+                }
+            }
+            registry
+                .upload_blob(repository, &blob.digest, blob.body.clone(), session)
+                .await?;
+            tracing::info!(
+                "blob {} pushed ({})",
+                short(&blob.digest),
+                crate::progress::human(blob.size)
+            );
+            Ok(())
+        }
+    });
+    futures_util::future::try_join_all(uploads).await?;
+    for child in &plan.children {
+        registry
+            .put_manifest(
+                repository,
+                child.digest.as_str(),
+                &child.media_type,
+                &child.bytes,
+            )
+            .await?;
+    }
+    for tag in tags {
+        let digest = registry
+            .put_manifest(
+                repository,
+                tag.as_str(),
+                &plan.top.media_type,
+                &plan.top.bytes,
+            )
+            .await?;
+        tracing::info!("pushed {repository}:{tag} ({digest})");
+    }
+    Ok(plan.top.digest.clone())
+}
+
+fn short(d: &Digest) -> &str {
+    &d.hex()[..12]
+}
+
+fn field(name: &str, value: &str) -> MetadataField {
+    MetadataField {
+        name: name.to_string(),
+        value: value.to_string(),
+    }
+}

@@ -1,0 +1,339 @@
+//! `out` without a daemon: load, load_file, image, import_file, tags, errors, put-then-get.
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use crate::common::image::{write_index_layout, AMD64, ARM64};
+use crate::common::{self, docker, env, Entry, FaultProxy, Image, Run};
+
+/// `out` as Concourse runs it, with no Docker daemon reachable.
+fn put(source: Value, params: Value, src: &Path) -> common::Outcome {
+    Run::new("out")
+        .arg(src.display().to_string())
+        .stdin_json(&json!({"source": source, "params": params}))
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .run()
+}
+
+fn get(source: Value, version: Value, params: Value, dest: &Path) -> common::Outcome {
+    Run::new("in")
+        .arg(dest.display().to_string())
+        .stdin_json(&json!({"source": source, "version": version, "params": params}))
+        .run()
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `in` with `save: true` of a fresh image; returns (its digest, the get directory).
+fn saved_image(repo: &str, marker: &str) -> (String, tempfile::TempDir) {
+    let reg = &env().plain;
+    let digest = reg.push(&Image::marked(marker), &format!("{repo}:latest"));
+    let dir = tempfile::tempdir().unwrap();
+    get(
+        json!({"repository": reg.repo(repo)}),
+        json!({"digest": digest}),
+        json!({"save": true}),
+        &dir.path().join("got"),
+    )
+    .success();
+    (digest, dir)
+}
+
+#[test]
+fn load_file_pushes_without_a_daemon_and_keeps_digest_and_image_id() {
+    let reg = &env().plain;
+    let from = common::unique("put-from");
+    let (digest, dir) = saved_image(&from, "load_file");
+    let image_id = read(&dir.path().join("got/image-id"));
+    let to = common::unique("put-load-file");
+    let out = put(
+        json!({"repository": reg.repo(&to), "tag": "v1"}),
+        json!({"load_file": "got/image"}),
+        dir.path(),
+    )
+    .success();
+    assert_eq!(out["version"], json!({"tag": "v1", "digest": digest}));
+    assert_eq!(reg.skopeo_digest(&format!("{to}:v1")), digest);
+    let metadata = out["metadata"].as_array().unwrap();
+    assert!(
+        metadata.contains(&json!({"name": "image_id", "value": image_id})),
+        "{out}"
+    );
+}
+
+#[test]
+fn load_mounts_blobs_from_the_source_repository() {
+    let reg = &env().plain;
+    let proxy = FaultProxy::start(&reg.host);
+    let from = common::unique("put-mount-from");
+    let digest = reg.push(&Image::marked("mount"), &format!("{from}:latest"));
+    let dir = tempfile::tempdir().unwrap();
+    get(
+        json!({"repository": format!("{}/{from}", proxy.host())}),
+        json!({"digest": digest}),
+        json!({"save": true, "skip_download": false}),
+        &dir.path().join("got"),
+    )
+    .success();
+    proxy.clear();
+    let to = common::unique("put-mount-to");
+    let out = put(
+        json!({"repository": format!("{}/{to}", proxy.host())}),
+        json!({"load": "got"}),
+        dir.path(),
+    )
+    .success();
+    assert_eq!(out["version"]["digest"], json!(digest));
+    let seen = proxy.seen();
+    let mounts = seen
+        .iter()
+        .filter(|s| s.method == "POST" && s.target.contains("mount="))
+        .count();
+    let puts = seen
+        .iter()
+        .filter(|s| s.method == "PUT" && s.target.contains("/blobs/uploads/"))
+        .count();
+    assert_eq!(
+        (mounts, puts),
+        (2, 0),
+        "config and layer mounted, nothing uploaded"
+    );
+    assert_eq!(reg.skopeo_digest(&format!("{to}:latest")), digest);
+}
+
+#[test]
+fn a_docker_save_tarball_with_uncompressed_layers_is_compressed_and_pushed() {
+    // docker save of the daemon's base image (Docker 20.10: uncompressed layer.tar).
+    let reg = &env().plain;
+    let dir = tempfile::tempdir().unwrap();
+    let tarball = dir.path().join("busybox.tar");
+    docker(&[
+        "save",
+        "-o",
+        tarball.to_str().unwrap(),
+        "dockhand-test/busybox:latest",
+    ]);
+    let id = String::from_utf8(docker(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{.Id}}",
+        "dockhand-test/busybox:latest",
+    ]))
+    .unwrap();
+    let to = common::unique("put-docker-save");
+    let out = put(
+        json!({"repository": reg.repo(&to)}),
+        json!({"load_file": "busybox.tar"}),
+        dir.path(),
+    )
+    .success();
+    let metadata = out["metadata"].as_array().unwrap();
+    assert!(
+        metadata.contains(&json!({"name": "image_id", "value": id.trim()})),
+        "{out}"
+    );
+    let digest = out["version"]["digest"].clone();
+    assert_eq!(json!(reg.skopeo_digest(&format!("{to}:latest"))), digest);
+    // And it comes back as the same filesystem.
+    let back = tempfile::tempdir().unwrap();
+    get(
+        json!({"repository": reg.repo(&to)}),
+        json!({"digest": digest}),
+        json!({}),
+        back.path(),
+    )
+    .success();
+    assert!(back.path().join("rootfs/bin/busybox").is_file());
+}
+
+#[test]
+fn an_oci_layout_with_a_multi_arch_index_keeps_the_index_digest() {
+    let reg = &env().plain;
+    let dir = tempfile::tempdir().unwrap();
+    let built = write_index_layout(
+        &dir.path().join("layout"),
+        &[
+            Image::marked("amd").platform(AMD64),
+            Image::marked("arm").platform(ARM64),
+        ],
+        "t",
+    );
+    let to = common::unique("put-index");
+    let out = put(
+        json!({"repository": reg.repo(&to), "tag": "multi"}),
+        json!({"image": "lay*"}),
+        dir.path(),
+    )
+    .success();
+    assert_eq!(
+        out["version"],
+        json!({"tag": "multi", "digest": built.digest})
+    );
+    assert_eq!(reg.skopeo_digest(&format!("{to}:multi")), built.digest);
+    // The arm64 child is there too.
+    let back = tempfile::tempdir().unwrap();
+    get(
+        json!({"repository": reg.repo(&to)}),
+        json!({"digest": built.digest}),
+        json!({"platform": {"architecture": "arm64"}}),
+        back.path(),
+    )
+    .success();
+    assert_eq!(read(&back.path().join("rootfs/marker.txt")), "arm");
+}
+
+#[test]
+fn tags_from_files_prefix_additional_and_latest() {
+    let reg = &env().plain;
+    let dir = tempfile::tempdir().unwrap();
+    Image::marked("tags").write_layout(&dir.path().join("layout"), "t");
+    std::fs::write(dir.path().join("tag"), "1.4.2\n").unwrap();
+    std::fs::write(dir.path().join("more"), "main-abc1234\n  stage\tfoo\n").unwrap();
+    let to = common::unique("put-tags");
+    let out = put(
+        json!({"repository": reg.repo(&to)}),
+        json!({"image": "layout", "tag_file": "tag", "tag_prefix": "v", "additional_tags": "more", "tag_as_latest": true}),
+        dir.path(),
+    )
+    .success();
+    let digest = out["version"]["digest"].as_str().unwrap().to_string();
+    assert_eq!(out["version"]["tag"], json!("v1.4.2"));
+    for tag in ["v1.4.2", "main-abc1234", "stage", "foo", "latest"] {
+        assert_eq!(reg.skopeo_digest(&format!("{to}:{tag}")), digest, "{tag}");
+    }
+    let metadata = out["metadata"].as_array().unwrap();
+    assert!(
+        metadata
+            .contains(&json!({"name": "tags", "value": "v1.4.2 main-abc1234 stage foo latest"})),
+        "{out}"
+    );
+}
+
+#[test]
+fn version_param_names_the_tag() {
+    let reg = &env().plain;
+    let dir = tempfile::tempdir().unwrap();
+    Image::marked("version").write_layout(&dir.path().join("layout"), "t");
+    let to = common::unique("put-version");
+    let out = put(
+        json!({"repository": reg.repo(&to)}),
+        json!({"image": "layout", "version": "2.0.1"}),
+        dir.path(),
+    )
+    .success();
+    assert_eq!(out["version"]["tag"], json!("2.0.1"));
+}
+
+#[test]
+fn import_file_makes_a_one_layer_image() {
+    let reg = &env().plain;
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = common::image::tar_bytes(&[
+        Entry::dir("etc"),
+        Entry::file("etc/os-release", "ID=dockhand\n"),
+    ]);
+    std::fs::write(dir.path().join("rootfs.tar"), rootfs).unwrap();
+    let to = common::unique("put-import");
+    let out = put(
+        json!({"repository": reg.repo(&to)}),
+        json!({"import_file": "rootfs.tar"}),
+        dir.path(),
+    )
+    .success();
+    let back = tempfile::tempdir().unwrap();
+    get(
+        json!({"repository": reg.repo(&to)}),
+        out["version"].clone(),
+        json!({}),
+        back.path(),
+    )
+    .success();
+    assert_eq!(
+        read(&back.path().join("rootfs/etc/os-release")),
+        "ID=dockhand\n"
+    );
+}
+
+#[test]
+fn put_then_get_of_the_returned_version() {
+    let reg = &env().token;
+    let dir = tempfile::tempdir().unwrap();
+    Image::marked("implicit get").write_layout(&dir.path().join("layout"), "t");
+    let to = common::unique("put-then-get");
+    let source = reg.source(&to, "latest");
+    let out = put(source.clone(), json!({"image": "layout"}), dir.path()).success();
+    let back = tempfile::tempdir().unwrap();
+    get(source, out["version"].clone(), json!({}), back.path()).success();
+    assert_eq!(read(&back.path().join("rootfs/marker.txt")), "implicit get");
+}
+
+#[test]
+fn errors_name_the_param_and_the_path() {
+    let reg = &env().plain;
+    let dir = tempfile::tempdir().unwrap();
+    Image::marked("errors").write_layout(&dir.path().join("layout"), "t");
+    let source = json!({"repository": reg.repo("it/put-errors")});
+    let cases = [
+        (
+            json!({}),
+            "must specify build, load, load_file, import_file, pull_repository or image params",
+        ),
+        (
+            json!({"load_file": "nope.tar"}),
+            "nope.tar: params.load_file: no such file",
+        ),
+        (
+            json!({"load": "nodir"}),
+            "nodir/image: params.load names a directory without an image file",
+        ),
+        (
+            json!({"import_file": "missing.tar"}),
+            "missing.tar: params.import_file: no such file",
+        ),
+        (
+            json!({"image": "layout", "tag_file": "missing-tag"}),
+            "missing-tag: params.tag_file:",
+        ),
+        (
+            json!({"image": "layout", "additional_tags": "missing-tags"}),
+            "missing-tags: params.additional_tags:",
+        ),
+        (
+            json!({"image": "nothing-*"}),
+            "params.image matches nothing",
+        ),
+        (json!({"image": "*"}), "params.image: \"*\" matches"),
+        (
+            json!({"image": "layout", "version": "not a tag"}),
+            "params.version:",
+        ),
+        (
+            json!({"load_file": "layout/index.json"}),
+            "not a tar archive",
+        ),
+    ];
+    for (params, want) in cases {
+        std::fs::write(dir.path().join("junk"), "x").unwrap();
+        let err = put(source.clone(), params.clone(), dir.path()).failure();
+        assert!(err.contains(want), "{params}\n  got: {err}\n  want: {want}");
+    }
+}
+
+#[test]
+fn a_refused_push_is_unauthorized_for_the_repository_without_secrets() {
+    for reg in [&env().basic, &env().token] {
+        let dir = tempfile::tempdir().unwrap();
+        Image::marked("refused").write_layout(&dir.path().join("layout"), "t");
+        let to = common::unique("put-refused");
+        let source = json!({"repository": reg.repo(&to), "username": common::USER, "password": "Wr0ng-secret!"});
+        let out = put(source, json!({"image": "layout"}), dir.path());
+        let err = out.failure();
+        assert!(err.contains("unauthorized"), "{err}");
+        assert!(err.contains(&to), "{err}");
+        assert!(!out.all_output().contains("Wr0ng-secret!"));
+    }
+}
