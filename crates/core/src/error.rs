@@ -24,6 +24,13 @@ pub enum Error {
     Input { path: String, reason: String },
     #[error("cannot write {path}: {reason}")]
     Output { path: String, reason: String },
+    #[error("docker daemon: {reason}")]
+    Daemon { reason: String },
+    /// docker-image-resource's words, which users grep for.
+    #[error("Docker failed to start within {seconds} seconds")]
+    DaemonTimeout { seconds: u64 },
+    #[error("docker build failed: {reason}")]
+    Build { reason: String },
     #[error("{0} is not implemented yet")]
     NotImplemented(&'static str),
 }

@@ -5,7 +5,9 @@
 #![deny(clippy::print_stdout)]
 
 pub mod archive;
+pub mod build;
 pub mod check;
+pub mod daemon;
 pub mod error;
 pub mod get;
 pub mod image;

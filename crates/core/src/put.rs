@@ -97,7 +97,18 @@ pub async fn put(request: &Request, src: &Path) -> Result<Response, Error> {
 
     let staging = tempfile_dir(src)?;
     let result = async {
-        let (plan, mount_from) = plan(&params, src, staging.path())?;
+        let (plan, mount_from) = if params.load.is_none() && params.build.is_some() {
+            // The one step that needs a daemon; it is stopped (if started here) before pushing.
+            let daemon = crate::daemon::Daemon::connect_or_start(&settings).await?;
+            let built = staging.path().join("built.tar");
+            let result =
+                crate::build::build(&daemon, &params, &settings, src, staging.path(), &built).await;
+            daemon.stop().await;
+            result?;
+            (archive::read_image(&built, staging.path())?, None)
+        } else {
+            plan(&params, src, staging.path())?
+        };
         let registry = Registry::new(repository.host().clone(), &settings.registries).await;
         let mount_from = mount_from.filter(|r| r.host() == repository.host() && r != repository);
         let digest = push(

@@ -164,6 +164,8 @@ pub struct Settings {
     pub max_concurrent_uploads: usize,
     pub startup_timeout: Duration,
     pub debug: bool,
+    /// `registry_mirror` as a URL (its credentials are used by issue 5's mirror support).
+    pub mirror: Option<String>,
 }
 
 /// Everything needed to talk to any registry: credentials and TLS material by host.
@@ -381,6 +383,13 @@ impl Source {
                 .startup_timeout
                 .map_or(DEFAULT_STARTUP_TIMEOUT, |Count(s)| Duration::from_secs(s)),
             debug: self.debug,
+            mirror: self.registry_mirror.as_ref().map(|m| {
+                if m.host.contains("://") {
+                    m.host.clone()
+                } else {
+                    format!("https://{}", m.host)
+                }
+            }),
             repository,
         })
     }

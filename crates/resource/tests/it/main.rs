@@ -1,6 +1,7 @@
 //! Integration tests: the real binaries against real registries. One test binary, so the
 //! registries start once.
 
+mod build;
 mod check;
 mod common;
 mod get;

@@ -1,0 +1,422 @@
+//! `params.build`: `docker build` through the daemon with docker-image-resource's params,
+//! then the built image exported (`docker save`) and pushed without the daemon, like every
+//! other image `out` pushes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use bollard::auth::DockerCredentials;
+use bollard::query_parameters::{
+    BuildImageOptions, CreateImageOptions, ImportImageOptions, TagImageOptions,
+};
+use futures_util::StreamExt as _;
+
+use crate::daemon::Daemon;
+use crate::error::Error;
+use crate::put::Params;
+use crate::source::Settings;
+
+/// The variables docker-image-resource expands in build args (nothing else is expanded).
+const EXPANDED: &[&str] = &[
+    "BUILD_ID",
+    "BUILD_NAME",
+    "BUILD_JOB_NAME",
+    "BUILD_PIPELINE_NAME",
+    "BUILD_TEAM_NAME",
+    "ATC_EXTERNAL_URL",
+];
+const PROXY_VARS: &[&str] = &[
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+];
+
+fn input(path: &Path, reason: impl std::fmt::Display) -> Error {
+    Error::Input {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn daemon_error(e: bollard::errors::Error) -> Error {
+    Error::Daemon {
+        reason: e.to_string(),
+    }
+}
+
+/// Builds the image and writes it as a `docker save` tarball to `out`.
+pub async fn build(
+    daemon: &Daemon,
+    params: &Params,
+    settings: &Settings,
+    src: &Path,
+    staging: &Path,
+    out: &Path,
+) -> Result<(), Error> {
+    let build = params.build.as_deref().expect("called for params.build");
+    let context = src.join(build);
+    if !context.is_dir() {
+        return Err(input(&context, "params.build: no such directory"));
+    }
+    let dockerfile = match &params.dockerfile {
+        Some(f) => src.join(f),
+        None => context.join("Dockerfile"),
+    };
+    if !dockerfile.is_file() {
+        return Err(input(&dockerfile, "params.dockerfile: no such file"));
+    }
+    let build_args = build_args(params, src)?;
+    let labels = labels(params, src)?;
+
+    let docker = &daemon.docker;
+    let mut cache_from = Vec::new();
+    for dir in params
+        .load_base
+        .iter()
+        .chain(params.load_bases.iter().flatten())
+    {
+        load_saved(docker, &src.join(dir)).await?;
+    }
+    for dir in params.cache_from.iter().flatten() {
+        cache_from.push(load_saved(docker, &src.join(dir)).await?);
+    }
+    if params.cache.unwrap_or(false) {
+        let tag = params
+            .cache_tag
+            .clone()
+            .unwrap_or_else(|| settings.tag.to_string());
+        let image = format!("{}:{tag}", settings.repository);
+        let pull = docker.create_image(
+            Some(CreateImageOptions {
+                from_image: Some(image.clone()),
+                ..Default::default()
+            }),
+            None,
+            credentials(settings)
+                .get(&settings.repository.host().to_string())
+                .cloned(),
+        );
+        match drain(pull).await {
+            Ok(()) => cache_from.push(image),
+            Err(e) => {
+                tracing::warn!("cannot pull the cache image {image}, building without it: {e}")
+            }
+        }
+    }
+
+    // The context as a tarball; a Dockerfile outside the context travels inside it.
+    let context_tar = staging.join("context.tar");
+    let dockerfile_in_context = match dockerfile.strip_prefix(&context) {
+        Ok(rel) => rel.to_string_lossy().into_owned(),
+        Err(_) => ".dockhand.Dockerfile".to_string(),
+    };
+    {
+        let file = std::fs::File::create(&context_tar).map_err(|e| input(&context_tar, e))?;
+        let mut tar = tar::Builder::new(std::io::BufWriter::new(file));
+        tar.follow_symlinks(false);
+        tar.append_dir_all(".", &context)
+            .map_err(|e| input(&context, e))?;
+        if dockerfile_in_context == ".dockhand.Dockerfile" {
+            tar.append_path_with_name(&dockerfile, &dockerfile_in_context)
+                .map_err(|e| input(&dockerfile, e))?;
+        }
+        tar.into_inner()
+            .and_then(|mut w| std::io::Write::flush(&mut w))
+            .map_err(|e| input(&context_tar, e))?;
+    }
+    let tag = format!("dockhand-build/{}:latest", std::process::id());
+    let options = BuildImageOptions {
+        dockerfile: dockerfile_in_context,
+        t: Some(tag.clone()),
+        rm: true,
+        forcerm: true,
+        buildargs: Some(build_args.into_iter().collect()),
+        labels: Some(labels.into_iter().collect()),
+        target: params.target_name.clone().unwrap_or_default(),
+        cachefrom: (!cache_from.is_empty()).then_some(cache_from),
+        ..Default::default()
+    };
+    if params.secrets.is_some() || params.docker_buildkit.is_some() {
+        tracing::warn!("params.secrets and params.docker_buildkit need BuildKit, which dockhand does not drive yet; building with the classic builder");
+    }
+    let body = file_stream(context_tar.clone())
+        .await
+        .map_err(|e| input(&context_tar, e))?;
+    let stream = docker.build_image(
+        options,
+        Some(credentials(settings)),
+        Some(bollard::body_stream(body)),
+    );
+    drain(stream)
+        .await
+        .map_err(|reason| Error::Build { reason })?;
+
+    // `docker save` of the result, for the daemonless push.
+    let mut export = docker.export_image(&tag);
+    let mut file = tokio::fs::File::create(out)
+        .await
+        .map_err(|e| input(out, e))?;
+    while let Some(chunk) = export.next().await {
+        let chunk = chunk.map_err(daemon_error)?;
+        tokio::io::AsyncWriteExt::write_all(&mut file, &chunk)
+            .await
+            .map_err(|e| input(out, e))?;
+    }
+    tokio::io::AsyncWriteExt::flush(&mut file)
+        .await
+        .map_err(|e| input(out, e))?;
+    let _ = docker
+        .remove_image(
+            &tag,
+            None::<bollard::query_parameters::RemoveImageOptions>,
+            None,
+        )
+        .await;
+    Ok(())
+}
+
+/// Reads a stream of build or pull messages to its end: output lines go to stderr, and an
+/// error anywhere in it (a 200 can carry one mid-stream) fails the whole.
+async fn drain<S, M>(mut stream: S) -> Result<(), String>
+where
+    S: futures_util::Stream<Item = Result<M, bollard::errors::Error>> + Unpin,
+    M: Message,
+{
+    while let Some(item) = stream.next().await {
+        let message = item.map_err(|e| match e {
+            bollard::errors::Error::DockerStreamError { error } => error,
+            other => other.to_string(),
+        })?;
+        if let Some(error) = message.error() {
+            return Err(error);
+        }
+        message.show();
+    }
+    Ok(())
+}
+
+/// What the daemon's JSON message streams have in common.
+trait Message {
+    fn error(&self) -> Option<String>;
+    fn show(&self);
+}
+
+impl Message for bollard::models::BuildInfo {
+    fn error(&self) -> Option<String> {
+        self.error_detail.as_ref().and_then(|d| d.message.clone())
+    }
+    fn show(&self) {
+        if let Some(text) = &self.stream {
+            eprint!("{text}");
+        } else if let Some(status) = &self.status {
+            tracing::debug!("{status}");
+        }
+    }
+}
+
+impl Message for bollard::models::CreateImageInfo {
+    fn error(&self) -> Option<String> {
+        self.error_detail.as_ref().and_then(|d| d.message.clone())
+    }
+    fn show(&self) {
+        if let Some(status) = &self.status {
+            tracing::debug!("{status}");
+        }
+    }
+}
+
+/// A file as a stream of byte chunks for a request body.
+async fn file_stream(
+    path: PathBuf,
+) -> std::io::Result<impl futures_util::Stream<Item = bytes::Bytes> + Send + 'static> {
+    use tokio::io::AsyncReadExt as _;
+    let file = tokio::fs::File::open(&path).await?;
+    Ok(futures_util::stream::unfold(file, |mut f| async move {
+        let mut buf = vec![0u8; 256 << 10];
+        match f.read(&mut buf).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((bytes::Bytes::from(buf), f))
+            }
+        }
+    }))
+}
+
+/// Loads a directory written by `in` with `save: true` and tags it `repository:tag` from the
+/// files beside it, as docker-image-resource does for load_base and cache_from; returns
+/// that name.
+async fn load_saved(docker: &bollard::Docker, dir: &Path) -> Result<String, Error> {
+    let image = dir.join("image");
+    if !image.is_file() {
+        return Err(input(
+            &image,
+            "no image file here (get it with params.save: true)",
+        ));
+    }
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .map(|s| s.trim().to_string())
+            .map_err(|e| input(&dir.join(name), e))
+    };
+    let (repository, tag, id) = (read("repository")?, read("tag")?, read("image-id")?);
+    let body = file_stream(image.clone())
+        .await
+        .map_err(|e| input(&image, e))?;
+    let load = docker.import_image(
+        ImportImageOptions::default(),
+        bollard::body_stream(body),
+        None,
+    );
+    drain(load).await.map_err(|reason| Error::Daemon {
+        reason: format!("cannot load {}: {reason}", image.display()),
+    })?;
+    docker
+        .tag_image(
+            &id,
+            Some(TagImageOptions {
+                repo: Some(repository.clone()),
+                tag: Some(tag.clone()),
+            }),
+        )
+        .await
+        .map_err(daemon_error)?;
+    tracing::info!("loaded {} as {repository}:{tag}", dir.display());
+    Ok(format!("{repository}:{tag}"))
+}
+
+/// Proxy variables first, then build_args_file, then build_args (which win), with the six
+/// Concourse variables expanded. Sorted by name (a BTreeMap), as docker-image-resource does.
+fn build_args(params: &Params, src: &Path) -> Result<BTreeMap<String, String>, Error> {
+    let mut args = BTreeMap::new();
+    for var in PROXY_VARS {
+        if let Ok(v) = std::env::var(var) {
+            args.insert(var.to_string(), v);
+        }
+    }
+    if let Some(file) = &params.build_args_file {
+        let path = src.join(file);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| input(&path, format!("params.build_args_file: {e}")))?;
+        let map: BTreeMap<String, serde_json::Value> = serde_json::from_str(&text)
+            .map_err(|e| input(&path, format!("Failed to parse build_args_file: {e}")))?;
+        for (k, v) in map {
+            args.insert(k, json_text(&v));
+        }
+    }
+    if let Some(value) = &params.build_args {
+        let map = value.as_object().ok_or_else(|| {
+            Error::field("params.build_args", "must be an object of names to values")
+        })?;
+        for (k, v) in map {
+            args.insert(k.clone(), expand(&json_text(v)));
+        }
+    }
+    Ok(args)
+}
+
+fn labels(params: &Params, src: &Path) -> Result<BTreeMap<String, String>, Error> {
+    let mut labels = BTreeMap::new();
+    if let Some(file) = &params.labels_file {
+        let path = src.join(file);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| input(&path, format!("params.labels_file: {e}")))?;
+        let map: BTreeMap<String, serde_json::Value> =
+            serde_json::from_str(&text).map_err(|e| {
+                input(
+                    &path,
+                    format!("params.labels_file is not a JSON object: {e}"),
+                )
+            })?;
+        for (k, v) in map {
+            labels.insert(k, json_text(&v));
+        }
+    }
+    if let Some(value) = &params.labels {
+        let map = value
+            .as_object()
+            .ok_or_else(|| Error::field("params.labels", "must be an object of names to values"))?;
+        for (k, v) in map {
+            labels.insert(k.clone(), json_text(v));
+        }
+    }
+    Ok(labels)
+}
+
+fn json_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// `$BUILD_ID` and `${BUILD_ID}` (and the other five), from the environment.
+fn expand(text: &str) -> String {
+    let mut out = text.to_string();
+    for var in EXPANDED {
+        let value = std::env::var(var).unwrap_or_default();
+        out = out.replace(&format!("${{{var}}}"), &value);
+        // `$BUILD_ID` but not `$BUILD_IDX`.
+        let needle = format!("${var}");
+        let mut result = String::new();
+        let mut rest = out.as_str();
+        while let Some(i) = rest.find(&needle) {
+            let after = &rest[i + needle.len()..];
+            result.push_str(&rest[..i]);
+            if after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+                result.push_str(&needle);
+            } else {
+                result.push_str(&value);
+            }
+            rest = after;
+        }
+        result.push_str(rest);
+        out = result;
+    }
+    out
+}
+
+/// Registry credentials for the daemon's pulls during the build (X-Registry-Config).
+fn credentials(settings: &Settings) -> HashMap<String, DockerCredentials> {
+    settings
+        .registries
+        .credentials
+        .iter()
+        .map(|c| {
+            let key = if c.host.is_docker_hub() {
+                "https://index.docker.io/v1/".to_string()
+            } else {
+                c.host.to_string()
+            };
+            (
+                key.clone(),
+                DockerCredentials {
+                    username: Some(c.username.clone()),
+                    password: Some(c.password.expose().to_string()),
+                    serveraddress: Some(key),
+                    ..Default::default()
+                },
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expansion_is_limited_to_the_concourse_variables() {
+        std::env::set_var("BUILD_ID", "42");
+        std::env::set_var("ATC_EXTERNAL_URL", "https://ci.example.com");
+        assert_eq!(expand("id=$BUILD_ID"), "id=42");
+        assert_eq!(expand("id=${BUILD_ID}!"), "id=42!");
+        assert_eq!(
+            expand("$BUILD_IDX $HOME ${ATC_EXTERNAL_URL}"),
+            "$BUILD_IDX $HOME https://ci.example.com"
+        );
+    }
+}

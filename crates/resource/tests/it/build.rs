@@ -1,0 +1,271 @@
+//! `out` with `params.build`, through the Docker daemon ci/test.sh runs (DOCKER_HOST), and
+//! the daemon start-up rules.
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use crate::common::{self, docker, env, Image, Run};
+
+fn put(source: Value, params: Value, src: &Path) -> common::Outcome {
+    Run::new("out")
+        .arg(src.display().to_string())
+        .stdin_json(&json!({"source": source, "params": params}))
+        .env("BUILD_ID", "4242")
+        .run()
+}
+
+fn write(dir: &Path, name: &str, text: &str) {
+    let path = dir.join(name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+const DOCKERFILE: &str = "\
+FROM dockhand-test/busybox:latest AS base
+ARG GREETING
+ARG FROM_FILE
+RUN echo \"$GREETING\" > /greeting && echo \"$FROM_FILE\" > /from-file
+FROM base AS final
+RUN echo final > /final
+FROM base AS broken
+RUN false
+";
+
+#[test]
+fn build_with_args_labels_target_and_tags() {
+    let reg = &env().plain;
+    let src = tempfile::tempdir().unwrap();
+    write(src.path(), "repo/Dockerfile", DOCKERFILE);
+    write(
+        src.path(),
+        "args.json",
+        r#"{"FROM_FILE": "from the file", "GREETING": "overridden"}"#,
+    );
+    write(
+        src.path(),
+        "labels.json",
+        r#"{"org.example.from-file": "yes"}"#,
+    );
+    write(src.path(), "version/tag", "1.2.3\n");
+    write(src.path(), "version/more", "main-abc1234 stage\n");
+    let to = common::unique("build");
+    let out = put(
+        json!({"repository": reg.repo(&to)}),
+        json!({
+            "build": "repo",
+            "target_name": "final",
+            "build_args": {"GREETING": "hello ${BUILD_ID}"},
+            "build_args_file": "args.json",
+            "labels": {"org.example.label": "x"},
+            "labels_file": "labels.json",
+            "tag_file": "version/tag",
+            "tag_prefix": "v",
+            "additional_tags": "version/more",
+            "tag_as_latest": true,
+        }),
+        src.path(),
+    );
+    let result = out.success();
+    let digest = result["version"]["digest"].as_str().unwrap().to_string();
+    assert_eq!(result["version"]["tag"], json!("v1.2.3"));
+    for tag in ["v1.2.3", "main-abc1234", "stage", "latest"] {
+        assert_eq!(reg.skopeo_digest(&format!("{to}:{tag}")), digest, "{tag}");
+    }
+    // Build output went to stderr, line by line.
+    assert!(out.stderr.contains("RUN echo final"), "{}", out.stderr);
+
+    // The pushed image runs and shows the build args; the labels are in its config.
+    let reference = format!("{}@{digest}", reg.repo(&to));
+    docker(&["pull", "-q", &reference]);
+    let ran = docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &reference,
+        "cat",
+        "/greeting",
+        "/from-file",
+        "/final",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&ran),
+        "hello 4242\nfrom the file\nfinal\n"
+    );
+    let labels = String::from_utf8(docker(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{json .Config.Labels}}",
+        &reference,
+    ]))
+    .unwrap();
+    assert!(labels.contains("\"org.example.label\":\"x\""), "{labels}");
+    assert!(
+        labels.contains("\"org.example.from-file\":\"yes\""),
+        "{labels}"
+    );
+}
+
+#[test]
+fn load_base_and_cache_from_directories_written_by_in_are_loaded() {
+    let reg = &env().plain;
+    let base_repo = common::unique("build-base");
+    let digest = reg.push(
+        &Image::busybox().layer(vec![common::Entry::file("base-marker", "from load_base")]),
+        &format!("{base_repo}:1"),
+    );
+    let src = tempfile::tempdir().unwrap();
+    let got = Run::new("in")
+        .arg(src.path().join("base").display().to_string())
+        .stdin_json(&json!({"source": {"repository": reg.repo(&base_repo), "tag": "1"}, "version": {"tag": "1", "digest": digest}, "params": {"save": true}}))
+        .run();
+    got.success();
+    // Gone from the registry and from the daemon: only load_base can provide it now.
+    reg.delete(&base_repo, &digest);
+    let _ = std::process::Command::new("docker")
+        .args(["rmi", "-f", &format!("{}:1", reg.repo(&base_repo))])
+        .output();
+    write(
+        src.path(),
+        "ctx/Dockerfile",
+        &format!(
+            "FROM {}:1\nRUN cat /base-marker > /copied\n",
+            reg.repo(&base_repo)
+        ),
+    );
+    let to = common::unique("build-on-base");
+    let out = put(
+        json!({"repository": reg.repo(&to)}),
+        json!({"build": "ctx", "load_base": "base", "cache_from": ["base"]}),
+        src.path(),
+    );
+    let result = out.success();
+    let reference = format!(
+        "{}@{}",
+        reg.repo(&to),
+        result["version"]["digest"].as_str().unwrap()
+    );
+    docker(&["pull", "-q", &reference]);
+    let ran = docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &reference,
+        "cat",
+        "/copied",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&ran), "from load_base");
+}
+
+#[test]
+fn a_failing_build_step_fails_the_put_with_its_message() {
+    let reg = &env().plain;
+    let src = tempfile::tempdir().unwrap();
+    write(src.path(), "repo/Dockerfile", DOCKERFILE);
+    let err = put(
+        json!({"repository": reg.repo("it/build-broken")}),
+        json!({"build": "repo", "target_name": "broken"}),
+        src.path(),
+    )
+    .failure();
+    assert!(err.contains("docker build failed"), "{err}");
+    assert!(err.contains("returned a non-zero code"), "{err}");
+}
+
+#[test]
+fn build_errors_name_the_path() {
+    let reg = &env().plain;
+    let src = tempfile::tempdir().unwrap();
+    write(src.path(), "repo/Dockerfile", DOCKERFILE);
+    write(src.path(), "bad.json", "{not json");
+    let source = json!({"repository": reg.repo("it/build-errors")});
+    let cases = [
+        (
+            json!({"build": "nope"}),
+            "nope: params.build: no such directory",
+        ),
+        (
+            json!({"build": "repo", "dockerfile": "repo/Missing"}),
+            "repo/Missing: params.dockerfile: no such file",
+        ),
+        (
+            json!({"build": "repo", "build_args_file": "bad.json"}),
+            "bad.json: Failed to parse build_args_file",
+        ),
+        (
+            json!({"build": "repo", "tag_file": "no-tag"}),
+            "no-tag: params.tag_file",
+        ),
+    ];
+    for (params, want) in cases {
+        let err = put(source.clone(), params.clone(), src.path()).failure();
+        assert!(err.contains(want), "{params}\n  got: {err}\n  want: {want}");
+    }
+}
+
+#[test]
+fn a_daemon_that_never_comes_up_gives_the_startup_timeout_message() {
+    use std::os::unix::fs::PermissionsExt as _;
+    // No daemon at DOCKER_HOST, and a dockerd that never answers on its socket.
+    let bin = tempfile::tempdir().unwrap();
+    let fake = bin.path().join("dockerd");
+    std::fs::write(&fake, "#!/bin/sh\nexec sleep 60\n").unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    write(src.path(), "repo/Dockerfile", DOCKERFILE);
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap()
+    );
+    let started = std::time::Instant::now();
+    let err = Run::new("out")
+        .arg(src.path().display().to_string())
+        .stdin_json(&json!({"source": {"repository": "127.0.0.1:1/x", "startup_timeout": 3}, "params": {"build": "repo"}}))
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .env("PATH", path)
+        .run()
+        .failure();
+    assert!(
+        err.contains("Docker failed to start within 3 seconds"),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
+
+#[test]
+fn a_daemon_that_dies_during_start_up_is_started_once_more_then_reported() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let bin = tempfile::tempdir().unwrap();
+    let count = bin.path().join("starts");
+    let fake = bin.path().join("dockerd");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\necho start >> {}\necho 'failed to start daemon: boom' >&2\nexit 1\n",
+            count.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    write(src.path(), "repo/Dockerfile", DOCKERFILE);
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap()
+    );
+    let err = Run::new("out")
+        .arg(src.path().display().to_string())
+        .stdin_json(&json!({"source": {"repository": "127.0.0.1:1/x", "startup_timeout": 30}, "params": {"build": "repo"}}))
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .env("PATH", path)
+        .run()
+        .failure();
+    assert!(err.contains("dockerd exited"), "{err}");
+    assert!(err.contains("boom"), "{err}");
+    assert_eq!(std::fs::read_to_string(&count).unwrap().lines().count(), 2);
+}
