@@ -76,7 +76,7 @@ impl Daemon {
             }
         }
         if let Some(mirror) = &settings.mirror {
-            args.push(format!("--registry-mirror={mirror}"));
+            args.push(format!("--registry-mirror={}", mirror.url));
         }
         write_certs_d(settings);
         let timeout = settings.startup_timeout;

@@ -74,7 +74,6 @@ pub async fn get(request: &Request, dest: &Path) -> Result<Response, Error> {
         .as_ref()
         .and_then(|v| v.tag.clone())
         .unwrap_or_else(|| settings.tag.to_string());
-    let repository = &settings.repository;
     let source_repository = request.source()?.repository.clone().unwrap_or_default();
 
     std::fs::create_dir_all(dest).map_err(|e| io_error(dest, e))?;
@@ -91,8 +90,8 @@ pub async fn get(request: &Request, dest: &Path) -> Result<Response, Error> {
         return Ok(Response { version, metadata });
     }
 
-    let registry = Registry::new(repository.host().clone(), &settings.registries).await;
-    let top = fetch_manifest(&registry, repository, &digest).await?;
+    let (registry, repository, top) = find_image(&settings, &digest).await?;
+    let repository = &repository;
     let wanted =
         WantedPlatform::from_option(params.platform.as_ref().or(settings.platform.as_ref()));
     let (manifest_bytes, manifest_digest, index) = if image::is_index(&top.media_type, &top.bytes) {
@@ -380,6 +379,38 @@ async fn fetch_and_write(
         std::fs::rename(&partial, &oci).map_err(|e| io_error(&oci, e))?;
     }
     Ok(config)
+}
+
+/// The image on the mirror when there is one and it has the image, else on the repository's
+/// own registry.
+async fn find_image(
+    settings: &crate::source::Settings,
+    digest: &Digest,
+) -> Result<(Registry, Repository, Manifest), Error> {
+    let mut endpoints = crate::check::endpoints(settings).await;
+    let (origin, origin_repository) = endpoints.pop().expect("the origin is always listed");
+    for (registry, repository) in endpoints {
+        match registry.manifest(&repository, digest.as_str()).await {
+            Ok(Some(m)) => {
+                tracing::info!("using mirror {}", registry.host());
+                return Ok((registry, repository, m));
+            }
+            Ok(None) => tracing::warn!(
+                "mirror {} does not have {}@{digest}; using {}",
+                registry.host(),
+                repository.path(),
+                origin.host()
+            ),
+            Err(e) => tracing::warn!(
+                "mirror {} failed ({}); using {}",
+                registry.host(),
+                crate::error::chain(&e),
+                origin.host()
+            ),
+        }
+    }
+    let top = fetch_manifest(&origin, &origin_repository, digest).await?;
+    Ok((origin, origin_repository, top))
 }
 
 /// A manifest by digest; a 404 is retried a few times (a get right after a put can race an

@@ -10,6 +10,7 @@ pub mod check;
 pub mod daemon;
 pub mod error;
 pub mod get;
+pub mod git;
 pub mod image;
 pub mod outputs;
 pub mod progress;
@@ -18,6 +19,7 @@ pub mod put;
 pub mod reference;
 pub mod registry;
 pub mod secret;
+pub mod select;
 pub mod source;
 pub mod unpack;
 

@@ -164,8 +164,16 @@ pub struct Settings {
     pub max_concurrent_uploads: usize,
     pub startup_timeout: Duration,
     pub debug: bool,
-    /// `registry_mirror` as a URL (its credentials are used by issue 5's mirror support).
-    pub mirror: Option<String>,
+    /// `registry_mirror`: tried first for Docker Hub repositories (check and in), and given
+    /// to a dockerd that `out` starts. Its credentials are in `registries`.
+    pub mirror: Option<MirrorSettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MirrorSettings {
+    pub host: Host,
+    /// As dockerd's `--registry-mirror` wants it: `https://host[:port]` (or `http://`).
+    pub url: String,
 }
 
 /// Everything needed to talk to any registry: credentials and TLS material by host.
@@ -347,6 +355,34 @@ impl Source {
                     .push(Insecure::Host(host.as_str().to_string()));
             }
         }
+        let mirror = match &self.registry_mirror {
+            None => None,
+            Some(m) if m.host.trim().is_empty() => None,
+            Some(m) => {
+                let host = parse_registry_host(&m.host)
+                    .map_err(|e| field_error("source.registry_mirror", e))?;
+                let plain = m.host.trim().starts_with("http://");
+                if plain && !registries.is_insecure(&host) {
+                    registries
+                        .insecure
+                        .push(Insecure::Host(host.as_str().to_string()));
+                }
+                if let Some(username) = m.username.as_deref().filter(|u| !u.is_empty()) {
+                    registries.credentials.retain(|c| c.host != host);
+                    registries.credentials.push(HostCredentials {
+                        host: host.clone(),
+                        username: username.to_string(),
+                        password: m.password.clone().unwrap_or_default(),
+                        origin: "source.registry_mirror.username".into(),
+                    });
+                }
+                let scheme = if plain { "http" } else { "https" };
+                Some(MirrorSettings {
+                    url: format!("{scheme}://{host}"),
+                    host,
+                })
+            }
+        };
         crate::registry::check_tls_material(&registries)
             .map_err(|(field, reason)| field_error(field, format!("cannot be used: {reason}")))?;
         if let Some(platform) = &self.platform {
@@ -383,13 +419,7 @@ impl Source {
                 .startup_timeout
                 .map_or(DEFAULT_STARTUP_TIMEOUT, |Count(s)| Duration::from_secs(s)),
             debug: self.debug,
-            mirror: self.registry_mirror.as_ref().map(|m| {
-                if m.host.contains("://") {
-                    m.host.clone()
-                } else {
-                    format!("https://{}", m.host)
-                }
-            }),
+            mirror,
             repository,
         })
     }

@@ -5,6 +5,7 @@
 //! error bodies into errors that name the repository.
 
 mod auth;
+mod tags;
 mod transport;
 mod upload;
 
@@ -20,6 +21,7 @@ use crate::reference::{Digest, Host, Repository};
 use crate::source::RegistryConfig;
 
 pub use auth::{parse_challenge, Challenge, Credentials};
+pub use tags::TagList;
 pub use transport::check_tls_material;
 use transport::{build_client, classify, Failure, Verify};
 pub use upload::Mount;

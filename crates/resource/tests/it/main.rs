@@ -8,3 +8,5 @@ mod get;
 mod harness;
 mod malformed;
 mod put;
+mod select;
+mod sources;

@@ -1,0 +1,713 @@
+//! Selection mode of `check`: which tags are versions, in which order.
+//!
+//! Entered when `tag_regex`, `semver_constraint`, `variant` or `pre_releases` is set. The
+//! tags are listed, filtered and ordered here without the network; [`crate::check`] then asks
+//! the registry for the digests of the ones worth asking about.
+//!
+//! - Semver mode: tags parse leniently (`v1.2.3`, `1.2`, `1`); with `variant`, only tags
+//!   ending in `-<variant>` count (the suffix is dropped before parsing) and the bare variant
+//!   tag plays the part `latest` plays otherwise. Pre-releases count only with
+//!   `pre_releases`, and only those made of one of `pre_release_prefixes` and numbers
+//!   (`rc.1`, `rc1`, `beta-2`).
+//! - Regex mode (`tag_regex`): the whole tag must match. The sort key is the capture group
+//!   named `version` when there is one, else the tag. When every key parses as semver the
+//!   keys are ordered as versions, otherwise by "natural" order: runs of digits compared as
+//!   numbers of any length, the rest byte by byte.
+//! - Always: `tag_exclude_regex` (whole tag) and cosign's `sha256-<hex>.sig|.att|.sbom` tags
+//!   are dropped.
+
+use std::cmp::Ordering;
+
+use regex::Regex;
+
+use crate::error::Error;
+use crate::source::Source;
+
+/// The prefixes a pre-release must start with when `pre_release_prefixes` is not set.
+pub const DEFAULT_PRE_RELEASE_PREFIXES: &[&str] = &["alpha", "beta", "rc"];
+
+/// How a source selects versions among tags.
+#[derive(Debug)]
+pub struct Selection {
+    regex: Option<Regex>,
+    exclude: Option<Regex>,
+    signatures: Regex,
+    constraint: Option<Constraint>,
+    variant: Option<String>,
+    pre_releases: bool,
+    prefixes: Vec<String>,
+    pub created_at_sort: bool,
+}
+
+/// A tag that may become a version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub tag: String,
+    pub key: Key,
+    /// How many of major.minor.patch the tag spelt out (`1.2` → 2): the most specific tag
+    /// names a digest that several tags share.
+    pub specificity: u8,
+}
+
+/// A sort key: all keys of one selection are of the same kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Key {
+    Semver(semver::Version),
+    Text(String),
+}
+
+impl Key {
+    pub fn is_pre_release(&self) -> bool {
+        matches!(self, Key::Semver(v) if !v.pre.is_empty())
+    }
+}
+
+impl Ord for Key {
+    fn cmp(&self, other: &Self) -> Ordering {
+        match (self, other) {
+            (Key::Semver(a), Key::Semver(b)) => a.cmp(b),
+            (Key::Text(a), Key::Text(b)) => natural_cmp(a, b),
+            (Key::Semver(_), Key::Text(_)) => Ordering::Less,
+            (Key::Text(_), Key::Semver(_)) => Ordering::Greater,
+        }
+    }
+}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Candidate {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.key
+            .cmp(&other.key)
+            .then(self.specificity.cmp(&other.specificity))
+            .then_with(|| self.tag.cmp(&other.tag))
+    }
+}
+
+impl PartialOrd for Candidate {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// The tags of a repository sorted into candidates, oldest first.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub candidates: Vec<Candidate>,
+    /// `latest` (or the bare variant) when it exists and may be appended: semver mode, no
+    /// constraint.
+    pub latest: Option<String>,
+}
+
+impl Selection {
+    /// `None` when the source is in tag mode. Field errors name the field.
+    pub fn from_source(source: &Source) -> Result<Option<Selection>, Error> {
+        let selecting = source.tag_regex.is_some()
+            || source.semver_constraint.is_some()
+            || source.variant.is_some()
+            || source.pre_releases;
+        if !selecting {
+            if source.tag_exclude_regex.is_some() {
+                tracing::warn!("source.tag_exclude_regex only applies with tag_regex, semver_constraint, variant or pre_releases; ignored");
+            }
+            if source.created_at_sort {
+                tracing::warn!("source.created_at_sort only applies with tag_regex, semver_constraint, variant or pre_releases; ignored");
+            }
+            return Ok(None);
+        }
+        let regex = source
+            .tag_regex
+            .as_deref()
+            .map(|r| anchored(r, "source.tag_regex"))
+            .transpose()?;
+        let exclude = source
+            .tag_exclude_regex
+            .as_deref()
+            .map(|r| anchored(r, "source.tag_exclude_regex"))
+            .transpose()?;
+        let constraint = source
+            .semver_constraint
+            .as_deref()
+            .map(|c| Constraint::parse(c).map_err(|e| Error::field("source.semver_constraint", e)))
+            .transpose()?;
+        let variant = match source.variant.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(v) => {
+                let valid = v
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                    && !v.starts_with(['.', '-'])
+                    && v.len() <= 127;
+                if !valid {
+                    return Err(Error::field(
+                        "source.variant",
+                        format!("{v:?} cannot end a tag (letters, digits, '.', '_' and '-' only)"),
+                    ));
+                }
+                Some(v.to_string())
+            }
+        };
+        let prefixes: Vec<String> = if source.pre_release_prefixes.is_empty() {
+            DEFAULT_PRE_RELEASE_PREFIXES
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        } else {
+            for (i, p) in source.pre_release_prefixes.iter().enumerate() {
+                if p.is_empty() || !p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                    return Err(Error::field(
+                        format!("source.pre_release_prefixes[{i}]"),
+                        format!("{p:?} is not a pre-release identifier (letters, digits, '-')"),
+                    ));
+                }
+            }
+            source.pre_release_prefixes.clone()
+        };
+        if regex.is_some() && (variant.is_some() || source.pre_releases) {
+            tracing::warn!(
+                "source.tag_regex decides which tags count; variant and pre_releases are ignored"
+            );
+        }
+        if source.tag.is_some() {
+            tracing::info!(
+                "check selects among tags; source.tag is only out's default tag in this mode"
+            );
+        }
+        Ok(Some(Selection {
+            regex,
+            exclude,
+            signatures: Regex::new(r"^sha256-[0-9a-f]{64}(\.[A-Za-z0-9]+)*$")
+                .expect("the signature pattern is valid"),
+            constraint,
+            variant,
+            pre_releases: source.pre_releases,
+            prefixes,
+            created_at_sort: source.created_at_sort,
+        }))
+    }
+
+    /// Which of `tags` count, oldest first.
+    pub fn plan(&self, tags: &[String]) -> Plan {
+        let tags: Vec<&str> = tags
+            .iter()
+            .map(String::as_str)
+            .filter(|t| !self.signatures.is_match(t))
+            .filter(|t| !self.exclude.as_ref().is_some_and(|x| x.is_match(t)))
+            .collect();
+        let mut candidates = match &self.regex {
+            Some(regex) => self.regex_candidates(regex, &tags),
+            None => tags
+                .iter()
+                .filter_map(|t| self.semver_candidate(t))
+                .collect(),
+        };
+        candidates.sort();
+        candidates.dedup_by(|a, b| a.tag == b.tag);
+        let latest = match (&self.regex, &self.constraint) {
+            (None, None) => {
+                let name = self.variant.as_deref().unwrap_or("latest");
+                tags.contains(&name).then(|| name.to_string())
+            }
+            _ => None,
+        };
+        Plan { candidates, latest }
+    }
+
+    /// The key `tag` would have, for placing a cursor whose tag is gone.
+    pub fn key_of(&self, tag: &str, like: Option<&Key>) -> Option<Key> {
+        match &self.regex {
+            None => self.semver_candidate(tag).map(|c| c.key),
+            Some(regex) => {
+                let text = key_text(regex, tag)?;
+                match like {
+                    Some(Key::Text(_)) => Some(Key::Text(text)),
+                    _ => lenient_semver(&text).map(|(v, _)| Key::Semver(v)),
+                }
+            }
+        }
+    }
+
+    fn semver_candidate(&self, tag: &str) -> Option<Candidate> {
+        let text = match &self.variant {
+            Some(v) => tag.strip_suffix(v.as_str())?.strip_suffix('-')?,
+            None => tag,
+        };
+        let (version, specificity) = lenient_semver(text)?;
+        if !version.pre.is_empty() {
+            if !self.pre_releases {
+                return None;
+            }
+            let pre = version.pre.as_str();
+            // `rc.1`, `rc1`, `beta-2`: a prefix, then numbers only (so `1.2.3-rc.1-alpine` is
+            // a variant's tag, not a pre-release of the plain image).
+            let counts = self.prefixes.iter().any(|p| {
+                pre.strip_prefix(p.as_str()).is_some_and(|rest| {
+                    rest.bytes()
+                        .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-')
+                })
+            });
+            if !counts {
+                return None;
+            }
+        }
+        if let Some(c) = &self.constraint {
+            if !c.matches(&version, self.pre_releases) {
+                return None;
+            }
+        }
+        Some(Candidate {
+            tag: tag.to_string(),
+            key: Key::Semver(version),
+            specificity,
+        })
+    }
+
+    fn regex_candidates(&self, regex: &Regex, tags: &[&str]) -> Vec<Candidate> {
+        let keyed: Vec<(&str, String)> = tags
+            .iter()
+            .filter_map(|t| key_text(regex, t).map(|k| (*t, k)))
+            .collect();
+        let parsed: Vec<Option<(semver::Version, u8)>> =
+            keyed.iter().map(|(_, k)| lenient_semver(k)).collect();
+        let all_semver = !parsed.is_empty() && parsed.iter().all(Option::is_some);
+        if self.constraint.is_some() && !all_semver {
+            tracing::warn!("source.semver_constraint applies to the tags (or their `version` captures) that parse as versions; the others are left out");
+        }
+        keyed
+            .into_iter()
+            .zip(parsed)
+            .filter_map(|((tag, text), parsed)| match (&self.constraint, parsed) {
+                (Some(c), Some((v, s))) => c.matches(&v, true).then(|| Candidate {
+                    tag: tag.to_string(),
+                    key: Key::Semver(v),
+                    specificity: s,
+                }),
+                (Some(_), None) => None,
+                (None, Some((v, s))) if all_semver => Some(Candidate {
+                    tag: tag.to_string(),
+                    key: Key::Semver(v),
+                    specificity: s,
+                }),
+                (None, _) => Some(Candidate {
+                    tag: tag.to_string(),
+                    key: Key::Text(text),
+                    specificity: 0,
+                }),
+            })
+            .collect()
+    }
+}
+
+/// The sort text of a tag that matches: the `version` capture, else the tag.
+fn key_text(regex: &Regex, tag: &str) -> Option<String> {
+    let captures = regex.captures(tag)?;
+    Some(
+        captures
+            .name("version")
+            .map_or(tag, |m| m.as_str())
+            .to_string(),
+    )
+}
+
+/// `^(?:pattern)$`, with the regex crate's multi-line message folded into one line.
+fn anchored(pattern: &str, field: &str) -> Result<Regex, Error> {
+    regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
+        .size_limit(1 << 20)
+        .build()
+        .map_err(|e| {
+            let text = e.to_string();
+            let reason = text
+                .lines()
+                .map(str::trim)
+                .rfind(|l| !l.is_empty())
+                .unwrap_or("invalid")
+                .trim_start_matches("error: ")
+                .to_string();
+            Error::field(
+                field,
+                format!("invalid regular expression {pattern:?}: {reason}"),
+            )
+        })
+}
+
+/// `v1.2.3`, `1.2`, `1`, `1.2.3-rc.1`: the version and how many numbers were given.
+pub fn lenient_semver(text: &str) -> Option<(semver::Version, u8)> {
+    let text = text.strip_prefix(['v', 'V']).unwrap_or(text);
+    let (core, pre) = match text.find(['-', '+']) {
+        Some(i) if text.as_bytes()[i] == b'-' => {
+            let rest = &text[i + 1..];
+            let pre = rest.split('+').next().unwrap_or_default();
+            (&text[..i], Some(pre))
+        }
+        Some(i) => (&text[..i], None),
+        None => (text, None),
+    };
+    let mut numbers = [0u64; 3];
+    let mut count = 0u8;
+    for part in core.split('.') {
+        if count == 3 || part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        numbers[count as usize] = part.parse().ok()?;
+        count += 1;
+    }
+    let mut version = semver::Version::new(numbers[0], numbers[1], numbers[2]);
+    if let Some(pre) = pre {
+        version.pre = semver::Prerelease::new(pre).ok()?;
+        if version.pre.is_empty() {
+            return None;
+        }
+    }
+    Some((version, count))
+}
+
+/// Runs of digits compare as numbers of any length (`9` < `10`, no overflow), everything
+/// else byte by byte; equal texts under that order are ordered by their bytes.
+pub fn natural_cmp(a: &str, b: &str) -> Ordering {
+    let (mut x, mut y) = (a.as_bytes(), b.as_bytes());
+    loop {
+        match (x.first(), y.first()) {
+            (None, None) => return a.cmp(b),
+            (None, Some(_)) => return Ordering::Less,
+            (Some(_), None) => return Ordering::Greater,
+            (Some(p), Some(q)) if p.is_ascii_digit() && q.is_ascii_digit() => {
+                let (n, rest_x) = split_digits(x);
+                let (m, rest_y) = split_digits(y);
+                let (n, m) = (trim_zeros(n), trim_zeros(m));
+                let order = n.len().cmp(&m.len()).then_with(|| n.cmp(m));
+                if order != Ordering::Equal {
+                    return order;
+                }
+                x = rest_x;
+                y = rest_y;
+            }
+            (Some(p), Some(q)) => {
+                if p != q {
+                    return p.cmp(q);
+                }
+                x = &x[1..];
+                y = &y[1..];
+            }
+        }
+    }
+}
+
+fn split_digits(s: &[u8]) -> (&[u8], &[u8]) {
+    let end = s
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(s.len());
+    s.split_at(end)
+}
+
+fn trim_zeros(s: &[u8]) -> &[u8] {
+    let start = s.iter().position(|&b| b != b'0').unwrap_or(s.len());
+    &s[start..]
+}
+
+/// A `semver_constraint`: alternatives joined by `||`, each a list of comparators separated
+/// by commas or spaces (`>= 1.2, < 2`, `~1.4`, `^2`, `1.x`, `1.2 - 1.4`); `*` matches every
+/// version, pre-releases included.
+#[derive(Debug)]
+pub struct Constraint {
+    any: bool,
+    alternatives: Vec<semver::VersionReq>,
+}
+
+impl Constraint {
+    pub fn parse(text: &str) -> Result<Constraint, String> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err("must not be empty (use \"*\" for every version)".into());
+        }
+        if text == "*" {
+            return Ok(Constraint {
+                any: true,
+                alternatives: Vec::new(),
+            });
+        }
+        let mut alternatives = Vec::new();
+        for alternative in text.split("||") {
+            let normalised =
+                normalise_comparators(alternative.trim()).map_err(|e| format!("{text:?}: {e}"))?;
+            let req = semver::VersionReq::parse(&normalised)
+                .map_err(|e| format!("{text:?} is not a version constraint ({e})"))?;
+            alternatives.push(req);
+        }
+        Ok(Constraint {
+            any: false,
+            alternatives,
+        })
+    }
+
+    /// With `pre_releases`, a pre-release also matches when its release would (`>=1.2` takes
+    /// `1.3.0-rc.1`).
+    pub fn matches(&self, v: &semver::Version, pre_releases: bool) -> bool {
+        if self.any {
+            return true;
+        }
+        let release = (pre_releases && !v.pre.is_empty()).then(|| {
+            let mut r = v.clone();
+            r.pre = semver::Prerelease::EMPTY;
+            r
+        });
+        self.alternatives
+            .iter()
+            .any(|req| req.matches(v) || release.as_ref().is_some_and(|r| req.matches(r)))
+    }
+}
+
+/// `>= 1.2 <2` → `>=1.2, <2`; `1.2 - 1.4` → `>=1.2, <=1.4`; a `v` before a version dropped.
+fn normalise_comparators(alternative: &str) -> Result<String, String> {
+    if alternative.is_empty() {
+        return Err("an empty alternative".into());
+    }
+    if let Some((low, high)) = alternative.split_once(" - ") {
+        return Ok(format!(
+            ">={}, <={}",
+            strip_v(low.trim()),
+            strip_v(high.trim())
+        ));
+    }
+    let mut comparators: Vec<String> = Vec::new();
+    let mut pending_op = String::new();
+    for token in alternative
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|t| !t.is_empty())
+    {
+        let op_len = token
+            .find(|c: char| !matches!(c, '<' | '>' | '=' | '~' | '^' | '!'))
+            .unwrap_or(token.len());
+        let (op, version) = token.split_at(op_len);
+        if op.contains('!') {
+            return Err("\"!=\" is not supported; use tag_exclude_regex".into());
+        }
+        if version.is_empty() {
+            pending_op.push_str(op);
+            continue;
+        }
+        let op = format!("{pending_op}{op}");
+        pending_op.clear();
+        comparators.push(format!("{op}{}", strip_v(version)));
+    }
+    if !pending_op.is_empty() {
+        return Err(format!("{pending_op:?} is not followed by a version"));
+    }
+    Ok(comparators.join(", "))
+}
+
+fn strip_v(s: &str) -> &str {
+    s.strip_prefix(['v', 'V']).unwrap_or(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn selection(v: serde_json::Value) -> Selection {
+        let mut v = v;
+        v["repository"] = json!("r");
+        let source: Source = serde_json::from_value(v).unwrap();
+        Selection::from_source(&source).unwrap().unwrap()
+    }
+
+    fn tags(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn planned(s: &Selection, list: &[&str]) -> Vec<String> {
+        s.plan(&tags(list))
+            .candidates
+            .into_iter()
+            .map(|c| c.tag)
+            .collect()
+    }
+
+    #[test]
+    fn lenient_parsing() {
+        let v = |s: &str| lenient_semver(s).map(|(v, n)| (v.to_string(), n));
+        assert_eq!(v("v1.2.3"), Some(("1.2.3".into(), 3)));
+        assert_eq!(v("1.2"), Some(("1.2.0".into(), 2)));
+        assert_eq!(v("1"), Some(("1.0.0".into(), 1)));
+        assert_eq!(v("1.2.3-rc.1"), Some(("1.2.3-rc.1".into(), 3)));
+        assert_eq!(v("1.2.3-alpine"), Some(("1.2.3-alpine".into(), 3)));
+        for bad in [
+            "latest",
+            "1.2.3.4",
+            "1..2",
+            "",
+            "v",
+            "1.2-",
+            "123456789012345678901234",
+            "main-abc",
+        ] {
+            assert_eq!(v(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn natural_order_has_no_overflow() {
+        let mut list = vec![
+            "build-10",
+            "build-9",
+            "build-100000000000000000000001",
+            "build-99999999999999999999999",
+            "build-09",
+            "build-a",
+        ];
+        list.sort_by(|a, b| natural_cmp(a, b));
+        assert_eq!(
+            list,
+            [
+                "build-09",
+                "build-9",
+                "build-10",
+                "build-99999999999999999999999",
+                "build-100000000000000000000001",
+                "build-a"
+            ]
+        );
+    }
+
+    #[test]
+    fn semver_mode_filters_and_orders() {
+        let s = selection(json!({"semver_constraint": "*"}));
+        assert_eq!(
+            planned(
+                &s,
+                &[
+                    "latest",
+                    "1.10.0",
+                    "1.9.0",
+                    "v2",
+                    "1.2.3-rc.1",
+                    "x",
+                    "1.2.3-alpine"
+                ]
+            ),
+            ["1.9.0", "1.10.0", "v2"]
+        );
+    }
+
+    #[test]
+    fn constraint_variant_and_pre_releases() {
+        let all = [
+            "1.0.0",
+            "1.2.0",
+            "1.2.1-rc.1",
+            "2.0.0",
+            "1.2.0-alpine",
+            "1.3.0-rc.1-alpine",
+            "alpine",
+            "latest",
+            "1.4.0-beta2",
+            "1.4.0-dev",
+        ];
+        let s = selection(json!({"semver_constraint": ">= 1.1 < 2"}));
+        assert_eq!(planned(&s, &all), ["1.2.0"]);
+        assert_eq!(s.plan(&tags(&all)).latest, None);
+
+        let s = selection(json!({"variant": "alpine"}));
+        assert_eq!(planned(&s, &all), ["1.2.0-alpine"]);
+        assert_eq!(s.plan(&tags(&all)).latest.as_deref(), Some("alpine"));
+
+        let s = selection(json!({"variant": "alpine", "pre_releases": true}));
+        assert_eq!(planned(&s, &all), ["1.2.0-alpine", "1.3.0-rc.1-alpine"]);
+
+        let s = selection(json!({"pre_releases": true}));
+        assert_eq!(
+            planned(&s, &all),
+            ["1.0.0", "1.2.0", "1.2.1-rc.1", "1.4.0-beta2", "2.0.0"]
+        );
+        let s = selection(json!({"pre_releases": true, "pre_release_prefixes": ["dev"]}));
+        assert_eq!(planned(&s, &all), ["1.0.0", "1.2.0", "1.4.0-dev", "2.0.0"]);
+        let s = selection(json!({"pre_releases": true, "semver_constraint": ">=1.3"}));
+        assert_eq!(planned(&s, &all), ["1.4.0-beta2", "2.0.0"]);
+    }
+
+    #[test]
+    fn constraint_forms() {
+        let m = |c: &str, v: &str| {
+            Constraint::parse(c)
+                .unwrap()
+                .matches(&lenient_semver(v).unwrap().0, false)
+        };
+        assert!(m("~1.4", "1.4.9"));
+        assert!(!m("~1.4", "1.5.0"));
+        assert!(m("^2", "2.9.0"));
+        assert!(m("1.x", "1.7.0"));
+        assert!(m("1.2 - 1.4", "1.4.0"));
+        assert!(m("1.2 - 1.4", "1.4.1"));
+        assert!(!m("1.2 - 1.4", "1.5.0"));
+        assert!(m("<1 || >=3", "3.1.0"));
+        assert!(!m("<1 || >=3", "2.1.0"));
+        assert!(m(">=v1.2", "1.3.0"));
+        for bad in ["", "!=1.2", ">=", "nope", "1.2 ||"] {
+            assert!(Constraint::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn regex_mode() {
+        let s = selection(json!({"tag_regex": r"main-[0-9a-f]+-(?P<version>\d+)"}));
+        assert_eq!(
+            planned(
+                &s,
+                &[
+                    "main-abc-20240102030405",
+                    "main-def-9",
+                    "feature-abc-1",
+                    "xmain-abc-1",
+                    "main-abc-20240102030405-x"
+                ]
+            ),
+            ["main-def-9", "main-abc-20240102030405"]
+        );
+        let s = selection(json!({"tag_regex": r"v\d+(\.\d+)*"}));
+        assert_eq!(
+            planned(&s, &["v1.10", "v1.9", "v2", "latest"]),
+            ["v1.9", "v1.10", "v2"]
+        );
+        // Not every key is a version: natural order.
+        let s = selection(json!({"tag_regex": r"\d+"}));
+        assert_eq!(
+            planned(&s, &["123456789012345678901234", "99", "100"]),
+            ["99", "100", "123456789012345678901234"]
+        );
+    }
+
+    #[test]
+    fn exclusions() {
+        let sig = format!("sha256-{}.sig", "a".repeat(64));
+        let s = selection(json!({"tag_regex": ".*", "tag_exclude_regex": ".*-debug"}));
+        assert_eq!(
+            planned(&s, &[&sig, "1-debug", "1", "x-debug-y"]),
+            ["1", "x-debug-y"]
+        );
+    }
+
+    #[test]
+    fn field_errors() {
+        let err = |v: serde_json::Value| {
+            let mut v = v;
+            v["repository"] = json!("r");
+            let source: Source = serde_json::from_value(v).unwrap();
+            let e = Selection::from_source(&source).unwrap_err().to_string();
+            assert!(!e.contains('\n'), "{e}");
+            e
+        };
+        assert!(err(json!({"tag_regex": "("})).starts_with("source.tag_regex: invalid"));
+        assert!(err(json!({"tag_regex": "a", "tag_exclude_regex": "["}))
+            .starts_with("source.tag_exclude_regex:"));
+        assert!(
+            err(json!({"semver_constraint": ">= one"})).starts_with("source.semver_constraint:")
+        );
+        assert!(err(json!({"variant": "-alpine"})).starts_with("source.variant:"));
+        assert!(err(json!({"variant": "a b"})).starts_with("source.variant:"));
+    }
+}
