@@ -90,10 +90,16 @@ pub const PARAMS: &[&str] = &[
 ];
 
 pub async fn put(request: &Request, src: &Path) -> Result<Response, Error> {
-    let settings = request.source()?.resolve()?;
+    let source = request.source()?;
+    let settings = source.resolve()?;
     let params: Params = parse_params(request.params.as_ref())?;
+    let variant = source
+        .variant
+        .as_deref()
+        .map(str::trim)
+        .filter(|v| !v.is_empty());
     let repository = &settings.repository;
-    let tags = tags(&params, &settings.tag, src)?;
+    let mut tags = tags(&params, &settings.tag, src, variant)?;
 
     let staging = tempfile_dir(src)?;
     let result = async {
@@ -106,16 +112,37 @@ pub async fn put(request: &Request, src: &Path) -> Result<Response, Error> {
             daemon.stop().await;
             result?;
             (archive::read_image(&built, staging.path())?, None)
+        } else if params.load.is_none()
+            && params.load_file.is_none()
+            && params.import_file.is_none()
+            && params.pull_repository.is_some()
+        {
+            pull_plan(&params, &settings, staging.path()).await?
         } else {
             plan(&params, src, staging.path())?
         };
         let registry = Registry::new(repository.host().clone(), &settings.registries).await;
+        if params.bump_aliases {
+            let version = params.version.as_deref().map(str::trim).unwrap_or_default();
+            let listed = registry
+                .list_tags(repository, crate::check::MAX_TAG_PAGES)
+                .await?;
+            for alias in aliases(version, variant, &listed.tags) {
+                let tag: Tag = alias
+                    .parse()
+                    .map_err(|e| Error::field("params.bump_aliases", e))?;
+                if !tags.contains(&tag) {
+                    tags.push(tag);
+                }
+            }
+        }
+        let tags = &tags;
         let mount_from = mount_from.filter(|r| r.host() == repository.host() && r != repository);
         let digest = push(
             &registry,
             repository,
             &plan,
-            &tags,
+            tags,
             settings.max_concurrent_uploads,
             mount_from.as_ref(),
         )
@@ -215,9 +242,6 @@ fn plan(params: &Params, src: &Path, staging: &Path) -> Result<(Plan, Option<Rep
         }
         return Ok((archive::import_rootfs(&path, staging)?, None));
     }
-    if params.pull_repository.is_some() {
-        return Err(Error::NotImplemented("out with params.pull_repository"));
-    }
     if let Some(pattern) = &params.image {
         let path = glob_one(src, pattern)?;
         return Ok((archive::read_image(&path, staging)?, None));
@@ -263,7 +287,12 @@ fn glob_one(src: &Path, pattern: &str) -> Result<PathBuf, Error> {
 
 /// The tags to push, the version's first: tag_file (or the deprecated `tag`) with
 /// tag_prefix, else `version`, else source.tag; then additional_tags and `latest`.
-fn tags(params: &Params, source_tag: &Tag, src: &Path) -> Result<Vec<Tag>, Error> {
+fn tags(
+    params: &Params,
+    source_tag: &Tag,
+    src: &Path,
+    variant: Option<&str>,
+) -> Result<Vec<Tag>, Error> {
     let mut out: Vec<Tag> = Vec::new();
     let mut add = |text: &str, from: &str| -> Result<(), Error> {
         let tag: Tag = text.parse().map_err(|e| Error::field(from, e))?;
@@ -285,7 +314,10 @@ fn tags(params: &Params, source_tag: &Tag, src: &Path) -> Result<Vec<Tag>, Error
         let prefix = params.tag_prefix.as_deref().unwrap_or("");
         add(&format!("{prefix}{}", text.trim()), field)?;
     } else if let Some(version) = &params.version {
-        add(version.trim(), "params.version")?;
+        match variant {
+            Some(v) => add(&format!("{}-{v}", version.trim()), "params.version")?,
+            None => add(version.trim(), "params.version")?,
+        }
     } else {
         add(source_tag.as_str(), "source.tag")?;
     }
@@ -297,10 +329,150 @@ fn tags(params: &Params, source_tag: &Tag, src: &Path) -> Result<Vec<Tag>, Error
     if params.tag_as_latest {
         add("latest", "params.tag_as_latest")?;
     }
-    if params.bump_aliases {
-        return Err(Error::NotImplemented("params.bump_aliases"));
+    if params.bump_aliases && params.version.is_none() {
+        return Err(Error::field("params.bump_aliases", "needs params.version"));
     }
     Ok(out)
+}
+
+/// registry-image-resource's `bump_aliases`: pushing 1.2.3 also moves `1.2`, `1` and
+/// `latest` (with a variant: `1.2-alpine`, `1-alpine`, `alpine`), each only when no newer
+/// final release in its range exists among `existing` tags. Pre-releases move nothing.
+pub fn aliases(version: &str, variant: Option<&str>, existing: &[String]) -> Vec<String> {
+    let Some((v, _)) = crate::select::lenient_semver(version) else {
+        tracing::warn!("params.bump_aliases: {version:?} is not a version; no aliases moved");
+        return Vec::new();
+    };
+    if !v.pre.is_empty() {
+        tracing::info!("params.bump_aliases: {version} is a pre-release; no aliases moved");
+        return Vec::new();
+    }
+    let released: Vec<semver::Version> = existing
+        .iter()
+        .filter_map(|t| match variant {
+            Some(var) => t.strip_suffix(var)?.strip_suffix('-'),
+            None => Some(t.as_str()),
+        })
+        .filter_map(crate::select::lenient_semver)
+        .map(|(v, _)| v)
+        .filter(|v| v.pre.is_empty())
+        .collect();
+    let newer_in = |same: &dyn Fn(&semver::Version) -> bool| {
+        released.iter().any(|other| same(other) && *other > v)
+    };
+    let named = |alias: String| match variant {
+        Some(var) => format!("{alias}-{var}"),
+        None => alias,
+    };
+    let mut out = Vec::new();
+    if !newer_in(&|o| o.major == v.major && o.minor == v.minor) {
+        out.push(named(format!("{}.{}", v.major, v.minor)));
+    }
+    if !newer_in(&|o| o.major == v.major) {
+        out.push(named(v.major.to_string()));
+    }
+    if !newer_in(&|_| true) {
+        out.push(variant.map_or_else(|| "latest".to_string(), str::to_string));
+    }
+    out
+}
+
+/// `pull_repository` (deprecated): the image `pull_repository:pull_tag` copied from its
+/// registry, every blob downloaded and verified, the whole index for multi-arch images.
+async fn pull_plan(
+    params: &Params,
+    settings: &crate::source::Settings,
+    staging: &Path,
+) -> Result<(Plan, Option<Repository>), Error> {
+    use crate::image::{self, ImageIndex, ImageManifest};
+    tracing::warn!("params.pull_repository is deprecated; prefer a get step and params.load");
+    let text = params.pull_repository.as_deref().unwrap_or_default();
+    let from: Repository = text
+        .parse()
+        .map_err(|e| Error::field("params.pull_repository", e))?;
+    let tag = params.pull_tag.as_deref().unwrap_or("latest");
+    let registry = Registry::new(from.host().clone(), &settings.registries).await;
+    let top = registry
+        .manifest(&from, tag)
+        .await?
+        .ok_or_else(|| Error::TagNotFound {
+            repository: from.to_string(),
+            tag: tag.to_string(),
+        })?;
+    let bad = |e: serde_json::Error| Error::Image {
+        reference: format!("{from}:{tag}"),
+        reason: format!("the manifest is not valid: {e}"),
+    };
+    let mut children = Vec::new();
+    let mut manifests = Vec::new();
+    if image::is_index(&top.media_type, &top.bytes) {
+        let index: ImageIndex = serde_json::from_slice(&top.bytes).map_err(bad)?;
+        for d in &index.manifests {
+            let m = registry
+                .manifest(&from, d.digest.as_str())
+                .await?
+                .ok_or_else(|| Error::Image {
+                    reference: format!("{from}@{}", d.digest),
+                    reason: "listed in the index but not in the registry".into(),
+                })?;
+            manifests.push(serde_json::from_slice::<ImageManifest>(&m.bytes).map_err(bad)?);
+            children.push(archive::ManifestBlob {
+                digest: m.digest,
+                media_type: m.media_type,
+                bytes: m.bytes,
+            });
+        }
+    } else {
+        manifests.push(serde_json::from_slice::<ImageManifest>(&top.bytes).map_err(bad)?);
+    }
+    let mut wanted: Vec<(Digest, u64)> = Vec::new();
+    for m in &manifests {
+        for d in std::iter::once(&m.config).chain(&m.layers) {
+            if !wanted.iter().any(|(w, _)| w == &d.digest) {
+                wanted.push((d.digest.clone(), d.size));
+            }
+        }
+    }
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(
+        settings.max_concurrent_downloads,
+    ));
+    let downloads = wanted.iter().map(|(digest, size)| {
+        let semaphore = semaphore.clone();
+        let registry = &registry;
+        let from = &from;
+        async move {
+            let _permit = semaphore.acquire_owned().await.expect("never closed");
+            let path = staging.join(digest.hex());
+            registry
+                .download_blob(from, digest, Some(*size), &path, &|_| {})
+                .await?;
+            Ok::<_, Error>(archive::Blob {
+                digest: digest.clone(),
+                size: *size,
+                body: crate::registry::Body::File {
+                    path,
+                    offset: 0,
+                    len: *size,
+                },
+            })
+        }
+    });
+    let blobs = futures_util::future::try_join_all(downloads).await?;
+    let image_id =
+        (manifests.len() == 1 && children.is_empty()).then(|| manifests[0].config.digest.clone());
+    Ok((
+        Plan {
+            blobs,
+            children,
+            top: archive::ManifestBlob {
+                digest: top.digest,
+                media_type: top.media_type,
+                bytes: top.bytes,
+            },
+            image_id,
+        },
+        Some(from),
+    ))
 }
 
 fn read_text(src: &Path, file: &str, field: &str) -> Result<String, Error> {
@@ -385,5 +557,30 @@ fn field(name: &str, value: &str) -> MetadataField {
     MetadataField {
         name: name.to_string(),
         value: value.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::aliases;
+
+    fn existing(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn aliases_move_only_when_newest() {
+        assert_eq!(aliases("1.2.3", None, &[]), ["1.2", "1", "latest"]);
+        let tags = existing(&["1.2.4", "1.3.0", "2.0.0", "3.0.0-rc.1", "latest"]);
+        assert!(aliases("1.2.3", None, &tags).is_empty());
+        assert_eq!(aliases("1.3.1", None, &tags), ["1.3", "1"]);
+        assert_eq!(aliases("2.0.1", None, &tags), ["2.0", "2", "latest"]);
+        assert!(aliases("2.1.0-rc.1", None, &tags).is_empty());
+        assert!(aliases("main", None, &tags).is_empty());
+        let tags = existing(&["1.4.0", "1.2.0-alpine"]);
+        assert_eq!(
+            aliases("1.3.0", Some("alpine"), &tags),
+            ["1.3-alpine", "1-alpine", "alpine"]
+        );
     }
 }

@@ -337,3 +337,92 @@ fn a_refused_push_is_unauthorized_for_the_repository_without_secrets() {
         assert!(!out.all_output().contains("Wr0ng-secret!"));
     }
 }
+
+#[test]
+fn version_with_bump_aliases_moves_only_the_aliases_it_is_newest_for() {
+    let reg = &env().plain;
+    let repo = common::unique("put-bump");
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Image::marked("bump").layout();
+    std::fs::rename(layout.path(), dir.path().join("img")).unwrap();
+    let push = |version: &str| {
+        put(
+            json!({"repository": reg.repo(&repo)}),
+            json!({"image": "img", "version": version, "bump_aliases": true}),
+            dir.path(),
+        )
+        .success()
+    };
+    // Different images per version: retag with a fresh layout each time.
+    let digest_of = |tag: &str| reg.skopeo_digest(&format!("{repo}:{tag}"));
+    let out = push("1.2.3");
+    let first = out["version"]["digest"].as_str().unwrap().to_string();
+    assert_eq!(out["version"]["tag"], "1.2.3");
+    for alias in ["1.2", "1", "latest"] {
+        assert_eq!(digest_of(alias), first, "{alias}");
+    }
+    // A 2.0.0 exists: 1.3.0 moves 1.3 and 1, not latest.
+    reg.push(&Image::marked("two"), &format!("{repo}:2.0.0"));
+    let other = Image::marked("one-three").layout();
+    std::fs::remove_dir_all(dir.path().join("img")).unwrap();
+    std::fs::rename(other.path(), dir.path().join("img")).unwrap();
+    let out = push("1.3.0");
+    let second = out["version"]["digest"].as_str().unwrap().to_string();
+    assert_ne!(first, second);
+    assert_eq!(digest_of("1.3"), second);
+    assert_eq!(digest_of("1"), second);
+    assert_eq!(digest_of("1.2"), first);
+    assert_eq!(digest_of("latest"), first);
+    let tags = out["metadata"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "tags")
+        .unwrap()["value"]
+        .clone();
+    assert_eq!(tags, "1.3.0 1.3 1");
+
+    let err = put(
+        json!({"repository": reg.repo(&repo)}),
+        json!({"image": "img", "bump_aliases": true}),
+        dir.path(),
+    )
+    .failure();
+    assert!(
+        err.contains("params.bump_aliases: needs params.version"),
+        "{err}"
+    );
+}
+
+#[test]
+fn pull_repository_copies_an_image_between_registries() {
+    let env = env();
+    let from = common::unique("pull-from");
+    let digest = env.plain.push_index(
+        &[
+            Image::marked("pull").platform(AMD64),
+            Image::marked("pull").platform(ARM64),
+        ],
+        &format!("{from}:7"),
+    );
+    let to = common::unique("pull-to");
+    let (user, password) = env.basic.credentials().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = put(
+        json!({"repository": env.basic.repo(&to), "username": user, "password": password, "tag": "copied"}),
+        json!({"pull_repository": env.plain.repo(&from), "pull_tag": "7"}),
+        dir.path(),
+    );
+    assert!(out.stderr.contains("deprecated"), "{}", out.stderr);
+    let out = out.success();
+    assert_eq!(out["version"], json!({"tag": "copied", "digest": digest}));
+    assert_eq!(env.basic.skopeo_digest(&format!("{to}:copied")), digest);
+
+    let err = put(
+        json!({"repository": env.plain.repo(&to)}),
+        json!({"pull_repository": env.plain.repo(&from), "pull_tag": "nope"}),
+        dir.path(),
+    )
+    .failure();
+    assert!(err.contains("tag nope not found"), "{err}");
+}
