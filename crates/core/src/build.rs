@@ -117,7 +117,8 @@ pub async fn build(
         let file = std::fs::File::create(&context_tar).map_err(|e| input(&context_tar, e))?;
         let mut tar = tar::Builder::new(std::io::BufWriter::new(file));
         tar.follow_symlinks(false);
-        tar.append_dir_all(".", &context)
+        let ignore = crate::dockerignore::Ignore::load(&context)?;
+        append_context(&mut tar, &context, "", &ignore, &dockerfile_in_context)
             .map_err(|e| input(&context, e))?;
         if dockerfile_in_context == ".dockhand.Dockerfile" {
             tar.append_path_with_name(&dockerfile, &dockerfile_in_context)
@@ -175,6 +176,47 @@ pub async fn build(
             None,
         )
         .await;
+    Ok(())
+}
+
+/// The context's files under `rel`, less what `.dockerignore` leaves out (the Dockerfile and
+/// `.dockerignore` always travel: the daemon needs them).
+fn append_context<W: std::io::Write>(
+    tar: &mut tar::Builder<W>,
+    context: &Path,
+    rel: &str,
+    ignore: &crate::dockerignore::Ignore,
+    dockerfile: &str,
+) -> std::io::Result<()> {
+    let dir = if rel.is_empty() {
+        context.to_path_buf()
+    } else {
+        context.join(rel)
+    };
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let path = if rel.is_empty() {
+            name.to_string()
+        } else {
+            format!("{rel}/{name}")
+        };
+        let kind = entry.file_type()?;
+        let always = path == dockerfile || path == ".dockerignore";
+        let ignored = !always && ignore.is_ignored(&path);
+        if kind.is_dir() {
+            if !ignored {
+                tar.append_dir(&path, entry.path())?;
+            }
+            if !ignored || ignore.has_exceptions() {
+                append_context(tar, context, &path, ignore, dockerfile)?;
+            }
+        } else if !ignored {
+            tar.append_path_with_name(entry.path(), &path)?;
+        }
+    }
     Ok(())
 }
 

@@ -8,6 +8,7 @@ pub mod archive;
 pub mod build;
 pub mod check;
 pub mod daemon;
+pub mod dockerignore;
 pub mod error;
 pub mod get;
 pub mod git;

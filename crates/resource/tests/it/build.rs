@@ -269,3 +269,46 @@ fn a_daemon_that_dies_during_start_up_is_started_once_more_then_reported() {
     assert!(err.contains("boom"), "{err}");
     assert_eq!(std::fs::read_to_string(&count).unwrap().lines().count(), 2);
 }
+
+#[test]
+fn dockerignore_keeps_files_out_of_the_context() {
+    let reg = &env().plain;
+    let src = tempfile::tempdir().unwrap();
+    write(
+        src.path(),
+        "ctx/Dockerfile",
+        "FROM dockhand-test/busybox:latest\nCOPY . /ctx/\n",
+    );
+    write(
+        src.path(),
+        "ctx/.dockerignore",
+        "secret.txt\nlogs\n!logs/keep.log\n**/*.tmp\n",
+    );
+    write(src.path(), "ctx/app.txt", "app\n");
+    write(src.path(), "ctx/secret.txt", "do not send\n");
+    write(src.path(), "ctx/logs/keep.log", "kept\n");
+    write(src.path(), "ctx/logs/other.log", "left out\n");
+    write(src.path(), "ctx/deep/x.tmp", "left out\n");
+    let to = common::unique("build-ignore");
+    let result = put(
+        json!({"repository": reg.repo(&to)}),
+        json!({"build": "ctx"}),
+        src.path(),
+    )
+    .success();
+    let digest = result["version"]["digest"].as_str().unwrap().to_string();
+    let dest = tempfile::tempdir().unwrap();
+    Run::new("in")
+        .arg(dest.path().display().to_string())
+        .stdin_json(
+            &json!({"source": {"repository": reg.repo(&to)}, "version": {"digest": digest}}),
+        )
+        .run()
+        .success();
+    let ctx = dest.path().join("rootfs/ctx");
+    assert!(ctx.join("app.txt").is_file());
+    assert!(ctx.join("logs/keep.log").is_file());
+    for gone in ["secret.txt", "logs/other.log", "deep/x.tmp"] {
+        assert!(!ctx.join(gone).exists(), "{gone} was sent");
+    }
+}
