@@ -27,6 +27,19 @@ ensure_packages() {
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+# moto's server plays ECR and STS for the ECR tests (PyPI: moto[server]).
+ensure_moto() {
+  if python3 -c 'import moto.server' >/dev/null 2>&1; then
+    return 0
+  fi
+  log "installing moto[server] from PyPI"
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    DOCKHAND_PACKAGES=(python3-pip) ensure_packages
+  fi
+  python3 -m pip install --quiet --disable-pip-version-check 'moto[server]' ||
+    python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'moto[server]'
+}
+
 ensure_cargo() {
   if ! command -v cargo >/dev/null 2>&1; then
     echo "cargo is not installed: install a Rust toolchain (https://rustup.rs) first" >&2

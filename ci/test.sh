@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 started=$(date +%s)
 log "dependencies"
 ensure_packages
+ensure_moto
 ensure_cargo
 
 log "docker daemon"

@@ -72,6 +72,8 @@ pub async fn build(
     let labels = labels(params, src)?;
 
     let docker = &daemon.docker;
+    let mut registry_auth = credentials(settings);
+    add_ecr_credentials(&mut registry_auth, &dockerfile, &build_args, settings).await?;
     let mut cache_from = Vec::new();
     for dir in params
         .load_base
@@ -95,7 +97,7 @@ pub async fn build(
                 ..Default::default()
             }),
             None,
-            credentials(settings)
+            registry_auth
                 .get(&settings.repository.host().to_string())
                 .cloned(),
         );
@@ -148,7 +150,7 @@ pub async fn build(
         .map_err(|e| input(&context_tar, e))?;
     let stream = docker.build_image(
         options,
-        Some(credentials(settings)),
+        Some(registry_auth),
         Some(bollard::body_stream(body)),
     );
     drain(stream)
@@ -422,6 +424,120 @@ fn expand(text: &str) -> String {
 }
 
 /// Registry credentials for the daemon's pulls during the build (X-Registry-Config).
+/// ECR tokens for the repository's registry and for every ECR registry a `FROM` line names
+/// (after `ARG` defaults and build args are substituted), so the daemon can pull base images
+/// and the cache image from ECR.
+async fn add_ecr_credentials(
+    auth: &mut HashMap<String, DockerCredentials>,
+    dockerfile: &Path,
+    build_args: &BTreeMap<String, String>,
+    settings: &Settings,
+) -> Result<(), Error> {
+    let text = std::fs::read_to_string(dockerfile).map_err(|e| input(dockerfile, e))?;
+    let mut hosts = vec![settings.repository.host().clone()];
+    for image in from_images(&text, build_args) {
+        if let Ok(r) = image.parse::<crate::reference::Repository>() {
+            if !hosts.contains(r.host()) {
+                hosts.push(r.host().clone());
+            }
+        }
+    }
+    for host in hosts {
+        if auth.contains_key(host.as_str()) {
+            continue;
+        }
+        if let Some((username, password)) =
+            crate::registry::ecr_credentials(&host, &settings.registries).await?
+        {
+            tracing::info!("using an ECR token for {host} in the build");
+            auth.insert(
+                host.to_string(),
+                DockerCredentials {
+                    username: Some(username),
+                    password: Some(password.expose().to_string()),
+                    serveraddress: Some(host.to_string()),
+                    ..Default::default()
+                },
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The images `FROM` lines name, without tag or digest, `$ARG`s substituted; stage names
+/// and `scratch` are left out.
+fn from_images(dockerfile: &str, build_args: &BTreeMap<String, String>) -> Vec<String> {
+    let mut args: HashMap<String, String> = HashMap::new();
+    let mut stages: Vec<String> = Vec::new();
+    let mut images = Vec::new();
+    for line in dockerfile.lines().map(str::trim) {
+        let mut words = line.split_whitespace();
+        let Some(instruction) = words.next() else {
+            continue;
+        };
+        match instruction.to_ascii_uppercase().as_str() {
+            "ARG" => {
+                for word in words {
+                    let (name, default) = word.split_once('=').unwrap_or((word, ""));
+                    let value = build_args
+                        .get(name)
+                        .cloned()
+                        .unwrap_or_else(|| default.trim_matches('"').to_string());
+                    args.insert(name.to_string(), value);
+                }
+            }
+            "FROM" => {
+                let rest: Vec<&str> = words.filter(|w| !w.starts_with("--")).collect();
+                let Some(image) = rest.first() else { continue };
+                let image = substitute(image, &args);
+                let earlier_stage = stages.contains(&image.to_ascii_lowercase());
+                if let [_, as_, name] = rest.as_slice() {
+                    if as_.eq_ignore_ascii_case("as") {
+                        stages.push(name.to_ascii_lowercase());
+                    }
+                }
+                if image == "scratch" || earlier_stage {
+                    continue;
+                }
+                let name = image.split('@').next().unwrap_or_default();
+                let name = match name.rsplit_once(':') {
+                    Some((n, tag)) if !tag.contains('/') => n,
+                    _ => name,
+                };
+                images.push(name.to_string());
+            }
+            _ => {}
+        }
+    }
+    images
+}
+
+/// `$NAME` and `${NAME}` from `args`.
+fn substitute(text: &str, args: &HashMap<String, String>) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        let (name, next) = if let Some(inner) = after.strip_prefix('{') {
+            match inner.find('}') {
+                Some(end) => (&inner[..end], &inner[end + 1..]),
+                None => (inner, ""),
+            }
+        } else {
+            let end = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            (&after[..end], &after[end..])
+        };
+        let name = name.split(':').next().unwrap_or_default();
+        out.push_str(args.get(name).map(String::as_str).unwrap_or_default());
+        rest = next;
+    }
+    out.push_str(rest);
+    out
+}
+
 fn credentials(settings: &Settings) -> HashMap<String, DockerCredentials> {
     settings
         .registries
@@ -449,6 +565,30 @@ fn credentials(settings: &Settings) -> HashMap<String, DockerCredentials> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn from_lines_with_args_and_stages() {
+        let dockerfile = "\
+ARG BASE=123456789012.dkr.ecr.eu-west-1.amazonaws.com/base
+ARG TAG=1.0
+ARG OTHER
+FROM ${BASE}:${TAG} AS builder
+FROM --platform=linux/amd64 $OTHER/tools@sha256:abc
+FROM builder
+FROM scratch
+from localhost:5000/x:2 as final
+";
+        let mut build_args = BTreeMap::new();
+        build_args.insert("OTHER".to_string(), "reg.example.com".to_string());
+        assert_eq!(
+            from_images(dockerfile, &build_args),
+            [
+                "123456789012.dkr.ecr.eu-west-1.amazonaws.com/base",
+                "reg.example.com/tools",
+                "localhost:5000/x"
+            ]
+        );
+    }
 
     #[test]
     fn expansion_is_limited_to_the_concourse_variables() {

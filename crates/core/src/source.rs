@@ -183,6 +183,21 @@ pub struct RegistryConfig {
     pub ca_certs: Vec<DomainPem>,
     pub client_certs: Vec<DomainPem>,
     pub insecure: Vec<Insecure>,
+    /// Where ECR tokens apply and how to get them (`aws_*` fields).
+    pub ecr: Option<EcrConfig>,
+}
+
+/// `source.aws_*`: ECR applies to ECR hostnames, and to `repository_host` when `region` is set.
+#[derive(Debug, Clone)]
+pub struct EcrConfig {
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<Secret>,
+    pub session_token: Option<Secret>,
+    /// `aws_role_arn`, then `aws_role_arns`, assumed in this order.
+    pub roles: Vec<String>,
+    pub account_id: Option<String>,
+    pub repository_host: Host,
 }
 
 #[derive(Debug, Clone)]
@@ -383,6 +398,7 @@ impl Source {
                 })
             }
         };
+        registries.ecr = self.ecr(&repository)?;
         crate::registry::check_tls_material(&registries)
             .map_err(|(field, reason)| field_error(field, format!("cannot be used: {reason}")))?;
         if let Some(platform) = &self.platform {
@@ -422,6 +438,82 @@ impl Source {
             mirror,
             repository,
         })
+    }
+}
+
+impl Source {
+    fn ecr(&self, repository: &Repository) -> Result<Option<EcrConfig>, Error> {
+        let text = |v: &Option<String>| {
+            v.as_deref()
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_string)
+        };
+        let region = text(&self.aws_region);
+        let access_key_id = text(&self.aws_access_key_id);
+        let secret_access_key = self.aws_secret_access_key.clone().filter(|s| !s.is_empty());
+        let session_token = self.aws_session_token.clone().filter(|s| !s.is_empty());
+        match (&access_key_id, &secret_access_key) {
+            (Some(_), None) => {
+                return Err(field_error(
+                    "source.aws_secret_access_key",
+                    "required with source.aws_access_key_id",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(field_error(
+                    "source.aws_access_key_id",
+                    "required with source.aws_secret_access_key",
+                ))
+            }
+            _ => {}
+        }
+        if let Some(r) = &region {
+            if !r
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                return Err(field_error(
+                    "source.aws_region",
+                    format!("{r:?} is not an AWS region"),
+                ));
+            }
+        }
+        let account_id = self
+            .aws_account_id
+            .as_ref()
+            .map(|TagText(t)| t.trim().to_string());
+        if let Some(a) = &account_id {
+            if a.len() != 12 || !a.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(field_error("source.aws_account_id", "must be 12 digits"));
+            }
+        }
+        let mut roles: Vec<String> = text(&self.aws_role_arn).into_iter().collect();
+        for (i, role) in self.aws_role_arns.iter().enumerate() {
+            if !role.trim().starts_with("arn:") {
+                return Err(field_error(
+                    format!("source.aws_role_arns[{i}]"),
+                    "not a role ARN",
+                ));
+            }
+            roles.push(role.trim().to_string());
+        }
+        if roles.first().is_some_and(|r| !r.starts_with("arn:")) {
+            return Err(field_error("source.aws_role_arn", "not a role ARN"));
+        }
+        let ecr_host = crate::registry::ecr_host(repository.host().as_str());
+        if region.is_none() && access_key_id.is_none() && roles.is_empty() && !ecr_host {
+            return Ok(None);
+        }
+        Ok(Some(EcrConfig {
+            region,
+            access_key_id,
+            secret_access_key,
+            session_token,
+            roles,
+            account_id,
+            repository_host: repository.host().clone(),
+        }))
     }
 }
 

@@ -292,16 +292,23 @@ fn scope_repository(scope: &str) -> String {
         .unwrap_or_else(|| scope.to_string())
 }
 
-/// Credentials for `host`: the pipeline's first, then the Docker CLI's configuration.
-pub async fn credentials_for(host: &Host, config: &RegistryConfig) -> Option<Credentials> {
+/// Credentials for `host`: the pipeline's first, then an ECR token, then the Docker CLI's
+/// configuration. An ECR failure is `(region, reason)`.
+pub async fn credentials_for(
+    host: &Host,
+    config: &RegistryConfig,
+) -> Result<Option<Credentials>, (String, String)> {
     if let Some(c) = config.credentials_for(host) {
-        return Some(Credentials {
+        return Ok(Some(Credentials {
             username: c.username.clone(),
             password: c.password.clone(),
             origin: c.origin.clone(),
-        });
+        }));
     }
-    docker_config_credentials(host).await
+    if let Some(c) = super::ecr::credentials_for(host, config.ecr.as_ref()).await? {
+        return Ok(Some(c));
+    }
+    Ok(docker_config_credentials(host).await)
 }
 
 #[derive(Deserialize, Default)]

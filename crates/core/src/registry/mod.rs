@@ -5,6 +5,7 @@
 //! error bodies into errors that name the repository.
 
 mod auth;
+mod ecr;
 mod tags;
 mod transport;
 mod upload;
@@ -23,6 +24,44 @@ use crate::source::RegistryConfig;
 pub use auth::{parse_challenge, Challenge, Credentials};
 pub use tags::TagList;
 pub use transport::check_tls_material;
+
+/// ECR credentials for `host` when ECR applies to it (an ECR hostname, or the repository's
+/// registry with `aws_region`), as `(username, password)`; for a daemon that pulls.
+pub async fn ecr_credentials(
+    host: &Host,
+    config: &RegistryConfig,
+) -> Result<Option<(String, crate::secret::Secret)>, RegistryError> {
+    let fallback;
+    let ecr = match &config.ecr {
+        Some(e) => e,
+        None if ecr_host(host.as_str()) => {
+            fallback = crate::source::EcrConfig {
+                region: None,
+                access_key_id: None,
+                secret_access_key: None,
+                session_token: None,
+                roles: Vec::new(),
+                account_id: None,
+                repository_host: host.clone(),
+            };
+            &fallback
+        }
+        None => return Ok(None),
+    };
+    match ecr::credentials_for(host, Some(ecr)).await {
+        Ok(c) => Ok(c.map(|c| (c.username, c.password))),
+        Err((region, reason)) => Err(RegistryError::Ecr {
+            host: host.to_string(),
+            region,
+            reason,
+        }),
+    }
+}
+
+/// Whether `host` is an Amazon ECR registry.
+pub fn ecr_host(host: &str) -> bool {
+    ecr::parse_host(host).is_some()
+}
 use transport::{build_client, classify, Failure, Verify};
 pub use upload::Mount;
 
@@ -73,6 +112,12 @@ pub enum RegistryError {
         repository: String,
         detail: String,
         auth: String,
+    },
+    #[error("cannot get ECR credentials for registry {host} (region {region}): {reason}")]
+    Ecr {
+        host: String,
+        region: String,
+        reason: String,
     },
     #[error("cannot get a token for registry {host} from {realm}: {reason}")]
     Token {
@@ -253,6 +298,8 @@ pub struct Registry {
     auth: auth::Auth,
     connection: OnceCell<Connection>,
     retry: RetryPolicy,
+    /// Credentials that could not be had (ECR: region, reason), reported on first use.
+    credentials_error: Option<(String, String)>,
 }
 
 /// One request: where, what for (in messages), in which token scope.
@@ -324,13 +371,17 @@ impl Registry {
     /// A client for `host`; credentials come from the pipeline, else `~/.docker/config.json`.
     /// Nothing is sent until the first request.
     pub async fn new(host: Host, config: &RegistryConfig) -> Registry {
-        let credentials = auth::credentials_for(&host, config).await;
+        let (credentials, credentials_error) = match auth::credentials_for(&host, config).await {
+            Ok(c) => (c, None),
+            Err(e) => (None, Some(e)),
+        };
         Registry {
             auth: auth::Auth::new(host.clone(), credentials),
             host,
             config: config.clone(),
             connection: OnceCell::new(),
             retry: RetryPolicy::default(),
+            credentials_error,
         }
     }
 
@@ -344,6 +395,13 @@ impl Registry {
     }
 
     async fn connection(&self) -> Result<&Connection, RegistryError> {
+        if let Some((region, reason)) = &self.credentials_error {
+            return Err(RegistryError::Ecr {
+                host: self.host.to_string(),
+                region: region.clone(),
+                reason: reason.clone(),
+            });
+        }
         self.connection.get_or_try_init(|| self.connect()).await
     }
 

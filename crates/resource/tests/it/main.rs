@@ -4,6 +4,7 @@
 mod build;
 mod check;
 mod common;
+mod ecr;
 mod get;
 mod harness;
 mod malformed;

@@ -1,0 +1,199 @@
+//! Amazon ECR: a registry password from `GetAuthorizationToken`, for ECR hostnames
+//! (`<account>.dkr.ecr.<region>.amazonaws.com` and its FIPS, China and dual-stack spellings)
+//! and for the repository's own registry whenever `source.aws_region` is set.
+//!
+//! AWS credentials: the static keys (and session token) from `source` when given, else the
+//! SDK's default chain (environment, profile, web identity, ECS/EC2 metadata); then each of
+//! `aws_role_arn`, `aws_role_arns` assumed in turn. The standard endpoint variables
+//! (`AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_ECR`, `AWS_ENDPOINT_URL_STS`) are honoured. Tokens
+//! are cached for the process.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use aws_config::BehaviorVersion;
+use aws_sdk_ecr::config::{Credentials as AwsCredentials, Region, SharedCredentialsProvider};
+use base64::Engine as _;
+use tokio::sync::Mutex;
+
+use super::auth::Credentials;
+use crate::reference::Host;
+use crate::secret::Secret;
+use crate::source::EcrConfig;
+
+/// `(account, region)` of an ECR registry host.
+pub fn parse_host(host: &str) -> Option<(String, String)> {
+    let name = host.split(':').next()?.to_ascii_lowercase();
+    let (account, rest) = name.split_once('.')?;
+    if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let rest = rest
+        .strip_prefix("dkr.ecr.")
+        .or_else(|| rest.strip_prefix("dkr.ecr-fips."))
+        .or_else(|| rest.strip_prefix("dkr-ecr."))
+        .or_else(|| rest.strip_prefix("dkr-ecr-fips."))?;
+    let region = rest
+        .strip_suffix(".amazonaws.com")
+        .or_else(|| rest.strip_suffix(".amazonaws.com.cn"))
+        .or_else(|| rest.strip_suffix(".on.aws"))?;
+    let valid = !region.is_empty()
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    valid.then(|| (account.to_string(), region.to_string()))
+}
+
+/// Whether ECR credentials apply to `host`, and for which region and account.
+fn target(host: &Host, ecr: &EcrConfig) -> Option<(String, Option<String>)> {
+    if let Some((account, region)) = parse_host(host.as_str()) {
+        let region = ecr.region.clone().unwrap_or(region);
+        return Some((region, Some(ecr.account_id.clone().unwrap_or(account))));
+    }
+    if host == &ecr.repository_host {
+        if let Some(region) = &ecr.region {
+            return Some((region.clone(), ecr.account_id.clone()));
+        }
+    }
+    None
+}
+
+type Cache = Mutex<HashMap<String, Credentials>>;
+
+fn cache() -> &'static Cache {
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    CACHE.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// The registry credentials ECR issues for `host`; `Ok(None)` when ECR does not apply.
+/// Errors are one line, name ECR and the region, and hold no secret.
+pub async fn credentials_for(
+    host: &Host,
+    ecr: Option<&EcrConfig>,
+) -> Result<Option<Credentials>, (String, String)> {
+    let Some(ecr) = ecr else { return Ok(None) };
+    let Some((region, account)) = target(host, ecr) else {
+        return Ok(None);
+    };
+    let key = format!(
+        "{region}|{}|{}|{}",
+        account.as_deref().unwrap_or_default(),
+        ecr.access_key_id.as_deref().unwrap_or_default(),
+        ecr.roles.join(",")
+    );
+    let mut cache = cache().lock().await;
+    if let Some(c) = cache.get(&key) {
+        return Ok(Some(c.clone()));
+    }
+    let fail = |reason: String| (region.clone(), reason);
+    let mut loader =
+        aws_config::defaults(BehaviorVersion::latest()).region(Region::new(region.clone()));
+    if let (Some(id), Some(secret)) = (&ecr.access_key_id, &ecr.secret_access_key) {
+        loader = loader.credentials_provider(AwsCredentials::new(
+            id,
+            secret.expose(),
+            ecr.session_token.as_ref().map(|t| t.expose().to_string()),
+            None,
+            "source.aws_access_key_id",
+        ));
+    }
+    let mut config = loader.load().await;
+    for role in &ecr.roles {
+        let sts = aws_sdk_sts::Client::new(&config);
+        let assumed = sts
+            .assume_role()
+            .role_arn(role)
+            .role_session_name("dockhand")
+            .send()
+            .await
+            .map_err(|e| fail(format!("cannot assume role {role}: {}", one_line(&e))))?;
+        let c = assumed
+            .credentials()
+            .ok_or_else(|| fail(format!("assuming role {role} gave no credentials")))?;
+        config = config
+            .into_builder()
+            .credentials_provider(SharedCredentialsProvider::new(AwsCredentials::new(
+                c.access_key_id(),
+                c.secret_access_key(),
+                Some(c.session_token().to_string()),
+                None,
+                "assumed role",
+            )))
+            .build();
+    }
+    let client = aws_sdk_ecr::Client::new(&config);
+    #[allow(deprecated)] // registryIds is deprecated by AWS but still selects the account
+    let mut request = client.get_authorization_token();
+    if let Some(account) = &account {
+        #[allow(deprecated)]
+        {
+            request = request.registry_ids(account);
+        }
+    }
+    let answer = request
+        .send()
+        .await
+        .map_err(|e| fail(format!("GetAuthorizationToken failed: {}", one_line(&e))))?;
+    let data = answer
+        .authorization_data()
+        .first()
+        .and_then(|d| d.authorization_token())
+        .ok_or_else(|| fail("GetAuthorizationToken returned no token".into()))?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(data.trim())
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| fail("the token is not base64 text".into()))?;
+    let (username, password) = decoded
+        .split_once(':')
+        .ok_or_else(|| fail("the token is not user:password".into()))?;
+    let credentials = Credentials {
+        username: username.to_string(),
+        password: Secret::new(password),
+        origin: format!("an ECR token ({region})"),
+    };
+    tracing::debug!("ECR token for {host} ({region})");
+    cache.insert(key, credentials.clone());
+    Ok(Some(credentials))
+}
+
+/// The SDK's error with its causes, on one line.
+fn one_line<E: std::error::Error + 'static>(e: &E) -> String {
+    let text = crate::error::chain(e);
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_host;
+
+    #[test]
+    fn ecr_hosts() {
+        let p = |h: &str| parse_host(h);
+        assert_eq!(
+            p("123456789012.dkr.ecr.eu-west-1.amazonaws.com"),
+            Some(("123456789012".into(), "eu-west-1".into()))
+        );
+        assert_eq!(
+            p("123456789012.dkr.ecr-fips.us-east-1.amazonaws.com:443"),
+            Some(("123456789012".into(), "us-east-1".into()))
+        );
+        assert_eq!(
+            p("123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn"),
+            Some(("123456789012".into(), "cn-north-1".into()))
+        );
+        assert_eq!(
+            p("123456789012.dkr-ecr.us-west-2.on.aws"),
+            Some(("123456789012".into(), "us-west-2".into()))
+        );
+        for not in [
+            "registry-1.docker.io",
+            "12345.dkr.ecr.eu-west-1.amazonaws.com",
+            "123456789012.dkr.ecr.eu-west-1.example.com",
+            "123456789012.dkr.ecr..amazonaws.com",
+            "public.ecr.aws",
+        ] {
+            assert_eq!(p(not), None, "{not}");
+        }
+    }
+}
