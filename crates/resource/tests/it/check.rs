@@ -461,21 +461,6 @@ fn unreachable_registry_is_an_error() {
 }
 
 #[test]
-fn example_payloads_run_against_a_local_registry() {
-    // examples/requests/check-tag*.json name localhost:5000; point them at the test registry.
-    let reg = &env().plain;
-    let digest = reg.push(&Image::marked("example"), "dockhand/example:latest");
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/requests");
-    for name in ["check-tag.json", "check-tag-with-cursor.json"] {
-        let text = std::fs::read_to_string(format!("{dir}/{name}"))
-            .unwrap()
-            .replace("localhost:5000", &reg.host);
-        let out = Run::new("check").stdin(text).run().success();
-        assert_eq!(out, versions("latest", &[&digest]), "{name}");
-    }
-}
-
-#[test]
 fn credentials_from_a_docker_credential_helper() {
     use std::os::unix::fs::PermissionsExt as _;
     let reg = &env().token;

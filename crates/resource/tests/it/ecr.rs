@@ -347,3 +347,22 @@ fn out_builds_from_an_ecr_base_image_and_pushes_with_a_token() {
     ]);
     assert_eq!(common::image::sha256(&pushed), digest);
 }
+
+#[test]
+fn the_ecr_example_payload() {
+    let Some(ecr) = ecr() else { return };
+    let digest = push(&ecr.registry, ACCOUNT, "team/app", "latest");
+    let text = crate::examples::payload("ecr/check.json", &ecr.registry, None).replace(
+        "123456789012.dkr.ecr.us-east-1.amazonaws.com",
+        &ecr.registry,
+    );
+    let out = Run::new("check")
+        .stdin(text)
+        .env(
+            "AWS_ENDPOINT_URL",
+            format!("http://127.0.0.1:{}", ecr.moto_port),
+        )
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .run();
+    assert_eq!(out.success(), json!([{"tag": "latest", "digest": digest}]));
+}

@@ -5,6 +5,7 @@ mod build;
 mod check;
 mod common;
 mod ecr;
+mod examples;
 mod get;
 mod harness;
 mod malformed;
