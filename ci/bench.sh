@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Times `in` against the tools it replaces, in one run, on one large image made locally:
+# Times `in` and `out` against the tools they replace, in one run, on one large image made locally:
 # one layer per directory in BENCH_DIRS (default: about 1.8 GB and 60k files of this
 # machine's /usr), pushed to a local registry. Prints a table with ratios and peak memory.
 # Not a test: numbers go into the README by hand.
@@ -16,7 +16,7 @@ cargo build --release --quiet -p dockhand-resource
 bin=$PWD/target/release
 work=$(mktemp -d /tmp/dockhand-bench.XXXXXX)
 on_exit "rm -rf $work"
-start_registry
+start_registry 127.0.0.1
 repository="$REGISTRY/bench/usr"
 
 log "building the bench image from: $BENCH_DIRS"
@@ -71,6 +71,26 @@ fresh; measure "docker create + docker export" sh -c "c=\$(docker create $reposi
 docker rmi -f "$repository@$digest" >/dev/null 2>&1 || true
 fresh; measure "skopeo copy + umoci raw unpack" sh -c "skopeo copy --quiet --src-tls-verify=false docker://$repository@$digest oci:$work/out/oci:b && umoci raw unpack --image $work/out/oci:b $work/out/rootfs"
 
+# Pushes, to a second registry (so nothing can be mounted or skipped): from the archive `in`
+# wrote with save: true, and from a daemon build on top of the bench image.
+source_registry=$REGISTRY
+start_registry 127.0.0.1
+target=$REGISTRY
+REGISTRY=$source_registry
+fresh
+printf '{"source":{"repository":"%s"},"version":{"digest":"%s"},"params":{"save":true}}' "$repository" "$digest" |
+  "$bin/in" "$work/saved" >/dev/null 2>&1
+put() { printf '{"source":{"repository":"%s","tag":"%s"},"params":%s}' "$target/$1" "$2" "$3"; }
+measure "dockhand out (load_file)" sh -c "$(printf "echo '%s' | %s/out %s" "$(put pushed-dockhand latest '{"load_file":"saved/image"}')" "$bin" "$work")"
+loaded=$(docker load -q -i "$work/saved/image" | awk '{print $NF}')
+docker tag "$loaded" "$target/pushed-docker:latest"
+measure "docker push (image loaded)" docker push -q "$target/pushed-docker:latest"
+measure "skopeo copy (docker-archive)" skopeo copy --quiet --dest-tls-verify=false "docker-archive:$work/saved/image" "docker://$target/pushed-skopeo:latest"
+mkdir -p "$work/ctx/build"
+printf 'FROM %s@%s\nRUN echo built > /built\n' "$repository" "$digest" >"$work/ctx/build/Dockerfile"
+measure "dockhand out (build)" sh -c "$(printf "echo '%s' | %s/out %s" "$(put built-dockhand latest '{"build":"build"}')" "$bin" "$work/ctx")"
+measure "docker build + docker push" sh -c "docker build -q -t $target/built-docker:latest $work/ctx/build && docker push -q $target/built-docker:latest"
+
 printf '\nimage: %s layers, %s MB compressed\n\n' "$(wc -w <<<"$BENCH_DIRS")" "$((compressed / 1000000))"
 printf '| what | seconds | peak RSS (MB) |\n| --- | --- | --- |\n'
 for r in "${results[@]}"; do
@@ -81,3 +101,5 @@ secs_of() { for r in "${results[@]}"; do IFS='|' read -r n s _ <<<"$r"; [ "$n" =
 ratio() { python3 -c "print(f'{$1/$2:.1f}x')"; }
 printf '\nin (rootfs) vs skopeo + umoci: %s faster\n' "$(ratio "$(secs_of 'skopeo copy + umoci raw unpack')" "$(secs_of 'dockhand in (rootfs)')")"
 printf 'in (format: oci) vs docker pull + save: %s faster\n' "$(ratio "$(secs_of 'docker pull + docker save')" "$(secs_of 'dockhand in (format: oci)')")"
+printf 'out (load_file) vs docker push: %s faster\n' "$(ratio "$(secs_of 'docker push (image loaded)')" "$(secs_of 'dockhand out (load_file)')")"
+printf 'out (build) vs docker build + push: %s faster\n' "$(ratio "$(secs_of 'docker build + docker push')" "$(secs_of 'dockhand out (build)')")"

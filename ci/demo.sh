@@ -16,7 +16,7 @@ work=$(mktemp -d /tmp/dockhand-demo.XXXXXX)
 on_exit "rm -rf $work"
 
 log "starting a local registry"
-start_registry
+start_registry 127.0.0.1
 repository="$REGISTRY/demo/busybox"
 
 # An OCI image layout made by hand from a busybox rootfs: one gzip layer, a config, a manifest.

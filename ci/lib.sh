@@ -4,14 +4,18 @@
 
 # Debian packages the tests and the demo use; later work extends this list.
 DOCKHAND_PACKAGES=(docker.io docker-registry skopeo apache2-utils umoci busybox-static
-  git openssh-client ca-certificates curl)
+  git openssh-client ca-certificates curl debootstrap)
 
 log() { printf '==> %s\n' "$*" >&2; }
 
-# Installs whatever of DOCKHAND_PACKAGES is missing (apt-get update only when needed).
+# Installs whatever of the given packages (default: DOCKHAND_PACKAGES) is missing
+# (apt-get update only when needed).
 ensure_packages() {
-  local missing=() p
-  for p in "${DOCKHAND_PACKAGES[@]}"; do
+  local missing=() p wanted=("$@")
+  if [ ${#wanted[@]} -eq 0 ]; then
+    wanted=("${DOCKHAND_PACKAGES[@]}")
+  fi
+  for p in "${wanted[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
   done
   if [ ${#missing[@]} -eq 0 ]; then
@@ -34,7 +38,7 @@ ensure_moto() {
   fi
   log "installing moto[server] from PyPI"
   if ! python3 -m pip --version >/dev/null 2>&1; then
-    DOCKHAND_PACKAGES=(python3-pip) ensure_packages
+    ensure_packages python3-pip
   fi
   python3 -m pip install --quiet --disable-pip-version-check 'moto[server]' ||
     python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'moto[server]'
@@ -112,10 +116,11 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-# Starts a plain-HTTP docker-registry on a free loopback port and sets REGISTRY=host:port.
+# Starts a plain-HTTP docker-registry on a free port of ADDR (default 127.0.0.1); exports
+# REGISTRY=127.0.0.1:PORT (and REGISTRY_PORT) and stops it at exit.
 # Not for $(...): the clean-up must be registered in the calling shell.
 start_registry() {
-  local dir port
+  local dir port addr=${1:-127.0.0.1}
   dir=$(mktemp -d /tmp/dockhand-registry.XXXXXX)
   port=$(free_port)
   cat >"$dir/config.yml" <<YAML
@@ -130,7 +135,7 @@ storage:
   delete:
     enabled: true
 http:
-  addr: 127.0.0.1:$port
+  addr: $addr:$port
 YAML
   docker-registry serve "$dir/config.yml" >"$dir/log" 2>&1 &
   local pid=$!
@@ -138,7 +143,7 @@ YAML
   local _
   for _ in $(seq 1 50); do
     if curl -fsS "http://127.0.0.1:$port/v2/" >/dev/null 2>&1; then
-      export REGISTRY="127.0.0.1:$port"
+      export REGISTRY="127.0.0.1:$port" REGISTRY_PORT=$port
       return 0
     fi
     sleep 0.1

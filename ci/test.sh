@@ -26,6 +26,13 @@ cargo clippy --all-targets --locked -- -D warnings || status=1
 log "cargo test"
 RUST_BACKTRACE=1 cargo test --workspace --locked -- "$@" || status=1
 
+# The resource image, built without pulling anything, run the way Concourse runs it. Skipped
+# when a test filter was given (a quick run of a few tests).
+if [ $# -eq 0 ]; then
+  log "resource image"
+  if ci/build-image.sh && ci/container-test.sh; then :; else status=1; fi
+fi
+
 elapsed=$(( $(date +%s) - started ))
 if [ $status -eq 0 ]; then
   log "all checks passed in ${elapsed}s"
