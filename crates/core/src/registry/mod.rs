@@ -733,18 +733,7 @@ impl Registry {
             .to_string();
         let bytes = read_limited(response, MANIFEST_LIMIT)
             .await
-            .map_err(|e| match e {
-                ReadError::TooLarge => RegistryError::TooLarge {
-                    host: self.host.to_string(),
-                    what: what.clone(),
-                    limit: MANIFEST_LIMIT,
-                },
-                ReadError::Http(source) => RegistryError::Transport {
-                    host: self.host.to_string(),
-                    what: what.clone(),
-                    source,
-                },
-            })?;
+            .map_err(|e| self.read_error(e, &what, MANIFEST_LIMIT))?;
         let digest = Digest::of(&bytes);
         if let Ok(expected) = reference.parse::<Digest>() {
             if expected != digest {

@@ -11,6 +11,9 @@ use crate::reference::{Digest, Repository};
 /// proxies do above 100) is asked again with the next. `None` lets the registry choose.
 const PAGE_SIZES: [Option<u32>; 3] = [Some(1000), Some(100), None];
 
+/// A page of tags is JSON text; refuse to read one without bound.
+const TAG_PAGE_LIMIT: usize = 64 << 20;
+
 /// Configs are small; refuse to read one without bound.
 const CONFIG_LIMIT: usize = 8 << 20;
 
@@ -102,9 +105,9 @@ impl Registry {
                 .filter_map(|v| v.to_str().ok())
                 .find_map(next_link)
                 .map(|link| resolve_link(&path, &link));
-            let body = read_limited(response, 64 << 20)
+            let body = read_limited(response, TAG_PAGE_LIMIT)
                 .await
-                .map_err(|e| self.read_error(e, &what))?;
+                .map_err(|e| self.read_error(e, &what, TAG_PAGE_LIMIT))?;
             let page: Page = serde_json::from_slice(&body).map_err(|_| RegistryError::Status {
                 host: self.host.to_string(),
                 status,
@@ -146,7 +149,7 @@ impl Registry {
         }
         let bytes = read_limited(response, CONFIG_LIMIT)
             .await
-            .map_err(|e| self.read_error(e, &what))?;
+            .map_err(|e| self.read_error(e, &what, CONFIG_LIMIT))?;
         let actual = Digest::of(&bytes);
         if &actual != digest {
             return Err(RegistryError::DigestMismatch {
@@ -159,12 +162,12 @@ impl Registry {
         Ok(bytes)
     }
 
-    fn read_error(&self, e: ReadError, what: &str) -> RegistryError {
+    pub(super) fn read_error(&self, e: ReadError, what: &str, limit: usize) -> RegistryError {
         match e {
             ReadError::TooLarge => RegistryError::TooLarge {
                 host: self.host.to_string(),
                 what: what.to_string(),
-                limit: CONFIG_LIMIT,
+                limit,
             },
             ReadError::Http(source) => RegistryError::Transport {
                 host: self.host.to_string(),

@@ -113,6 +113,15 @@ fn tags_of(extra: Value, version: Value) -> Vec<String> {
         .collect()
 }
 
+/// The tags of `check`'s answer, in order.
+fn tags_in(out: &Value) -> Vec<&str> {
+    out.as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["tag"].as_str().unwrap())
+        .collect()
+}
+
 fn version(tag: &str) -> Value {
     json!({"tag": tag, "digest": fixture().digests[tag]})
 }
@@ -208,12 +217,7 @@ fn regex_with_version_capture_and_noise() {
         "tag_regex": r"main-[0-9a-f]+-(?P<version>\d+)",
     }}))
     .success();
-    let tags: Vec<&str> = out
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["tag"].as_str().unwrap())
-        .collect();
+    let tags = tags_in(&out);
     assert_eq!(
         tags,
         [
@@ -239,12 +243,7 @@ fn numeric_tags_longer_than_twenty_digits() {
     }
     let out =
         check(&json!({"source": {"repository": reg.repo(&repo), "tag_regex": r"\d+"}})).success();
-    let tags: Vec<&str> = out
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["tag"].as_str().unwrap())
-        .collect();
+    let tags = tags_in(&out);
     assert_eq!(
         tags,
         [
@@ -278,12 +277,7 @@ fn created_date_order_and_signature_tags() {
         "created_at_sort": true,
     }}))
     .success();
-    let tags: Vec<&str> = out
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["tag"].as_str().unwrap())
-        .collect();
+    let tags = tags_in(&out);
     assert_eq!(tags, ["bravo", "charlie", "alpha"]);
 }
 
@@ -339,12 +333,7 @@ fn paging_returns_every_tag_and_steps_down_a_refused_size() {
         check(&json!({"source": {"repository": proxy.repo(&repo), "semver_constraint": "*"}}))
             .success();
     // 1.0.0 … 1.0.249 share a digest (the newest of them names it), 1.0.250 is its own.
-    let tags: Vec<&str> = out
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["tag"].as_str().unwrap())
-        .collect();
+    let tags = tags_in(&out);
     assert_eq!(tags, ["1.0.249", "1.0.250"]);
     assert_eq!(out[1]["digest"], last.as_str());
     let pages = proxy.count("/tags/list");
