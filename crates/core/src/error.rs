@@ -31,8 +31,6 @@ pub enum Error {
     DaemonTimeout { seconds: u64 },
     #[error("docker build failed: {reason}")]
     Build { reason: String },
-    #[error("{0} is not implemented yet")]
-    NotImplemented(&'static str),
 }
 
 impl Error {

@@ -214,11 +214,6 @@ fn plan(params: &Params, src: &Path, staging: &Path) -> Result<(Plan, Option<Rep
             .and_then(|r| r.trim().parse().ok());
         return Ok((archive::read_image(&image, staging)?, from));
     }
-    if params.build.is_some() {
-        return Err(Error::NotImplemented(
-            "out with params.build (docker build)",
-        ));
-    }
     if let Some(file) = &params.load_file {
         let path = src.join(file);
         if !path.exists() {
