@@ -30,13 +30,13 @@ fi
 log "cargo build --release"
 cargo build --release --locked -p dockhand-resource
 mkdir -p dist
-cp target/release/check target/release/in target/release/out dist/
+cp target/release/check dist/
 
 log "docker build $IMAGE"
 context=$(mktemp -d /tmp/dockhand-context.XXXXXX)
 on_exit "rm -rf '$context'"
 mkdir -p "$context/dist" "$context/docker"
-cp dist/check dist/in dist/out "$context/dist/"
+cp dist/check "$context/dist/"
 cp docker/Dockerfile "$context/docker/"
 DOCKER_BUILDKIT=0 docker build -q -f "$context/docker/Dockerfile" --target prebuilt \
   --build-arg RUNTIME_IMAGE="$BASE" -t "$IMAGE" "$context" >/dev/null

@@ -3,7 +3,7 @@
 //! and exit code 1.
 
 use std::io::{IsTerminal as _, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -39,8 +39,24 @@ impl Command {
 
 type FilterHandle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
 
-/// Runs `command` as a binary does and returns its exit code.
+impl Command {
+    /// The command a link names: the image ships one binary linked as check, in and out.
+    fn from_argv0() -> Option<Command> {
+        let argv0 = std::env::args_os().next()?;
+        let name = Path::new(&argv0).file_name()?.to_str()?;
+        match name {
+            "check" => Some(Command::Check),
+            "in" => Some(Command::In),
+            "out" => Some(Command::Out),
+            _ => None,
+        }
+    }
+}
+
+/// Runs `command` (or the one the binary's name says, when it is linked under another) as a
+/// binary does and returns its exit code.
 pub fn main(command: Command) -> ExitCode {
+    let command = Command::from_argv0().unwrap_or(command);
     let dir = match parse_args(command) {
         Ok(dir) => dir,
         Err(code) => return code,

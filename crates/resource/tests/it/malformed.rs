@@ -104,3 +104,22 @@ fn unknown_arguments_are_one_line_errors() {
     let err = Run::new("check").arg("--frobnicate").run().failure();
     assert!(err.contains("--frobnicate"), "{err}");
 }
+
+#[test]
+fn one_binary_linked_as_in_and_out_acts_as_its_name() {
+    // The image ships `check` once and links it as `in` and `out`.
+    let dir = tempfile::tempdir().unwrap();
+    for (name, about) in [("in", "Fetch the image version"), ("out", "push it")] {
+        let link = dir.path().join(name);
+        std::os::unix::fs::symlink(crate::common::Run::path("check"), &link).unwrap();
+        let out = std::process::Command::new(&link)
+            .arg("--help")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains(about),
+            "{name}: {text}"
+        );
+    }
+}
