@@ -87,7 +87,9 @@ docker tag "$loaded" "$target/pushed-docker:latest"
 measure "docker push (image loaded)" docker push -q "$target/pushed-docker:latest"
 measure "skopeo copy (docker-archive)" skopeo copy --quiet --dest-tls-verify=false "docker-archive:$work/saved/image" "docker://$target/pushed-skopeo:latest"
 mkdir -p "$work/ctx/build"
-printf 'FROM %s@%s\nRUN echo built > /built\n' "$repository" "$digest" >"$work/ctx/build/Dockerfile"
+# COPY, not RUN: the bench image is /usr only, with no shell at /bin/sh.
+echo built >"$work/ctx/build/built"
+printf 'FROM %s@%s\nCOPY built /built\n' "$repository" "$digest" >"$work/ctx/build/Dockerfile"
 measure "dockhand out (build)" sh -c "$(printf "echo '%s' | %s/out %s" "$(put built-dockhand latest '{"build":"build"}')" "$bin" "$work/ctx")"
 measure "docker build + docker push" sh -c "docker build -q -t $target/built-docker:latest $work/ctx/build && docker push -q $target/built-docker:latest"
 
