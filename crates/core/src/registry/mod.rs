@@ -653,6 +653,23 @@ impl Registry {
         }
     }
 
+    /// GET a blob, from byte `range_from` on when resuming.
+    fn blob_call(
+        repository: &Repository,
+        digest: &Digest,
+        range_from: Option<u64>,
+    ) -> Call<'static> {
+        Call {
+            method: Method::GET,
+            path: format!("/v2/{}/blobs/{digest}", repository.path()),
+            accept: None,
+            scope: Self::pull_scope(repository),
+            what: format!("blob {digest}"),
+            range_from,
+            body: None,
+        }
+    }
+
     fn pull_scope(repository: &Repository) -> String {
         format!("repository:{}:pull", repository.path())
     }
@@ -778,15 +795,7 @@ impl Registry {
         let mut written: u64 = 0;
         let mut attempt = 0;
         loop {
-            let call = Call {
-                method: Method::GET,
-                path: format!("/v2/{}/blobs/{digest}", repository.path()),
-                accept: None,
-                scope: Self::pull_scope(repository),
-                what: what.clone(),
-                range_from: (written > 0).then_some(written),
-                body: None,
-            };
+            let call = Self::blob_call(repository, digest, (written > 0).then_some(written));
             let response = self.send(&call).await?;
             match response.status() {
                 StatusCode::PARTIAL_CONTENT if written > 0 => {}

@@ -126,16 +126,8 @@ impl Registry {
         repository: &Repository,
         digest: &Digest,
     ) -> Result<Vec<u8>, RegistryError> {
-        let what = format!("blob {digest}");
-        let call = Call {
-            method: Method::GET,
-            path: format!("/v2/{}/blobs/{digest}", repository.path()),
-            accept: None,
-            scope: Self::pull_scope(repository),
-            what: what.clone(),
-            range_from: None,
-            body: None,
-        };
+        let call = Self::blob_call(repository, digest, None);
+        let what = call.what.clone();
         let response = self.send(&call).await?;
         if response.status() == StatusCode::NOT_FOUND {
             return Err(RegistryError::BlobNotFound {

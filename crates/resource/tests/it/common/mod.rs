@@ -205,7 +205,7 @@ pub fn spawn(command: Command) -> Child {
     rx.recv().unwrap().expect("spawn a test process")
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
