@@ -172,13 +172,17 @@ fn blob_name(d: &Digest) -> String {
 /// Reads an image given as `image`, `load_file` or `load`: an OCI layout (directory or
 /// tarball) when it has `index.json`, else a `docker save` tarball. `staging` receives
 /// layers that have to be compressed.
-pub fn read_image(path: &Path, staging: &Path) -> Result<Plan, Error> {
+///
+/// `name` (`repository:tag`, from `load_repository`/`load_tag`) picks the image of a `docker
+/// save` archive whose `RepoTags` has it, as `docker load` + `docker tag` would; without it the
+/// first image is taken.
+pub fn read_image(path: &Path, staging: &Path, name: Option<&str>) -> Result<Plan, Error> {
     let files = Files::open(path)?;
     if files.has("index.json") && files.has("oci-layout") {
         return read_oci_layout(&files);
     }
     if files.has("manifest.json") {
-        return read_docker_archive(&files, staging);
+        return read_docker_archive(&files, staging, name);
     }
     Err(bad(
         path,
@@ -315,8 +319,38 @@ fn media_type_of(declared: &str, bytes: &[u8]) -> String {
 #[serde(rename_all = "PascalCase")]
 struct SaveEntry {
     config: String,
+    #[serde(default, rename = "RepoTags", deserialize_with = "null_as_empty")]
+    repo_tags: Vec<String>,
     #[serde(default)]
     layers: Vec<String>,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
+}
+
+/// The entry whose `RepoTags` names `wanted` (both read as image references, so
+/// `busybox:latest` and `docker.io/library/busybox:latest` are one); an archive of one image
+/// saved without a name is that image.
+fn choose_named<'a>(entries: &'a [SaveEntry], wanted: &str) -> Option<&'a SaveEntry> {
+    fn normalise(name: &str) -> Option<(crate::reference::Repository, String)> {
+        let (repo, tag) = match name.rsplit_once(':') {
+            Some((repo, tag)) if !tag.contains('/') => (repo, tag),
+            _ => (name, "latest"),
+        };
+        Some((repo.parse().ok()?, tag.to_string()))
+    }
+    let want = normalise(wanted)?;
+    let named = entries.iter().find(|e| {
+        e.repo_tags
+            .iter()
+            .any(|t| normalise(t).as_ref() == Some(&want))
+    });
+    match (named, entries) {
+        (Some(e), _) => Some(e),
+        (None, [only]) if only.repo_tags.is_empty() => Some(only),
+        _ => None,
+    }
 }
 
 /// A layer ready to push: compressed, with its digest, size and media type.
@@ -327,7 +361,7 @@ struct PreparedLayer {
     zstd: bool,
 }
 
-fn read_docker_archive(files: &Files, staging: &Path) -> Result<Plan, Error> {
+fn read_docker_archive(files: &Files, staging: &Path, name: Option<&str>) -> Result<Plan, Error> {
     let entries: Vec<SaveEntry> = serde_json::from_slice(&files.read_small("manifest.json")?)
         .map_err(|e| {
             bad(
@@ -335,10 +369,28 @@ fn read_docker_archive(files: &Files, staging: &Path) -> Result<Plan, Error> {
                 format!("manifest.json is not a docker save manifest: {e}"),
             )
         })?;
-    let entry = entries
-        .first()
-        .ok_or_else(|| bad(files.describe(), "manifest.json lists no image"))?;
-    if entries.len() > 1 {
+    let entry =
+        match name {
+            Some(name) => {
+                choose_named(&entries, name).ok_or_else(|| {
+                    let tags: Vec<&str> = entries
+                        .iter()
+                        .flat_map(|e| e.repo_tags.iter().map(String::as_str))
+                        .collect();
+                    bad(
+                        files.describe(),
+                        format!(
+                    "holds no image named {name} (params.load_repository/load_tag); it has: {}",
+                    if tags.is_empty() { "no names".to_string() } else { tags.join(", ") }
+                ),
+                    )
+                })?
+            }
+            None => entries
+                .first()
+                .ok_or_else(|| bad(files.describe(), "manifest.json lists no image"))?,
+        };
+    if name.is_none() && entries.len() > 1 {
         tracing::warn!(
             "{} holds {} images; pushing the first",
             files.describe().display(),

@@ -1,10 +1,18 @@
 //! `params.build`: `docker build` through the daemon with docker-image-resource's params,
 //! then the built image exported (`docker save`) and pushed without the daemon, like every
 //! other image `out` pushes.
+//!
+//! The classic builder is driven through the Engine API (bollard). BuildKit builds
+//! (`docker_buildkit`, and `secrets`, which only BuildKit has) run the docker CLI with
+//! `DOCKER_BUILDKIT=1` against the same daemon, as docker-image-resource does: BuildKit asks
+//! the client for secrets over a session that only the CLI serves. Build arg values reach the
+//! CLI through its environment and registry credentials through a private `DOCKER_CONFIG`,
+//! never on its command line.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use base64::Engine as _;
 use bollard::auth::DockerCredentials;
 use bollard::query_parameters::{
     BuildImageOptions, CreateImageOptions, ImportImageOptions, TagImageOptions,
@@ -47,138 +55,454 @@ fn daemon_error(e: bollard::errors::Error) -> Error {
     }
 }
 
-/// Builds the image and writes it as a `docker save` tarball to `out`.
-pub async fn build(
-    daemon: &Daemon,
-    params: &Params,
-    settings: &Settings,
-    src: &Path,
-    staging: &Path,
-    out: &Path,
-) -> Result<(), Error> {
-    let build = params.build.as_deref().expect("called for params.build");
-    let context = src.join(build);
-    if !context.is_dir() {
-        return Err(input(&context, "params.build: no such directory"));
-    }
-    let dockerfile = match &params.dockerfile {
-        Some(f) => src.join(f),
-        None => context.join("Dockerfile"),
-    };
-    if !dockerfile.is_file() {
-        return Err(input(&dockerfile, "params.dockerfile: no such file"));
-    }
-    let build_args = build_args(params, src)?;
-    let labels = labels(params, src)?;
+/// A `params.secrets` entry: BuildKit mounts it at `/run/secrets/<id>` for `RUN
+/// --mount=type=secret,id=<id>` and keeps it out of the image.
+#[derive(Debug, Clone, PartialEq)]
+enum SecretSource {
+    /// The value of an environment variable of `out`.
+    Env(String),
+    /// A file, relative to the put's directory unless absolute.
+    File(PathBuf),
+}
 
-    let docker = &daemon.docker;
-    let mut registry_auth = credentials(settings);
-    add_ecr_credentials(&mut registry_auth, &dockerfile, &build_args, settings).await?;
-    let mut cache_from = Vec::new();
-    for dir in params
-        .load_base
-        .iter()
-        .chain(params.load_bases.iter().flatten())
-    {
-        load_saved(docker, &src.join(dir)).await?;
+/// Everything `params.build` needs, read and checked before a daemon is asked for: a typo
+/// in a path fails the put at once instead of after dockerd's start-up.
+pub struct Build {
+    context: PathBuf,
+    dockerfile: PathBuf,
+    build_args: BTreeMap<String, String>,
+    labels: BTreeMap<String, String>,
+    secrets: Vec<(String, SecretSource)>,
+    buildkit: bool,
+}
+
+impl Build {
+    pub fn prepare(params: &Params, src: &Path) -> Result<Build, Error> {
+        let build = params.build.as_deref().expect("called for params.build");
+        let context = src.join(build);
+        if !context.is_dir() {
+            return Err(input(&context, "params.build: no such directory"));
+        }
+        let dockerfile = match &params.dockerfile {
+            Some(f) => src.join(f),
+            None => context.join("Dockerfile"),
+        };
+        if !dockerfile.is_file() {
+            return Err(input(&dockerfile, "params.dockerfile: no such file"));
+        }
+        let secrets = secrets(params.secrets.as_ref(), src)?;
+        let buildkit = match params.docker_buildkit.as_ref().map(truthy).transpose()? {
+            Some(false) if !secrets.is_empty() => {
+                return Err(Error::field(
+                    "params.secrets",
+                    "needs BuildKit, and params.docker_buildkit turns it off",
+                ))
+            }
+            Some(on) => on,
+            None => !secrets.is_empty(),
+        };
+        Ok(Build {
+            context,
+            dockerfile,
+            build_args: build_args(params, src)?,
+            labels: labels(params, src)?,
+            secrets,
+            buildkit,
+        })
     }
-    for dir in params.cache_from.iter().flatten() {
-        cache_from.push(load_saved(docker, &src.join(dir)).await?);
-    }
-    if params.cache.unwrap_or(false) {
-        let tag = params
-            .cache_tag
-            .clone()
-            .unwrap_or_else(|| settings.tag.to_string());
-        let image = format!("{}:{tag}", settings.repository);
-        let pull = docker.create_image(
-            Some(CreateImageOptions {
-                from_image: Some(image.clone()),
-                ..Default::default()
-            }),
-            None,
-            registry_auth
-                .get(&settings.repository.host().to_string())
-                .cloned(),
-        );
-        match drain(pull).await {
-            Ok(()) => cache_from.push(image),
-            Err(e) => {
-                tracing::warn!("cannot pull the cache image {image}, building without it: {e}")
+
+    /// Builds the image and writes it as a `docker save` tarball to `out`.
+    pub async fn run(
+        &self,
+        daemon: &Daemon,
+        params: &Params,
+        settings: &Settings,
+        src: &Path,
+        staging: &Path,
+        out: &Path,
+    ) -> Result<(), Error> {
+        let docker = &daemon.docker;
+        let mut registry_auth = credentials(settings);
+        add_ecr_credentials(
+            &mut registry_auth,
+            &self.dockerfile,
+            &self.build_args,
+            settings,
+        )
+        .await?;
+        for dir in params
+            .load_base
+            .iter()
+            .chain(params.load_bases.iter().flatten())
+        {
+            load_saved(docker, &src.join(dir)).await?;
+        }
+        let mut cache_from = Vec::new();
+        for dir in params.cache_from.iter().flatten() {
+            cache_from.push(load_saved(docker, &src.join(dir)).await?);
+        }
+        if params.cache.unwrap_or(false) {
+            let tag = params
+                .cache_tag
+                .clone()
+                .unwrap_or_else(|| settings.tag.to_string());
+            let image = format!("{}:{tag}", settings.repository);
+            let pull = docker.create_image(
+                Some(CreateImageOptions {
+                    from_image: Some(image.clone()),
+                    ..Default::default()
+                }),
+                None,
+                registry_auth
+                    .get(&settings.repository.host().to_string())
+                    .cloned(),
+            );
+            match drain(pull).await {
+                Ok(()) => cache_from.push(image),
+                Err(e) => {
+                    tracing::warn!("cannot pull the cache image {image}, building without it: {e}")
+                }
             }
         }
-    }
 
-    // The context as a tarball; a Dockerfile outside the context travels inside it.
-    let context_tar = staging.join("context.tar");
-    let dockerfile_in_context = match dockerfile.strip_prefix(&context) {
-        Ok(rel) => rel.to_string_lossy().into_owned(),
-        Err(_) => ".dockhand.Dockerfile".to_string(),
-    };
-    {
-        let file = std::fs::File::create(&context_tar).map_err(|e| input(&context_tar, e))?;
-        let mut tar = tar::Builder::new(std::io::BufWriter::new(file));
-        tar.follow_symlinks(false);
-        let ignore = crate::dockerignore::Ignore::load(&context)?;
-        append_context(&mut tar, &context, "", &ignore, &dockerfile_in_context)
-            .map_err(|e| input(&context, e))?;
-        if dockerfile_in_context == ".dockhand.Dockerfile" {
-            tar.append_path_with_name(&dockerfile, &dockerfile_in_context)
-                .map_err(|e| input(&dockerfile, e))?;
+        let tag = format!("dockhand-build/{}:latest", std::process::id());
+        if self.buildkit {
+            self.run_cli(daemon, &registry_auth, &cache_from, params, staging, &tag)
+                .await?;
+        } else {
+            self.run_classic(docker, registry_auth, cache_from, params, staging, &tag)
+                .await?;
         }
-        tar.into_inner()
-            .and_then(|mut w| std::io::Write::flush(&mut w))
-            .map_err(|e| input(&context_tar, e))?;
-    }
-    let tag = format!("dockhand-build/{}:latest", std::process::id());
-    let options = BuildImageOptions {
-        dockerfile: dockerfile_in_context,
-        t: Some(tag.clone()),
-        rm: true,
-        forcerm: true,
-        buildargs: Some(build_args.into_iter().collect()),
-        labels: Some(labels.into_iter().collect()),
-        target: params.target_name.clone().unwrap_or_default(),
-        cachefrom: (!cache_from.is_empty()).then_some(cache_from),
-        ..Default::default()
-    };
-    if params.secrets.is_some() || params.docker_buildkit.is_some() {
-        tracing::warn!("params.secrets and params.docker_buildkit need BuildKit, which dockhand does not drive yet; building with the classic builder");
-    }
-    let body = file_stream(context_tar.clone())
-        .await
-        .map_err(|e| input(&context_tar, e))?;
-    let stream = docker.build_image(
-        options,
-        Some(registry_auth),
-        Some(bollard::body_stream(body)),
-    );
-    drain(stream)
-        .await
-        .map_err(|reason| Error::Build { reason })?;
 
-    // `docker save` of the result, for the daemonless push.
-    let mut export = docker.export_image(&tag);
-    let mut file = tokio::fs::File::create(out)
-        .await
-        .map_err(|e| input(out, e))?;
-    while let Some(chunk) = export.next().await {
-        let chunk = chunk.map_err(daemon_error)?;
-        tokio::io::AsyncWriteExt::write_all(&mut file, &chunk)
+        // `docker save` of the result, for the daemonless push.
+        let mut export = docker.export_image(&tag);
+        let mut file = tokio::fs::File::create(out)
             .await
             .map_err(|e| input(out, e))?;
+        while let Some(chunk) = export.next().await {
+            let chunk = chunk.map_err(daemon_error)?;
+            tokio::io::AsyncWriteExt::write_all(&mut file, &chunk)
+                .await
+                .map_err(|e| input(out, e))?;
+        }
+        tokio::io::AsyncWriteExt::flush(&mut file)
+            .await
+            .map_err(|e| input(out, e))?;
+        let _ = docker
+            .remove_image(
+                &tag,
+                None::<bollard::query_parameters::RemoveImageOptions>,
+                None,
+            )
+            .await;
+        Ok(())
     }
-    tokio::io::AsyncWriteExt::flush(&mut file)
-        .await
-        .map_err(|e| input(out, e))?;
-    let _ = docker
-        .remove_image(
-            &tag,
-            None::<bollard::query_parameters::RemoveImageOptions>,
-            None,
+
+    /// The classic builder through the Engine API: the context goes as a tarball (with
+    /// `.dockerignore` applied here, as the CLI would), credentials as X-Registry-Config.
+    async fn run_classic(
+        &self,
+        docker: &bollard::Docker,
+        registry_auth: HashMap<String, DockerCredentials>,
+        cache_from: Vec<String>,
+        params: &Params,
+        staging: &Path,
+        tag: &str,
+    ) -> Result<(), Error> {
+        // The context as a tarball; a Dockerfile outside the context travels inside it.
+        let context_tar = staging.join("context.tar");
+        let dockerfile_in_context = match self.dockerfile.strip_prefix(&self.context) {
+            Ok(rel) => rel.to_string_lossy().into_owned(),
+            Err(_) => ".dockhand.Dockerfile".to_string(),
+        };
+        {
+            let file = std::fs::File::create(&context_tar).map_err(|e| input(&context_tar, e))?;
+            let mut tar = tar::Builder::new(std::io::BufWriter::new(file));
+            tar.follow_symlinks(false);
+            let ignore = crate::dockerignore::Ignore::load(&self.context)?;
+            append_context(&mut tar, &self.context, "", &ignore, &dockerfile_in_context)
+                .map_err(|e| input(&self.context, e))?;
+            if dockerfile_in_context == ".dockhand.Dockerfile" {
+                tar.append_path_with_name(&self.dockerfile, &dockerfile_in_context)
+                    .map_err(|e| input(&self.dockerfile, e))?;
+            }
+            tar.into_inner()
+                .and_then(|mut w| std::io::Write::flush(&mut w))
+                .map_err(|e| input(&context_tar, e))?;
+        }
+        let options = BuildImageOptions {
+            dockerfile: dockerfile_in_context,
+            t: Some(tag.to_string()),
+            rm: true,
+            forcerm: true,
+            buildargs: Some(self.build_args.clone().into_iter().collect()),
+            labels: Some(self.labels.clone().into_iter().collect()),
+            target: params.target_name.clone().unwrap_or_default(),
+            cachefrom: (!cache_from.is_empty()).then_some(cache_from),
+            ..Default::default()
+        };
+        let body = file_stream(context_tar.clone())
+            .await
+            .map_err(|e| input(&context_tar, e))?;
+        let stream = docker.build_image(
+            options,
+            Some(registry_auth),
+            Some(bollard::body_stream(body)),
+        );
+        drain(stream)
+            .await
+            .map_err(|reason| Error::Build { reason })
+    }
+
+    /// BuildKit through the docker CLI (`DOCKER_BUILDKIT=1 docker build`), whose output is
+    /// streamed to stderr; the last error line it prints is the failure's reason.
+    async fn run_cli(
+        &self,
+        daemon: &Daemon,
+        registry_auth: &HashMap<String, DockerCredentials>,
+        cache_from: &[String],
+        params: &Params,
+        staging: &Path,
+        tag: &str,
+    ) -> Result<(), Error> {
+        let mut command = tokio::process::Command::new("docker");
+        command
+            .env("DOCKER_HOST", &daemon.host)
+            .env("DOCKER_BUILDKIT", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        if !registry_auth.is_empty() {
+            command.env("DOCKER_CONFIG", docker_config(registry_auth, staging)?);
+        }
+        command.args(self.cli_args(params, cache_from, tag));
+        for (name, value) in &self.build_args {
+            if self.arg_by_env(name) {
+                command.env(name, value);
+            }
+        }
+        tracing::info!("building with BuildKit (docker build through the docker CLI)");
+        let mut child = command.spawn().map_err(|e| Error::Build {
+            reason: format!("BuildKit builds run the docker CLI, which cannot be run: {e}"),
+        })?;
+        let stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        let (_, last_lines, status) =
+            tokio::join!(copy_lines(stdout), copy_lines(stderr), child.wait());
+        let status = status.map_err(|e| Error::Build {
+            reason: format!("docker CLI: {e}"),
+        })?;
+        if status.success() {
+            return Ok(());
+        }
+        let reason = last_lines
+            .iter()
+            .rev()
+            .find(|l| l.to_ascii_lowercase().starts_with("error"))
+            .or(last_lines.last())
+            .cloned()
+            .unwrap_or_else(|| format!("docker build exited with {status}"));
+        if reason.contains("buildx component is missing") {
+            return Err(Error::Build {
+                reason: "BuildKit needs a docker CLI that can drive it (docker 20.10, or a newer one with the buildx plugin); the docker on PATH has neither".into(),
+            });
+        }
+        Err(Error::Build { reason })
+    }
+
+    /// The CLI's arguments: no build arg values (they come from the environment, unless the
+    /// name would change how the CLI itself runs) and no credentials.
+    fn cli_args(&self, params: &Params, cache_from: &[String], tag: &str) -> Vec<String> {
+        let mut args: Vec<String> = vec![
+            "build".into(),
+            "--progress=plain".into(),
+            format!("--file={}", self.dockerfile.display()),
+            format!("--tag={tag}"),
+        ];
+        if let Some(target) = &params.target_name {
+            args.push(format!("--target={target}"));
+        }
+        for (name, value) in &self.build_args {
+            if self.arg_by_env(name) {
+                args.push(format!("--build-arg={name}"));
+            } else {
+                args.push(format!("--build-arg={name}={value}"));
+            }
+        }
+        for (name, value) in &self.labels {
+            args.push(format!("--label={name}={value}"));
+        }
+        for image in cache_from {
+            args.push(format!("--cache-from={image}"));
+        }
+        for (id, source) in &self.secrets {
+            args.push(match source {
+                SecretSource::Env(var) => format!("--secret=id={id},env={var}"),
+                SecretSource::File(path) => format!("--secret=id={id},src={}", path.display()),
+            });
+        }
+        args.push(self.context.display().to_string());
+        args
+    }
+
+    /// Whether a build arg's value can travel in the CLI's environment: not when the name is
+    /// one the CLI reads itself, or a variable a secret is read from.
+    fn arg_by_env(&self, name: &str) -> bool {
+        let cli_reads = matches!(name, "PATH" | "HOME" | "TMPDIR") || name.starts_with("DOCKER_");
+        let secret_reads = self
+            .secrets
+            .iter()
+            .any(|(_, s)| matches!(s, SecretSource::Env(v) if v == name));
+        !cli_reads && !secret_reads
+    }
+}
+
+/// Copies a child's output to stderr line by line and returns its last lines.
+async fn copy_lines(stream: impl tokio::io::AsyncRead + Unpin) -> Vec<String> {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut lines = tokio::io::BufReader::new(stream).lines();
+    let mut last = std::collections::VecDeque::new();
+    while let Ok(Some(line)) = lines.next_line().await {
+        eprintln!("{line}");
+        if last.len() == 20 {
+            last.pop_front();
+        }
+        last.push_back(line);
+    }
+    last.into()
+}
+
+/// A private `DOCKER_CONFIG` holding exactly the credentials the classic builder would get,
+/// readable only by this user; it goes with the staging directory.
+fn docker_config(
+    auth: &HashMap<String, DockerCredentials>,
+    staging: &Path,
+) -> Result<PathBuf, Error> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let dir = staging.join("docker-config");
+    let auths: serde_json::Map<String, serde_json::Value> = auth
+        .iter()
+        .map(|(host, c)| {
+            let pair = format!(
+                "{}:{}",
+                c.username.as_deref().unwrap_or_default(),
+                c.password.as_deref().unwrap_or_default()
+            );
+            let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
+            (host.clone(), serde_json::json!({ "auth": encoded }))
+        })
+        .collect();
+    let path = dir.join("config.json");
+    std::fs::create_dir_all(&dir)
+        .and_then(|()| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+        })
+        .and_then(|mut f| f.write_all(serde_json::json!({ "auths": auths }).to_string().as_bytes()))
+        .map_err(|e| Error::Output {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    Ok(dir)
+}
+
+/// `params.secrets`: `{"<id>": {"env": "VAR"}}` or `{"<id>": {"source": "path"}}`, as
+/// docker-image-resource takes them; each is checked here so a missing one fails the put
+/// before the build starts.
+fn secrets(
+    value: Option<&serde_json::Value>,
+    src: &Path,
+) -> Result<Vec<(String, SecretSource)>, Error> {
+    let Some(value) = value else {
+        return Ok(Vec::new());
+    };
+    let map = value.as_object().ok_or_else(|| {
+        Error::field(
+            "params.secrets",
+            "must be an object of secret ids to {\"env\": \"VAR\"} or {\"source\": \"path\"}",
         )
-        .await;
-    Ok(())
+    })?;
+    let mut out = Vec::new();
+    for (id, spec) in map {
+        let field = format!("params.secrets.{id}");
+        if id.is_empty() || id.contains([',', '=']) {
+            return Err(Error::field(
+                field,
+                "a secret id cannot be empty or hold ',' or '='",
+            ));
+        }
+        let spec = spec.as_object().ok_or_else(|| {
+            Error::field(
+                &field,
+                "must be {\"env\": \"VAR\"} or {\"source\": \"path\"}",
+            )
+        })?;
+        let text = |key: &str| match spec.get(key) {
+            None => Ok(None),
+            Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+            Some(_) => Err(Error::field(
+                format!("{field}.{key}"),
+                "must be a non-empty string",
+            )),
+        };
+        if let Some(unknown) = spec
+            .keys()
+            .find(|k| !matches!(k.as_str(), "env" | "source" | "src"))
+        {
+            return Err(Error::field(
+                &field,
+                format!("unknown key {unknown:?}: use \"env\" or \"source\""),
+            ));
+        }
+        let source = match (text("env")?, text("source")?.or(text("src")?)) {
+            (Some(var), None) => {
+                if std::env::var_os(&var).is_none() {
+                    return Err(Error::field(
+                        format!("{field}.env"),
+                        format!("environment variable {var} is not set"),
+                    ));
+                }
+                SecretSource::Env(var)
+            }
+            (None, Some(path)) => {
+                let path = src.join(path);
+                if !path.is_file() {
+                    return Err(input(&path, format!("{field}.source: no such file")));
+                }
+                SecretSource::File(path)
+            }
+            _ => {
+                return Err(Error::field(
+                    &field,
+                    "needs exactly one of \"env\" or \"source\"",
+                ))
+            }
+        };
+        out.push((id.clone(), source));
+    }
+    Ok(out)
+}
+
+/// `docker_buildkit: 1` is docker-image-resource's spelling; true/false and "0"/"1" too.
+fn truthy(value: &serde_json::Value) -> Result<bool, Error> {
+    use serde_json::Value;
+    match value {
+        Value::Bool(b) => Ok(*b),
+        Value::Number(n) if n.as_u64() == Some(0) => Ok(false),
+        Value::Number(n) if n.as_u64() == Some(1) => Ok(true),
+        Value::String(s) if matches!(s.as_str(), "1" | "true") => Ok(true),
+        Value::String(s) if matches!(s.as_str(), "0" | "false" | "") => Ok(false),
+        Value::Null => Ok(false),
+        other => Err(Error::field(
+            "params.docker_buildkit",
+            format!("must be 1 or 0 (or true or false), not {other}"),
+        )),
+    }
 }
 
 /// The context's files under `rel`, less what `.dockerignore` leaves out (the Dockerfile and

@@ -13,6 +13,8 @@ use crate::source::Settings;
 
 pub struct Daemon {
     pub docker: Docker,
+    /// Where it listens, as DOCKER_HOST spells it (for the docker CLI's BuildKit builds).
+    pub host: String,
     started: Option<Started>,
 }
 
@@ -39,6 +41,8 @@ impl Daemon {
                 );
                 return Ok(Daemon {
                     docker,
+                    host: std::env::var("DOCKER_HOST")
+                        .unwrap_or_else(|_| "unix:///var/run/docker.sock".into()),
                     started: None,
                 });
             }
@@ -109,6 +113,7 @@ impl Daemon {
                         let docker = docker.negotiate_version().await.map_err(daemon_error)?;
                         return Ok(Daemon {
                             docker,
+                            host: format!("unix://{}", socket.display()),
                             started: Some(Started { child, dir }),
                         });
                     }

@@ -101,17 +101,19 @@ pub async fn put(request: &Request, src: &Path) -> Result<Response, Error> {
     let repository = &settings.repository;
     let mut tags = tags(&params, &settings.tag, src, variant)?;
 
-    let staging = tempfile_dir(src)?;
+    let staging = staging_dir()?;
     let result = async {
         let (plan, mount_from) = if params.load.is_none() && params.build.is_some() {
             // The one step that needs a daemon; it is stopped (if started here) before pushing.
+            let build = crate::build::Build::prepare(&params, src)?;
             let daemon = crate::daemon::Daemon::connect_or_start(&settings).await?;
             let built = staging.path().join("built.tar");
-            let result =
-                crate::build::build(&daemon, &params, &settings, src, staging.path(), &built).await;
+            let result = build
+                .run(&daemon, &params, &settings, src, staging.path(), &built)
+                .await;
             daemon.stop().await;
             result?;
-            (archive::read_image(&built, staging.path())?, None)
+            (archive::read_image(&built, staging.path(), None)?, None)
         } else if params.load.is_none()
             && params.load_file.is_none()
             && params.import_file.is_none()
@@ -171,15 +173,16 @@ pub async fn put(request: &Request, src: &Path) -> Result<Response, Error> {
     })
 }
 
-/// A scratch directory for compressed layers, next to the inputs (same filesystem).
-fn tempfile_dir(src: &Path) -> Result<TempDir, Error> {
-    let base = std::env::temp_dir();
-    let dir = base.join(format!("dockhand-out-{}", std::process::id()));
+/// A scratch directory (compressed layers, a build's export, the CLI's credentials), under
+/// the temp dir and never among the put's inputs; removed when dropped.
+fn staging_dir() -> Result<TempDir, Error> {
+    let dir = std::env::temp_dir().join(format!("dockhand-out-{}", std::process::id()));
+    // A leftover of an earlier process that had this pid and was killed is stale.
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| Error::Output {
         path: dir.display().to_string(),
         reason: e.to_string(),
     })?;
-    let _ = src;
     Ok(TempDir(dir))
 }
 
@@ -212,7 +215,7 @@ fn plan(params: &Params, src: &Path, staging: &Path) -> Result<(Plan, Option<Rep
         let from = std::fs::read_to_string(dir.join("repository"))
             .ok()
             .and_then(|r| r.trim().parse().ok());
-        return Ok((archive::read_image(&image, staging)?, from));
+        return Ok((archive::read_image(&image, staging, None)?, from));
     }
     if let Some(file) = &params.load_file {
         let path = src.join(file);
@@ -222,10 +225,15 @@ fn plan(params: &Params, src: &Path, staging: &Path) -> Result<(Plan, Option<Rep
                 reason: "params.load_file: no such file".into(),
             });
         }
-        if params.load_repository.is_some() || params.load_tag.is_some() {
-            tracing::debug!("load_repository/load_tag name the image inside the archive; the first one is pushed");
-        }
-        return Ok((archive::read_image(&path, staging)?, None));
+        // docker-image-resource loads the file and pushes `load_repository:load_tag` from it.
+        let name = params.load_repository.as_deref().map(|repo| {
+            format!(
+                "{}:{}",
+                repo.trim(),
+                params.load_tag.as_deref().unwrap_or("latest").trim()
+            )
+        });
+        return Ok((archive::read_image(&path, staging, name.as_deref())?, None));
     }
     if let Some(file) = &params.import_file {
         let path = src.join(file);
@@ -239,7 +247,7 @@ fn plan(params: &Params, src: &Path, staging: &Path) -> Result<(Plan, Option<Rep
     }
     if let Some(pattern) = &params.image {
         let path = glob_one(src, pattern)?;
-        return Ok((archive::read_image(&path, staging)?, None));
+        return Ok((archive::read_image(&path, staging, None)?, None));
     }
     Err(Error::field(
         "params",

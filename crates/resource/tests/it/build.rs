@@ -312,3 +312,220 @@ fn dockerignore_keeps_files_out_of_the_context() {
         assert!(!ctx.join(gone).exists(), "{gone} was sent");
     }
 }
+
+/// A PATH whose `docker` is Debian's docker.io CLI (20.10, BuildKit built in), as in the
+/// resource image; the machine's own `docker` may be a newer CLI without the buildx plugin.
+fn buildkit_path(dir: &Path) -> String {
+    let cli = Path::new("/usr/bin/docker");
+    assert!(cli.exists(), "ci/test.sh installs docker.io");
+    std::os::unix::fs::symlink(cli, dir.join("docker")).unwrap();
+    format!("{}:{}", dir.display(), std::env::var("PATH").unwrap())
+}
+
+const BUILDKIT_DOCKERFILE: &str = "\
+FROM dockhand-test/busybox:latest AS base
+ARG GREETING
+RUN --mount=type=secret,id=token --mount=type=secret,id=from_env \
+    cat /run/secrets/token > /token-seen && cat /run/secrets/from_env > /env-seen \
+    && echo \"$GREETING\" > /greeting
+FROM base AS final
+RUN ls /run/secrets 2>/dev/null | wc -l > /secrets-left
+FROM base AS broken
+RUN echo about to fail && exit 3
+";
+
+#[test]
+fn buildkit_build_with_secrets_args_labels_and_target() {
+    let reg = &env().plain;
+    let src = tempfile::tempdir().unwrap();
+    let bin = tempfile::tempdir().unwrap();
+    write(src.path(), "repo/Dockerfile", BUILDKIT_DOCKERFILE);
+    write(src.path(), "secrets/token", "file-secret-31337");
+    let to = common::unique("buildkit");
+    let out = Run::new("out")
+        .arg(src.path().display().to_string())
+        .stdin_json(&json!({
+            "source": {"repository": reg.repo(&to)},
+            "params": {
+                "build": "repo",
+                "docker_buildkit": 1,
+                "target_name": "final",
+                "secrets": {
+                    "token": {"source": "secrets/token"},
+                    "from_env": {"env": "DOCKHAND_TEST_SECRET"},
+                },
+                "build_args": {"GREETING": "hello ${BUILD_ID} from buildkit"},
+                "labels": {"org.example.builder": "buildkit"},
+                "tag_as_latest": true,
+            },
+        }))
+        .env("BUILD_ID", "4242")
+        .env("DOCKHAND_TEST_SECRET", "env-secret-27182")
+        .env("PATH", buildkit_path(bin.path()))
+        .run();
+    let result = out.success();
+    // BuildKit's plain progress went to stderr; no secret value appears anywhere.
+    assert!(
+        out.stderr.contains("RUN --mount=type=secret"),
+        "{}",
+        out.stderr
+    );
+    for secret in ["file-secret-31337", "env-secret-27182"] {
+        assert!(!out.all_output().contains(secret), "{secret} was printed");
+    }
+    let digest = result["version"]["digest"].as_str().unwrap().to_string();
+    assert_eq!(reg.skopeo_digest(&format!("{to}:latest")), digest);
+
+    // What the build saw, read back daemonless with `in`.
+    let dest = tempfile::tempdir().unwrap();
+    Run::new("in")
+        .arg(dest.path().display().to_string())
+        .stdin_json(
+            &json!({"source": {"repository": reg.repo(&to)}, "version": {"digest": digest}}),
+        )
+        .run()
+        .success();
+    let read = |name: &str| std::fs::read_to_string(dest.path().join("rootfs").join(name)).unwrap();
+    assert_eq!(read("token-seen"), "file-secret-31337");
+    assert_eq!(read("env-seen"), "env-secret-27182");
+    assert_eq!(read("greeting"), "hello 4242 from buildkit\n");
+    // The secrets were mounted for one RUN only: none is left in the image.
+    assert_eq!(read("secrets-left").trim(), "0");
+    let labels = std::fs::read_to_string(dest.path().join("labels.json")).unwrap();
+    assert!(
+        labels.contains("\"org.example.builder\":\"buildkit\""),
+        "{labels}"
+    );
+}
+
+#[test]
+fn secrets_alone_turn_buildkit_on_and_a_failing_step_gives_its_error() {
+    let reg = &env().plain;
+    let src = tempfile::tempdir().unwrap();
+    let bin = tempfile::tempdir().unwrap();
+    write(src.path(), "repo/Dockerfile", BUILDKIT_DOCKERFILE);
+    write(src.path(), "token", "t");
+    let err = Run::new("out")
+        .arg(src.path().display().to_string())
+        .stdin_json(&json!({
+            "source": {"repository": reg.repo("it/buildkit-broken")},
+            "params": {"build": "repo", "target_name": "broken", "secrets": {"token": {"source": "token"}, "from_env": {"env": "HOME"}}},
+        }))
+        .env("PATH", buildkit_path(bin.path()))
+        .run()
+        .failure();
+    assert!(err.contains("docker build failed"), "{err}");
+    assert!(err.contains("exit code: 3"), "{err}");
+}
+
+#[test]
+fn a_docker_cli_without_buildkit_is_named_as_the_problem() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let reg = &env().plain;
+    let src = tempfile::tempdir().unwrap();
+    write(src.path(), "repo/Dockerfile", DOCKERFILE);
+    // What docker 23+ prints when BuildKit is asked for and the buildx plugin is missing.
+    let bin = tempfile::tempdir().unwrap();
+    std::fs::write(
+        bin.path().join("docker"),
+        "#!/bin/sh\necho 'ERROR: BuildKit is enabled but the buildx component is missing or broken.' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        bin.path().join("docker"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap()
+    );
+    let err = Run::new("out")
+        .arg(src.path().display().to_string())
+        .stdin_json(&json!({"source": {"repository": reg.repo("it/no-buildx")}, "params": {"build": "repo", "docker_buildkit": true}}))
+        .env("PATH", path)
+        .run()
+        .failure();
+    assert!(
+        err.contains("BuildKit needs a docker CLI that can drive it"),
+        "{err}"
+    );
+}
+
+#[test]
+fn build_params_are_checked_before_a_daemon_is_started() {
+    use std::os::unix::fs::PermissionsExt as _;
+    // No daemon answers, and a dockerd that records being started: none of these may start it.
+    let bin = tempfile::tempdir().unwrap();
+    let starts = bin.path().join("starts");
+    std::fs::write(
+        bin.path().join("dockerd"),
+        format!(
+            "#!/bin/sh\necho start >> {}\nexec sleep 60\n",
+            starts.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        bin.path().join("dockerd"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap()
+    );
+    let src = tempfile::tempdir().unwrap();
+    write(src.path(), "repo/Dockerfile", DOCKERFILE);
+    write(src.path(), "token", "t");
+    let cases = [
+        (
+            json!({"build": "nope"}),
+            "nope: params.build: no such directory",
+        ),
+        (
+            json!({"build": "repo", "secrets": {"token": {"source": "missing"}}}),
+            "missing: params.secrets.token.source: no such file",
+        ),
+        (
+            json!({"build": "repo", "secrets": {"token": {"env": "DOCKHAND_UNSET_VARIABLE"}}}),
+            "params.secrets.token.env: environment variable DOCKHAND_UNSET_VARIABLE is not set",
+        ),
+        (
+            json!({"build": "repo", "secrets": {"token": {"file": "token"}}}),
+            "params.secrets.token: unknown key \"file\"",
+        ),
+        (
+            json!({"build": "repo", "secrets": {"token": {"env": "HOME", "source": "token"}}}),
+            "params.secrets.token: needs exactly one of \"env\" or \"source\"",
+        ),
+        (
+            json!({"build": "repo", "secrets": ["token"]}),
+            "params.secrets: must be an object",
+        ),
+        (
+            json!({"build": "repo", "docker_buildkit": 0, "secrets": {"token": {"source": "token"}}}),
+            "params.secrets: needs BuildKit",
+        ),
+        (
+            json!({"build": "repo", "docker_buildkit": "yes"}),
+            "params.docker_buildkit: must be 1 or 0",
+        ),
+    ];
+    for (params, want) in cases {
+        let err = Run::new("out")
+            .arg(src.path().display().to_string())
+            .stdin_json(&json!({"source": {"repository": "127.0.0.1:1/x", "startup_timeout": 2}, "params": params}))
+            .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+            .env("PATH", path.clone())
+            .run()
+            .failure();
+        assert!(err.contains(want), "{params}\n  got: {err}\n  want: {want}");
+    }
+    assert!(
+        !starts.exists(),
+        "a daemon was started for a request that cannot build"
+    );
+}

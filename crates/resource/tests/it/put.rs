@@ -426,3 +426,67 @@ fn pull_repository_copies_an_image_between_registries() {
     .failure();
     assert!(err.contains("tag nope not found"), "{err}");
 }
+
+#[test]
+fn load_repository_and_load_tag_pick_the_image_of_a_multi_image_archive() {
+    // Two images in one `docker save` archive, as a build step may leave them.
+    let reg = &env().plain;
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = dir.path().join("rootfs.tar");
+    {
+        let mut tar = tar::Builder::new(std::fs::File::create(&rootfs).unwrap());
+        let mut header = tar::Header::new_gnu();
+        let body = common::unique("second image");
+        header.set_size(body.len() as u64);
+        header.set_mode(0o644);
+        tar.append_data(&mut header, "marker", body.as_bytes())
+            .unwrap();
+        tar.finish().unwrap();
+    }
+    let other = format!("dockhand-test/{}", common::unique("load-named"));
+    docker(&["import", rootfs.to_str().unwrap(), &format!("{other}:1")]);
+    let id = |name: &str| {
+        String::from_utf8(docker(&["image", "inspect", "--format", "{{.Id}}", name]))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let other_id = id(&format!("{other}:1"));
+    let archive = dir.path().join("two.tar");
+    docker(&[
+        "save",
+        "-o",
+        archive.to_str().unwrap(),
+        "dockhand-test/busybox:latest",
+        &format!("{other}:1"),
+    ]);
+    let _ = docker(&["rmi", &format!("{other}:1")]);
+
+    let to = common::unique("put-load-named");
+    for (repository, tag) in [(other.clone(), "1"), (format!("docker.io/{other}"), "1")] {
+        let out = put(
+            json!({"repository": reg.repo(&to)}),
+            json!({"load_file": "two.tar", "load_repository": repository, "load_tag": tag}),
+            dir.path(),
+        )
+        .success();
+        assert!(
+            out["metadata"]
+                .as_array()
+                .unwrap()
+                .contains(&json!({"name": "image_id", "value": other_id})),
+            "{out}"
+        );
+    }
+    let err = put(
+        json!({"repository": reg.repo(&to)}),
+        json!({"load_file": "two.tar", "load_repository": other, "load_tag": "2"}),
+        dir.path(),
+    )
+    .failure();
+    assert!(
+        err.contains(&format!("holds no image named {other}:2")),
+        "{err}"
+    );
+    assert!(err.contains("dockhand-test/busybox:latest"), "{err}");
+}
