@@ -31,6 +31,7 @@ pub const FIELDS: &[&str] = &[
     "aws_role_arns",
     "aws_account_id",
     "insecure_registries",
+    "insecure",
     "registry_mirror",
     "ca_certs",
     "client_certs",
@@ -72,6 +73,9 @@ pub struct Source {
 
     #[serde(default, deserialize_with = "nullable")]
     pub insecure_registries: Vec<String>,
+    /// registry-image-resource's spelling: the repository's own registry is insecure.
+    #[serde(default, deserialize_with = "nullable")]
+    pub insecure: bool,
     pub registry_mirror: Option<Mirror>,
     #[serde(default, deserialize_with = "nullable")]
     pub ca_certs: Vec<CaCert>,
@@ -369,6 +373,11 @@ impl Source {
                     .insecure
                     .push(Insecure::Host(host.as_str().to_string()));
             }
+        }
+        if self.insecure && !registries.is_insecure(repository.host()) {
+            registries
+                .insecure
+                .push(Insecure::Host(repository.host().as_str().to_string()));
         }
         let mirror = match &self.registry_mirror {
             None => None,
@@ -770,6 +779,21 @@ mod tests {
             let got = resolve_err(input.clone());
             assert!(got.starts_with(want), "{input}: {got}");
         }
+    }
+
+    #[test]
+    fn insecure_true_makes_the_repository_registry_insecure() {
+        let r = source(json!({"repository": "my.reg:5000/team/app", "insecure": true}))
+            .resolve()
+            .unwrap()
+            .registries;
+        assert!(r.is_insecure(&Host::parse("my.reg:5000").unwrap()));
+        assert!(!r.is_insecure(&Host::parse("other.reg").unwrap()));
+        let r = source(json!({"repository": "my.reg:5000/team/app", "insecure": false}))
+            .resolve()
+            .unwrap()
+            .registries;
+        assert!(!r.is_insecure(&Host::parse("my.reg:5000").unwrap()));
     }
 
     #[test]
