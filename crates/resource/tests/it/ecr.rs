@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::{self, Image, Run};
+use crate::common::{self, FaultProxy, Image, Run};
 
 const ACCOUNT: &str = "123456789012";
 const ROLE_ACCOUNT: &str = "210987654321";
@@ -21,14 +21,6 @@ struct Ecr {
     registry: String,
     _children: Mutex<Vec<Child>>,
     _dir: PathBuf,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn wait_port(port: u16, what: &str, child: &mut Child) {
@@ -64,7 +56,7 @@ fn ecr() -> Option<&'static Ecr> {
             return None;
         }
         let dir = common::scratch_dir("ecr");
-        let moto_port = free_port();
+        let moto_port = common::free_port();
         let log = std::fs::File::create(dir.join("moto.log")).unwrap();
         let mut command = Command::new("python3");
         command
@@ -82,7 +74,7 @@ fn ecr() -> Option<&'static Ecr> {
         let mut moto = common::spawn(command);
         wait_port(moto_port, "moto_server", &mut moto);
 
-        let registry_port = free_port();
+        let registry_port = common::free_port();
         let registry = start_registry(&dir, "default", registry_port, ACCOUNT);
         wait_port(
             registry_port,
@@ -229,15 +221,37 @@ fn the_default_credential_chain_and_an_account_id() {
     assert_eq!(out.success(), json!([{"tag": "latest", "digest": digest}]));
 }
 
+/// A second registry that accepts only `account`'s token (killed when dropped).
+struct AccountRegistry {
+    host: String,
+    child: Mutex<Child>,
+}
+
+impl AccountRegistry {
+    fn start(name: &str, account: &str) -> AccountRegistry {
+        let dir = common::scratch_dir(&common::unique(name));
+        let port = common::free_port();
+        let child = start_registry(&dir, name, port, account);
+        wait_port(port, "docker-registry", &mut child.lock().unwrap());
+        AccountRegistry {
+            host: format!("127.0.0.1:{port}"),
+            child,
+        }
+    }
+}
+
+impl Drop for AccountRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.lock().unwrap().kill();
+    }
+}
+
 #[test]
 fn an_assumed_role_gets_its_accounts_token() {
     let Some(ecr) = ecr() else { return };
     // A registry that only accepts the role account's token.
-    let dir = common::scratch_dir("ecr-role");
-    let port = free_port();
-    let registry = start_registry(&dir, "role", port, ROLE_ACCOUNT);
-    wait_port(port, "docker-registry", &mut registry.lock().unwrap());
-    let host = format!("127.0.0.1:{port}");
+    let registry = AccountRegistry::start("ecr-role", ROLE_ACCOUNT);
+    let host = registry.host.clone();
     let repo = common::unique("ecr-role");
     let digest = push(&host, ROLE_ACCOUNT, &repo, "latest");
     let source = json!({
@@ -249,7 +263,94 @@ fn an_assumed_role_gets_its_accounts_token() {
     });
     let out = run("check", ecr, &json!({"source": source}));
     assert_eq!(out.success(), json!([{"tag": "latest", "digest": digest}]));
-    let _ = registry.lock().unwrap().kill();
+}
+
+#[test]
+fn roles_are_assumed_in_order_and_the_last_ones_account_gets_the_token() {
+    let Some(ecr) = ecr() else { return };
+    let registry = AccountRegistry::start("ecr-chain-roles", ROLE_ACCOUNT);
+    let repo = common::unique("ecr-roles");
+    let digest = push(&registry.host, ROLE_ACCOUNT, &repo, "latest");
+    let first = format!("arn:aws:iam::{ACCOUNT}:role/jump");
+    let last = format!("arn:aws:iam::{ROLE_ACCOUNT}:role/pusher");
+    let source = |role_arn: &str, role_arns: &[&str]| {
+        json!({
+            "repository": format!("{}/{repo}", registry.host),
+            "aws_region": "eu-west-1",
+            "aws_access_key_id": "AKIAEXAMPLEEXAMPLE",
+            "aws_secret_access_key": "very-secret-access-key",
+            "aws_role_arn": role_arn,
+            "aws_role_arns": role_arns,
+        })
+    };
+    let out = run("check", ecr, &json!({"source": source(&first, &[&last])}));
+    assert_eq!(out.success(), json!([{"tag": "latest", "digest": digest}]));
+    // The other way round the first account's token is issued, which this registry refuses.
+    let err = run("check", ecr, &json!({"source": source(&last, &[&first])})).failure();
+    assert!(err.contains("unauthorized"), "{err}");
+}
+
+#[test]
+fn aws_account_id_names_whose_registry_token_is_asked_for() {
+    let Some(ecr) = ecr() else { return };
+    let registry = AccountRegistry::start("ecr-account", ROLE_ACCOUNT);
+    let repo = common::unique("ecr-account");
+    let digest = push(&registry.host, ROLE_ACCOUNT, &repo, "latest");
+    let source = |account: Option<&str>| {
+        let mut s = json!({
+            "repository": format!("{}/{repo}", registry.host),
+            "aws_region": "us-east-1",
+            "aws_access_key_id": "AKIAEXAMPLEEXAMPLE",
+            "aws_secret_access_key": "very-secret-access-key",
+        });
+        if let Some(a) = account {
+            s["aws_account_id"] = json!(a);
+        }
+        s
+    };
+    let out = run("check", ecr, &json!({"source": source(Some(ROLE_ACCOUNT))}));
+    assert_eq!(out.success(), json!([{"tag": "latest", "digest": digest}]));
+    // Without it, the caller's own account's token: refused here.
+    let err = run("check", ecr, &json!({"source": source(None)})).failure();
+    assert!(err.contains("unauthorized"), "{err}");
+}
+
+#[test]
+fn one_token_per_process_however_many_requests_need_it() {
+    let Some(ecr) = ecr() else { return };
+    let repo = common::unique("ecr-cache");
+    let digest = push(&ecr.registry, ACCOUNT, &repo, "latest");
+    // Count the ECR API calls at a proxy in front of moto.
+    let api = FaultProxy::start(&format!("127.0.0.1:{}", ecr.moto_port));
+    let source = json!({
+        "repository": format!("{}/{repo}", ecr.registry),
+        "aws_region": "us-east-1",
+        "aws_access_key_id": "AKIAEXAMPLEEXAMPLE",
+        "aws_secret_access_key": "very-secret-access-key",
+    });
+    // `in` asks the registry many times (ping, manifest, config, layers), and the token
+    // once.
+    let got = Run::new("in")
+        .arg(
+            common::scratch_dir(&common::unique("ecr-cache"))
+                .join("dest")
+                .display()
+                .to_string(),
+        )
+        .stdin_json(&json!({"source": source, "version": {"tag": "latest", "digest": digest}}))
+        .env("AWS_ENDPOINT_URL", format!("http://{}", api.host()))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .run();
+    got.success();
+    let token_calls = api
+        .seen()
+        .iter()
+        .filter(|s| {
+            s.header("x-amz-target")
+                .is_some_and(|t| t.ends_with("GetAuthorizationToken"))
+        })
+        .count();
+    assert_eq!(token_calls, 1, "{:?}", api.seen());
 }
 
 #[test]

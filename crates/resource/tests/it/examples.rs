@@ -52,6 +52,7 @@ const COVERED: &[&str] = &[
     "track-tag/check-with-cursor.json",
     "semver-variant/check.json",
     "build-on-commit/out-main.json",
+    "build-on-commit/out-stage.json",
     "ecr/check.json",
     "docker-hub-mirror/check.json",
     "docker-hub-mirror/in.json",
@@ -122,7 +123,8 @@ fn newest_regex_tag() {
     for tag in [
         "main-0a1b2c3-20250102030405",
         "main-ffee001-20241231235959",
-        "main-abc1234-20250102030405-debug",
+        // Matches tag_regex and is the newest: only tag_exclude_regex keeps it out.
+        "main-abc1234-20260102030405-debug",
         "feature-1234567-20260101000000",
         "latest",
     ] {
@@ -185,20 +187,42 @@ fn build_on_commit() {
         "FROM dockhand-test/busybox:latest\nARG GIT_BRANCH\nRUN echo \"$GIT_BRANCH\" > /branch\n",
     )
     .unwrap();
-    std::fs::write(src.path().join("tags/tag"), "main-abc1234\n").unwrap();
-    std::fs::write(src.path().join("tags/additional"), "latest\n").unwrap();
-    let out = Run::new("out")
-        .arg(src.path().display().to_string())
-        .stdin(payload("build-on-commit/out-main.json", &reg.host, None))
-        .run()
-        .success();
-    assert_eq!(out["version"]["tag"], "main-abc1234");
-    let digest = out["version"]["digest"].as_str().unwrap();
-    for tag in ["main-abc1234", "latest"] {
+    // What the pipeline's tags task writes for each branch, then that branch's put.
+    for (branch, sha, alias) in [("main", "abc1234", "latest"), ("stage", "def5678", "stage")] {
+        let tag = format!("{branch}-{sha}");
+        std::fs::write(src.path().join("tags/tag"), format!("{tag}\n")).unwrap();
+        std::fs::write(src.path().join("tags/additional"), format!("{alias}\n")).unwrap();
+        let out = Run::new("out")
+            .arg(src.path().display().to_string())
+            .stdin(payload(
+                &format!("build-on-commit/out-{branch}.json"),
+                &reg.host,
+                None,
+            ))
+            .run()
+            .success();
+        assert_eq!(out["version"]["tag"], tag.as_str());
+        let digest = out["version"]["digest"].as_str().unwrap();
+        for tag in [tag.as_str(), alias] {
+            assert_eq!(
+                reg.skopeo_digest(&format!("dockhand/app:{tag}")),
+                digest,
+                "{tag}"
+            );
+        }
+        // The branch build arg reached the build.
+        let dest = common::scratch_dir(&common::unique("example-build")).join("get");
+        Run::new("in")
+            .arg(dest.display().to_string())
+            .stdin_json(&json!({
+                "source": {"repository": reg.repo("dockhand/app")},
+                "version": {"digest": digest},
+            }))
+            .run()
+            .success();
         assert_eq!(
-            reg.skopeo_digest(&format!("dockhand/app:{tag}")),
-            digest,
-            "{tag}"
+            std::fs::read_to_string(dest.join("rootfs/branch")).unwrap(),
+            format!("{branch}\n")
         );
     }
 }

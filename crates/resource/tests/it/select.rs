@@ -321,6 +321,9 @@ fn paging_returns_every_tag_and_steps_down_a_refused_size() {
         retag(reg, &repo, "1.0.0", &format!("1.0.{i}"));
     }
     let last = reg.push(&Image::marked("paging-last"), &format!("{repo}:1.0.250"));
+    // The greatest tag as text, so on the proxy's last page (lost if that page is), and the
+    // newest version, so within the first check's budget of digests.
+    let on_last_page = reg.push(&Image::marked("paging-2"), &format!("{repo}:2.0.0"));
     let proxy = FaultProxy::start(&reg.host);
     proxy.limit_tag_pages(Some(100));
     proxy.add(
@@ -332,10 +335,12 @@ fn paging_returns_every_tag_and_steps_down_a_refused_size() {
     let out =
         check(&json!({"source": {"repository": proxy.repo(&repo), "semver_constraint": "*"}}))
             .success();
-    // 1.0.0 … 1.0.249 share a digest (the newest of them names it), 1.0.250 is its own.
+    // 1.0.0 … 1.0.249 share a digest (the newest of them names it); 1.0.250 and 2.0.0 have
+    // their own.
     let tags = tags_in(&out);
-    assert_eq!(tags, ["1.0.249", "1.0.250"]);
+    assert_eq!(tags, ["1.0.249", "1.0.250", "2.0.0"]);
     assert_eq!(out[1]["digest"], last.as_str());
+    assert_eq!(out[2]["digest"], on_last_page.as_str());
     let pages = proxy.count("/tags/list");
     assert_eq!(
         pages,

@@ -188,3 +188,50 @@ fn mirror_without_the_image_falls_back_to_docker_hub() {
     }
     assert!(out.failure().contains("registry-1.docker.io"), "{all}");
 }
+
+#[test]
+fn in_falls_back_to_docker_hub_when_the_mirror_lacks_the_digest_or_is_down() {
+    // As in the check test above, the fallback shows as an attempt to reach Docker Hub.
+    let mirror = &env().plain;
+    let (hub, _) = hub_repo("in-missing");
+    let digest = "sha256:".to_string() + &"ab".repeat(32);
+    let down = format!("127.0.0.1:{}", common::free_port());
+    for (mirror_host, said) in [
+        (
+            mirror.host.clone(),
+            format!("mirror {} does not have", mirror.host),
+        ),
+        (down.clone(), format!("mirror {down} failed")),
+    ] {
+        let dest = tempfile::tempdir().unwrap();
+        let out = Run::new("in")
+            .arg(dest.path().join("get").display().to_string())
+            .stdin_json(&json!({
+                "source": {"repository": hub, "registry_mirror": format!("http://{mirror_host}")},
+                "version": {"digest": digest},
+            }))
+            .run();
+        let all = out.all_output();
+        assert!(all.contains(&said), "{all}");
+        if out.code != Some(0) {
+            assert!(out.failure().contains("registry-1.docker.io"), "{all}");
+        }
+        assert!(!dest.path().join("get/rootfs").exists());
+    }
+}
+
+#[test]
+fn check_goes_on_to_docker_hub_when_the_mirror_is_down() {
+    let down = format!("127.0.0.1:{}", common::free_port());
+    let (hub, _) = hub_repo("check-down");
+    let out = Run::new("check")
+        .stdin_json(
+            &json!({"source": {"repository": hub, "registry_mirror": format!("http://{down}")}}),
+        )
+        .run();
+    let all = out.all_output();
+    assert!(all.contains(&format!("mirror {down} failed")), "{all}");
+    if out.code != Some(0) {
+        assert!(out.failure().contains("registry-1.docker.io"), "{all}");
+    }
+}
