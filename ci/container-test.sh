@@ -40,7 +40,13 @@ fi
 
 step "registry"
 start_registry 0.0.0.0
-gateway=$(docker network inspect bridge -f '{{(index .IPAM.Config 0).Gateway}}')
+# The bridge's gateway: `inspect` names it only when docker0 existed before dockerd started
+# (on a fresh machine dockerd creates it and leaves Gateway out), so also ask the interface.
+gateway=$(docker network inspect bridge -f '{{range .IPAM.Config}}{{.Gateway}}{{end}}' 2>/dev/null || true)
+if [ -z "$gateway" ]; then
+  gateway=$(ip -4 -o addr show dev docker0 2>/dev/null | awk '{split($4, a, "/"); print a[1]; exit}')
+fi
+[ -n "$gateway" ] || fail "cannot tell the docker bridge's gateway address"
 inside="$gateway:$REGISTRY_PORT"
 
 step "push a base image from the host"
@@ -63,6 +69,24 @@ skopeo_digest=$(skopeo inspect --tls-verify=false --format '{{.Digest}}' "docker
 [ "$digest" = "$skopeo_digest" ] || fail "out said $digest, skopeo sees $skopeo_digest"
 latest=$(skopeo inspect --tls-verify=false --format '{{.Digest}}' "docker://$REGISTRY/app:latest")
 [ "$latest" = "$digest" ] || fail "latest is $latest, not $digest"
+
+step "out in the container builds with BuildKit and a secret"
+mkdir -p "$work/put-bk/src"
+printf 'FROM %s/busybox:latest\nRUN --mount=type=secret,id=token cp /run/secrets/token /proof-secret\n' \
+  "$inside" >"$work/put-bk/src/Dockerfile"
+printf 'in-container-secret' >"$work/put-bk/token"
+request="{\"source\":{\"repository\":\"$inside/app-buildkit\",\"insecure_registries\":[\"$inside\"]},\"params\":{\"build\":\"src\",\"docker_buildkit\":1,\"secrets\":{\"token\":{\"source\":\"token\"}}}}"
+if ! echo "$request" | docker run -i --rm "${privileged[@]}" -v "$work/scratch:/scratch" \
+    -v "$work/put-bk:/tmp/build/put" "$IMAGE" /opt/resource/out /tmp/build/put \
+    >"$work/out-bk.json" 2>"$work/out-bk.log"; then
+  tail -n 40 "$work/out-bk.log" >&2
+  fail "out exited non-zero"
+fi
+! grep -q in-container-secret "$work/out-bk.log" "$work/out-bk.json" || fail "the secret was printed"
+bk_digest=$(json_field version digest <"$work/out-bk.json")
+echo "{\"source\":{\"repository\":\"$REGISTRY/app-buildkit\"},\"version\":{\"digest\":\"$bk_digest\"}}" |
+  "$bin/in" "$work/get-bk" >/dev/null 2>"$work/get-bk.log" || { cat "$work/get-bk.log" >&2; fail "host in"; }
+[ "$(cat "$work/get-bk/rootfs/proof-secret")" = in-container-secret ] || fail "the build did not see the secret"
 
 step "check in the container"
 source_json="{\"repository\":\"$inside/app\",\"tag\":\"1.0\",\"insecure_registries\":[\"$inside\"]}"

@@ -4,7 +4,7 @@
 
 # Debian packages the tests and the demo use; later work extends this list.
 DOCKHAND_PACKAGES=(docker.io docker-registry skopeo apache2-utils umoci busybox-static
-  git openssh-client ca-certificates curl debootstrap)
+  git openssh-client ca-certificates curl debootstrap iproute2)
 
 log() { printf '==> %s\n' "$*" >&2; }
 
