@@ -332,9 +332,16 @@ fn paging_returns_every_tag_and_steps_down_a_refused_size() {
         1,
         Fault::status_json(400, "PAGINATION_NUMBER_INVALID", "n must be at most 100"),
     );
-    let out =
-        check(&json!({"source": {"repository": proxy.repo(&repo), "semver_constraint": "*"}}))
-            .success();
+    let run =
+        check(&json!({"source": {"repository": proxy.repo(&repo), "semver_constraint": "*"}}));
+    let out = run.success();
+    // 252 candidates are over the per-check budget of digests; the newest are asked about.
+    assert!(
+        run.stderr
+            .contains("252 matching tags; looking at the newest 100 only"),
+        "{}",
+        run.stderr
+    );
     // 1.0.0 … 1.0.249 share a digest (the newest of them names it); 1.0.250 and 2.0.0 have
     // their own.
     let tags = tags_in(&out);
@@ -348,6 +355,30 @@ fn paging_returns_every_tag_and_steps_down_a_refused_size() {
         "one refused page, then three of 100: {:?}",
         proxy.seen()
     );
+}
+
+#[test]
+fn the_page_budget_stops_listing_and_says_so() {
+    let reg = &env().plain;
+    let repo = common::unique("page-budget");
+    reg.push(&Image::marked("page-budget"), &format!("{repo}:1.0.0"));
+    for i in 1..=100 {
+        retag(reg, &repo, "1.0.0", &format!("1.0.{i}"));
+    }
+    // One tag a page: 101 tags would take 101 pages, one more than the budget.
+    let proxy = FaultProxy::start(&reg.host);
+    proxy.limit_tag_pages(Some(1));
+    let run =
+        check(&json!({"source": {"repository": proxy.repo(&repo), "semver_constraint": "*"}}));
+    let out = run.success();
+    assert_eq!(proxy.count("/tags/list"), 100, "{:?}", proxy.seen());
+    assert!(
+        run.stderr
+            .contains("has more tags than 100 pages; tags after the first 100 are not considered"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(out.as_array().unwrap().len(), 1, "{out}");
 }
 
 #[test]
