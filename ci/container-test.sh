@@ -38,6 +38,17 @@ else
     --cgroupns=host -v /sys/fs/cgroup:/sys/fs/cgroup:rw)
 fi
 
+# `out` as Concourse runs a privileged put: the request on stdin, the step's directory ($1)
+# mounted, /scratch a volume; its output in $work/$2.json and $work/$2.log.
+container_out() {
+  if ! echo "$3" | docker run -i --rm "${privileged[@]}" -v "$work/scratch:/scratch" \
+      -v "$1:/tmp/build/put" "$IMAGE" /opt/resource/out /tmp/build/put \
+      >"$work/$2.json" 2>"$work/$2.log"; then
+    tail -n 40 "$work/$2.log" >&2
+    fail "out exited non-zero"
+  fi
+}
+
 step "registry"
 start_registry 0.0.0.0
 # The bridge's gateway: `inspect` names it only when docker0 existed before dockerd started
@@ -58,12 +69,7 @@ step "out in the container builds with its own dockerd and pushes"
 mkdir -p "$work/put/src" "$work/scratch"
 printf 'FROM %s/busybox:latest\nRUN echo built-in-container > /proof\n' "$inside" >"$work/put/src/Dockerfile"
 request="{\"source\":{\"repository\":\"$inside/app\",\"tag\":\"1.0\",\"insecure_registries\":[\"$inside\"]},\"params\":{\"build\":\"src\",\"tag_as_latest\":true}}"
-if ! echo "$request" | docker run -i --rm "${privileged[@]}" -v "$work/scratch:/scratch" \
-    -v "$work/put:/tmp/build/put" "$IMAGE" /opt/resource/out /tmp/build/put \
-    >"$work/out.json" 2>"$work/out.log"; then
-  tail -n 40 "$work/out.log" >&2
-  fail "out exited non-zero"
-fi
+container_out "$work/put" out "$request"
 digest=$(json_field version digest <"$work/out.json")
 skopeo_digest=$(skopeo inspect --tls-verify=false --format '{{.Digest}}' "docker://$REGISTRY/app:1.0")
 [ "$digest" = "$skopeo_digest" ] || fail "out said $digest, skopeo sees $skopeo_digest"
@@ -76,12 +82,7 @@ printf 'FROM %s/busybox:latest\nRUN --mount=type=secret,id=token cp /run/secrets
   "$inside" >"$work/put-bk/src/Dockerfile"
 printf 'in-container-secret' >"$work/put-bk/token"
 request="{\"source\":{\"repository\":\"$inside/app-buildkit\",\"insecure_registries\":[\"$inside\"]},\"params\":{\"build\":\"src\",\"docker_buildkit\":1,\"secrets\":{\"token\":{\"source\":\"token\"}}}}"
-if ! echo "$request" | docker run -i --rm "${privileged[@]}" -v "$work/scratch:/scratch" \
-    -v "$work/put-bk:/tmp/build/put" "$IMAGE" /opt/resource/out /tmp/build/put \
-    >"$work/out-bk.json" 2>"$work/out-bk.log"; then
-  tail -n 40 "$work/out-bk.log" >&2
-  fail "out exited non-zero"
-fi
+container_out "$work/put-bk" out-bk "$request"
 ! grep -q in-container-secret "$work/out-bk.log" "$work/out-bk.json" || fail "the secret was printed"
 bk_digest=$(json_field version digest <"$work/out-bk.json")
 echo "{\"source\":{\"repository\":\"$REGISTRY/app-buildkit\"},\"version\":{\"digest\":\"$bk_digest\"}}" |

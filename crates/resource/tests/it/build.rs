@@ -21,6 +21,19 @@ fn write(dir: &Path, name: &str, text: &str) {
     std::fs::write(path, text).unwrap();
 }
 
+/// A shell script standing in for a program (`dockerd`, `docker`) in `dir`.
+fn fake_program(dir: &Path, name: &str, script: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{script}")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// PATH with `dir` first.
+fn path_with(dir: &Path) -> String {
+    format!("{}:{}", dir.display(), std::env::var("PATH").unwrap())
+}
+
 const DOCKERFILE: &str = "\
 FROM dockhand-test/busybox:latest AS base
 ARG GREETING
@@ -208,19 +221,12 @@ fn build_errors_name_the_path() {
 
 #[test]
 fn a_daemon_that_never_comes_up_gives_the_startup_timeout_message() {
-    use std::os::unix::fs::PermissionsExt as _;
     // No daemon at DOCKER_HOST, and a dockerd that never answers on its socket.
     let bin = tempfile::tempdir().unwrap();
-    let fake = bin.path().join("dockerd");
-    std::fs::write(&fake, "#!/bin/sh\nexec sleep 60\n").unwrap();
-    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    fake_program(bin.path(), "dockerd", "exec sleep 60\n");
     let src = tempfile::tempdir().unwrap();
     write(src.path(), "repo/Dockerfile", DOCKERFILE);
-    let path = format!(
-        "{}:{}",
-        bin.path().display(),
-        std::env::var("PATH").unwrap()
-    );
+    let path = path_with(bin.path());
     let started = std::time::Instant::now();
     let err = Run::new("out")
         .arg(src.path().display().to_string())
@@ -238,26 +244,19 @@ fn a_daemon_that_never_comes_up_gives_the_startup_timeout_message() {
 
 #[test]
 fn a_daemon_that_dies_during_start_up_is_started_once_more_then_reported() {
-    use std::os::unix::fs::PermissionsExt as _;
     let bin = tempfile::tempdir().unwrap();
     let count = bin.path().join("starts");
-    let fake = bin.path().join("dockerd");
-    std::fs::write(
-        &fake,
-        format!(
-            "#!/bin/sh\necho start >> {}\necho 'failed to start daemon: boom' >&2\nexit 1\n",
+    fake_program(
+        bin.path(),
+        "dockerd",
+        &format!(
+            "echo start >> {}\necho 'failed to start daemon: boom' >&2\nexit 1\n",
             count.display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    );
     let src = tempfile::tempdir().unwrap();
     write(src.path(), "repo/Dockerfile", DOCKERFILE);
-    let path = format!(
-        "{}:{}",
-        bin.path().display(),
-        std::env::var("PATH").unwrap()
-    );
+    let path = path_with(bin.path());
     let err = Run::new("out")
         .arg(src.path().display().to_string())
         .stdin_json(&json!({"source": {"repository": "127.0.0.1:1/x", "startup_timeout": 30}, "params": {"build": "repo"}}))
@@ -319,7 +318,7 @@ fn buildkit_path(dir: &Path) -> String {
     let cli = Path::new("/usr/bin/docker");
     assert!(cli.exists(), "ci/test.sh installs docker.io");
     std::os::unix::fs::symlink(cli, dir.join("docker")).unwrap();
-    format!("{}:{}", dir.display(), std::env::var("PATH").unwrap())
+    path_with(dir)
 }
 
 const BUILDKIT_DOCKERFILE: &str = "\
@@ -420,27 +419,17 @@ fn secrets_alone_turn_buildkit_on_and_a_failing_step_gives_its_error() {
 
 #[test]
 fn a_docker_cli_without_buildkit_is_named_as_the_problem() {
-    use std::os::unix::fs::PermissionsExt as _;
     let reg = &env().plain;
     let src = tempfile::tempdir().unwrap();
     write(src.path(), "repo/Dockerfile", DOCKERFILE);
     // What docker 23+ prints when BuildKit is asked for and the buildx plugin is missing.
     let bin = tempfile::tempdir().unwrap();
-    std::fs::write(
-        bin.path().join("docker"),
-        "#!/bin/sh\necho 'ERROR: BuildKit is enabled but the buildx component is missing or broken.' >&2\nexit 1\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        bin.path().join("docker"),
-        std::fs::Permissions::from_mode(0o755),
-    )
-    .unwrap();
-    let path = format!(
-        "{}:{}",
-        bin.path().display(),
-        std::env::var("PATH").unwrap()
+    fake_program(
+        bin.path(),
+        "docker",
+        "echo 'ERROR: BuildKit is enabled but the buildx component is missing or broken.' >&2\nexit 1\n",
     );
+    let path = path_with(bin.path());
     let err = Run::new("out")
         .arg(src.path().display().to_string())
         .stdin_json(&json!({"source": {"repository": reg.repo("it/no-buildx")}, "params": {"build": "repo", "docker_buildkit": true}}))
@@ -455,28 +444,15 @@ fn a_docker_cli_without_buildkit_is_named_as_the_problem() {
 
 #[test]
 fn build_params_are_checked_before_a_daemon_is_started() {
-    use std::os::unix::fs::PermissionsExt as _;
     // No daemon answers, and a dockerd that records being started: none of these may start it.
     let bin = tempfile::tempdir().unwrap();
     let starts = bin.path().join("starts");
-    std::fs::write(
-        bin.path().join("dockerd"),
-        format!(
-            "#!/bin/sh\necho start >> {}\nexec sleep 60\n",
-            starts.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        bin.path().join("dockerd"),
-        std::fs::Permissions::from_mode(0o755),
-    )
-    .unwrap();
-    let path = format!(
-        "{}:{}",
-        bin.path().display(),
-        std::env::var("PATH").unwrap()
+    fake_program(
+        bin.path(),
+        "dockerd",
+        &format!("echo start >> {}\nexec sleep 60\n", starts.display()),
     );
+    let path = path_with(bin.path());
     let src = tempfile::tempdir().unwrap();
     write(src.path(), "repo/Dockerfile", DOCKERFILE);
     write(src.path(), "token", "t");

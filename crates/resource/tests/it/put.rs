@@ -23,6 +23,14 @@ fn get(source: Value, version: Value, params: Value, dest: &Path) -> common::Out
         .run()
 }
 
+/// The id the daemon gives an image (its config digest).
+fn image_id(name: &str) -> String {
+    String::from_utf8(docker(&["image", "inspect", "--format", "{{.Id}}", name]))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -116,14 +124,7 @@ fn a_docker_save_tarball_with_uncompressed_layers_is_compressed_and_pushed() {
         tarball.to_str().unwrap(),
         "dockhand-test/busybox:latest",
     ]);
-    let id = String::from_utf8(docker(&[
-        "image",
-        "inspect",
-        "--format",
-        "{{.Id}}",
-        "dockhand-test/busybox:latest",
-    ]))
-    .unwrap();
+    let id = image_id("dockhand-test/busybox:latest");
     let to = common::unique("put-docker-save");
     let out = put(
         json!({"repository": reg.repo(&to)}),
@@ -133,7 +134,7 @@ fn a_docker_save_tarball_with_uncompressed_layers_is_compressed_and_pushed() {
     .success();
     let metadata = out["metadata"].as_array().unwrap();
     assert!(
-        metadata.contains(&json!({"name": "image_id", "value": id.trim()})),
+        metadata.contains(&json!({"name": "image_id", "value": id})),
         "{out}"
     );
     let digest = out["version"]["digest"].clone();
@@ -445,13 +446,7 @@ fn load_repository_and_load_tag_pick_the_image_of_a_multi_image_archive() {
     }
     let other = format!("dockhand-test/{}", common::unique("load-named"));
     docker(&["import", rootfs.to_str().unwrap(), &format!("{other}:1")]);
-    let id = |name: &str| {
-        String::from_utf8(docker(&["image", "inspect", "--format", "{{.Id}}", name]))
-            .unwrap()
-            .trim()
-            .to_string()
-    };
-    let other_id = id(&format!("{other}:1"));
+    let other_id = image_id(&format!("{other}:1"));
     let archive = dir.path().join("two.tar");
     docker(&[
         "save",
