@@ -74,6 +74,8 @@ pub struct Build {
     labels: BTreeMap<String, String>,
     secrets: Vec<(String, SecretSource)>,
     buildkit: bool,
+    bases: Vec<Saved>,
+    cache_from: Vec<Saved>,
 }
 
 impl Build {
@@ -101,6 +103,13 @@ impl Build {
             Some(on) => on,
             None => !secrets.is_empty(),
         };
+        let bases = (params.load_base.iter().map(|d| (d, "params.load_base")))
+            .chain((params.load_bases.iter().flatten()).map(|d| (d, "params.load_bases")))
+            .map(|(dir, field)| Saved::read(&src.join(dir), field))
+            .collect::<Result<_, _>>()?;
+        let cache_from = (params.cache_from.iter().flatten())
+            .map(|dir| Saved::read(&src.join(dir), "params.cache_from"))
+            .collect::<Result<_, _>>()?;
         Ok(Build {
             context,
             dockerfile,
@@ -108,6 +117,8 @@ impl Build {
             labels: labels(params, src)?,
             secrets,
             buildkit,
+            bases,
+            cache_from,
         })
     }
 
@@ -117,7 +128,6 @@ impl Build {
         daemon: &Daemon,
         params: &Params,
         settings: &Settings,
-        src: &Path,
         staging: &Path,
         out: &Path,
     ) -> Result<(), Error> {
@@ -130,17 +140,10 @@ impl Build {
             settings,
         )
         .await?;
-        for dir in params
-            .load_base
-            .iter()
-            .chain(params.load_bases.iter().flatten())
-        {
-            load_saved(docker, &src.join(dir)).await?;
+        for saved in self.bases.iter().chain(&self.cache_from) {
+            saved.load(docker).await?;
         }
-        let mut cache_from = Vec::new();
-        for dir in params.cache_from.iter().flatten() {
-            cache_from.push(load_saved(docker, &src.join(dir)).await?);
-        }
+        let mut cache_from: Vec<String> = self.cache_from.iter().map(Saved::name).collect();
         if params.cache.unwrap_or(false) {
             let tag = params
                 .cache_tag
@@ -154,7 +157,7 @@ impl Build {
                 }),
                 None,
                 registry_auth
-                    .get(&settings.repository.host().to_string())
+                    .get(&auth_key(settings.repository.host()))
                     .cloned(),
             );
             match drain(pull).await {
@@ -614,46 +617,68 @@ async fn file_stream(
     }))
 }
 
-/// Loads a directory written by `in` with `save: true` and tags it `repository:tag` from the
-/// files beside it, as docker-image-resource does for load_base and cache_from; returns
-/// that name.
-async fn load_saved(docker: &bollard::Docker, dir: &Path) -> Result<String, Error> {
-    let image = dir.join("image");
-    if !image.is_file() {
-        return Err(input(
-            &image,
-            "no image file here (get it with params.save: true)",
-        ));
+/// A directory written by `in` with `save: true` (`load_base`, `load_bases`, `cache_from`):
+/// its `image` archive and the name docker-image-resource tags it with, read from the files
+/// beside it.
+struct Saved {
+    image: PathBuf,
+    id: String,
+    repository: String,
+    tag: String,
+}
+
+impl Saved {
+    fn read(dir: &Path, field: &str) -> Result<Saved, Error> {
+        let image = dir.join("image");
+        if !image.is_file() {
+            return Err(input(
+                &image,
+                format!("{field}: no image file here (get it with params.save: true)"),
+            ));
+        }
+        let read = |name: &str| {
+            std::fs::read_to_string(dir.join(name))
+                .map(|s| s.trim().to_string())
+                .map_err(|e| input(&dir.join(name), format!("{field}: {e}")))
+        };
+        Ok(Saved {
+            id: read("image-id")?,
+            repository: read("repository")?,
+            tag: read("tag")?,
+            image,
+        })
     }
-    let read = |name: &str| {
-        std::fs::read_to_string(dir.join(name))
-            .map(|s| s.trim().to_string())
-            .map_err(|e| input(&dir.join(name), e))
-    };
-    let (repository, tag, id) = (read("repository")?, read("tag")?, read("image-id")?);
-    let body = file_stream(image.clone())
-        .await
-        .map_err(|e| input(&image, e))?;
-    let load = docker.import_image(
-        ImportImageOptions::default(),
-        bollard::body_stream(body),
-        None,
-    );
-    drain(load).await.map_err(|reason| Error::Daemon {
-        reason: format!("cannot load {}: {reason}", image.display()),
-    })?;
-    docker
-        .tag_image(
-            &id,
-            Some(TagImageOptions {
-                repo: Some(repository.clone()),
-                tag: Some(tag.clone()),
-            }),
-        )
-        .await
-        .map_err(daemon_error)?;
-    tracing::info!("loaded {} as {repository}:{tag}", dir.display());
-    Ok(format!("{repository}:{tag}"))
+
+    fn name(&self) -> String {
+        format!("{}:{}", self.repository, self.tag)
+    }
+
+    /// Loads the archive into the daemon and tags it with its name.
+    async fn load(&self, docker: &bollard::Docker) -> Result<(), Error> {
+        let body = file_stream(self.image.clone())
+            .await
+            .map_err(|e| input(&self.image, e))?;
+        let load = docker.import_image(
+            ImportImageOptions::default(),
+            bollard::body_stream(body),
+            None,
+        );
+        drain(load).await.map_err(|reason| Error::Daemon {
+            reason: format!("cannot load {}: {reason}", self.image.display()),
+        })?;
+        docker
+            .tag_image(
+                &self.id,
+                Some(TagImageOptions {
+                    repo: Some(self.repository.clone()),
+                    tag: Some(self.tag.clone()),
+                }),
+            )
+            .await
+            .map_err(daemon_error)?;
+        tracing::info!("loaded {} as {}", self.image.display(), self.name());
+        Ok(())
+    }
 }
 
 /// Proxy variables first, then build_args_file, then build_args (which win), with the six
@@ -767,7 +792,7 @@ async fn add_ecr_credentials(
         }
     }
     for host in hosts {
-        if auth.contains_key(host.as_str()) {
+        if auth.contains_key(&auth_key(&host)) {
             continue;
         }
         if let Some((username, password)) =
@@ -775,7 +800,7 @@ async fn add_ecr_credentials(
         {
             tracing::info!("using an ECR token for {host} in the build");
             auth.insert(
-                host.to_string(),
+                auth_key(&host),
                 DockerCredentials {
                     username: Some(username),
                     password: Some(password.expose().to_string()),
@@ -862,17 +887,22 @@ fn substitute(text: &str, args: &HashMap<String, String>) -> String {
     out
 }
 
+/// How the daemon and the CLI name a registry in credentials: Docker Hub by its index URL.
+fn auth_key(host: &crate::reference::Host) -> String {
+    if host.is_docker_hub() {
+        "https://index.docker.io/v1/".to_string()
+    } else {
+        host.to_string()
+    }
+}
+
 fn credentials(settings: &Settings) -> HashMap<String, DockerCredentials> {
     settings
         .registries
         .credentials
         .iter()
         .map(|c| {
-            let key = if c.host.is_docker_hub() {
-                "https://index.docker.io/v1/".to_string()
-            } else {
-                c.host.to_string()
-            };
+            let key = auth_key(&c.host);
             (
                 key.clone(),
                 DockerCredentials {

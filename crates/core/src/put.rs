@@ -109,7 +109,7 @@ pub async fn put(request: &Request, src: &Path) -> Result<Response, Error> {
             let daemon = crate::daemon::Daemon::connect_or_start(&settings).await?;
             let built = staging.path().join("built.tar");
             let result = build
-                .run(&daemon, &params, &settings, src, staging.path(), &built)
+                .run(&daemon, &params, &settings, staging.path(), &built)
                 .await;
             daemon.stop().await;
             result?;

@@ -456,6 +456,7 @@ fn build_params_are_checked_before_a_daemon_is_started() {
     let src = tempfile::tempdir().unwrap();
     write(src.path(), "repo/Dockerfile", DOCKERFILE);
     write(src.path(), "token", "t");
+    write(src.path(), "half-saved/image", "");
     let cases = [
         (
             json!({"build": "nope"}),
@@ -488,6 +489,14 @@ fn build_params_are_checked_before_a_daemon_is_started() {
         (
             json!({"build": "repo", "docker_buildkit": "yes"}),
             "params.docker_buildkit: must be 1 or 0",
+        ),
+        (
+            json!({"build": "repo", "load_base": "no-base"}),
+            "no-base/image: params.load_base: no image file here",
+        ),
+        (
+            json!({"build": "repo", "cache_from": ["half-saved"]}),
+            "half-saved/image-id: params.cache_from:",
         ),
     ];
     for (params, want) in cases {
