@@ -340,10 +340,11 @@ impl Build {
             args.push(format!("--cache-from={image}"));
         }
         for (id, source) in &self.secrets {
-            args.push(match source {
-                SecretSource::Env(var) => format!("--secret=id={id},env={var}"),
-                SecretSource::File(path) => format!("--secret=id={id},src={}", path.display()),
-            });
+            let from = match source {
+                SecretSource::Env(var) => csv_field(format!("env={var}")),
+                SecretSource::File(path) => csv_field(format!("src={}", path.display())),
+            };
+            args.push(format!("--secret=id={id},{from}"));
         }
         args.push(self.context.display().to_string());
         args
@@ -361,12 +362,21 @@ impl Build {
     }
 }
 
-/// Copies a child's output to stderr line by line and returns its last lines.
+/// Copies a child's output to stderr line by line and returns its last lines. Reads to the
+/// end whatever the bytes are (a build step may print anything): a reader that stopped early
+/// would leave the child blocked on a full pipe.
 async fn copy_lines(stream: impl tokio::io::AsyncRead + Unpin) -> Vec<String> {
     use tokio::io::AsyncBufReadExt as _;
-    let mut lines = tokio::io::BufReader::new(stream).lines();
+    let mut reader = tokio::io::BufReader::new(stream);
     let mut last = std::collections::VecDeque::new();
-    while let Ok(Some(line)) = lines.next_line().await {
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let line = String::from_utf8_lossy(&buf).trim_end().to_string();
         eprintln!("{line}");
         if last.len() == 20 {
             last.pop_front();
@@ -374,6 +384,15 @@ async fn copy_lines(stream: impl tokio::io::AsyncRead + Unpin) -> Vec<String> {
         last.push_back(line);
     }
     last.into()
+}
+
+/// One field of a CSV-parsed flag value (`--secret`): quoted when it holds a comma or quote.
+fn csv_field(field: String) -> String {
+    if field.contains([',', '"', '\n']) {
+        format!("\"{}\"", field.replace('"', "\"\""))
+    } else {
+        field
+    }
 }
 
 /// A private `DOCKER_CONFIG` holding exactly the credentials the classic builder would get,
@@ -942,6 +961,13 @@ from localhost:5000/x:2 as final
                 "localhost:5000/x"
             ]
         );
+    }
+
+    #[test]
+    fn secret_flags_quote_what_csv_would_split() {
+        assert_eq!(csv_field("src=/a/b".into()), "src=/a/b");
+        assert_eq!(csv_field("src=/a,b".into()), "\"src=/a,b\"");
+        assert_eq!(csv_field("src=/a\"b".into()), "\"src=/a\"\"b\"");
     }
 
     #[test]

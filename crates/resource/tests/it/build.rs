@@ -329,6 +329,8 @@ RUN --mount=type=secret,id=token --mount=type=secret,id=from_env \
     && echo \"$GREETING\" > /greeting
 FROM base AS final
 RUN ls /run/secrets 2>/dev/null | wc -l > /secrets-left
+# Output that is not text, and more of it than a pipe holds: it must not stall the build.
+RUN head -c 300000 /dev/urandom
 FROM base AS broken
 RUN echo about to fail && exit 3
 ";
@@ -339,7 +341,8 @@ fn buildkit_build_with_secrets_args_labels_and_target() {
     let src = tempfile::tempdir().unwrap();
     let bin = tempfile::tempdir().unwrap();
     write(src.path(), "repo/Dockerfile", BUILDKIT_DOCKERFILE);
-    write(src.path(), "secrets/token", "file-secret-31337");
+    // A comma in the path: the CLI reads --secret as CSV.
+    write(src.path(), "secrets/to,ken", "file-secret-31337");
     let to = common::unique("buildkit");
     let out = Run::new("out")
         .arg(src.path().display().to_string())
@@ -350,7 +353,7 @@ fn buildkit_build_with_secrets_args_labels_and_target() {
                 "docker_buildkit": 1,
                 "target_name": "final",
                 "secrets": {
-                    "token": {"source": "secrets/token"},
+                    "token": {"source": "secrets/to,ken"},
                     "from_env": {"env": "DOCKHAND_TEST_SECRET"},
                 },
                 "build_args": {"GREETING": "hello ${BUILD_ID} from buildkit"},
