@@ -329,6 +329,19 @@ fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, 
     Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
 }
 
+fn no_image_named(entries: &[SaveEntry], name: &str) -> String {
+    let tags: Vec<&str> = entries
+        .iter()
+        .flat_map(|e| e.repo_tags.iter().map(String::as_str))
+        .collect();
+    let has = if tags.is_empty() {
+        "no names".to_string()
+    } else {
+        tags.join(", ")
+    };
+    format!("holds no image named {name} (params.load_repository/load_tag); it has: {has}")
+}
+
 /// The entry whose `RepoTags` names `wanted` (both read as image references, so
 /// `busybox:latest` and `docker.io/library/busybox:latest` are one); an archive of one image
 /// saved without a name is that image.
@@ -369,27 +382,13 @@ fn read_docker_archive(files: &Files, staging: &Path, name: Option<&str>) -> Res
                 format!("manifest.json is not a docker save manifest: {e}"),
             )
         })?;
-    let entry =
-        match name {
-            Some(name) => {
-                choose_named(&entries, name).ok_or_else(|| {
-                    let tags: Vec<&str> = entries
-                        .iter()
-                        .flat_map(|e| e.repo_tags.iter().map(String::as_str))
-                        .collect();
-                    bad(
-                        files.describe(),
-                        format!(
-                    "holds no image named {name} (params.load_repository/load_tag); it has: {}",
-                    if tags.is_empty() { "no names".to_string() } else { tags.join(", ") }
-                ),
-                    )
-                })?
-            }
-            None => entries
-                .first()
-                .ok_or_else(|| bad(files.describe(), "manifest.json lists no image"))?,
-        };
+    let entry = match name {
+        Some(name) => choose_named(&entries, name)
+            .ok_or_else(|| bad(files.describe(), no_image_named(&entries, name)))?,
+        None => entries
+            .first()
+            .ok_or_else(|| bad(files.describe(), "manifest.json lists no image"))?,
+    };
     if name.is_none() && entries.len() > 1 {
         tracing::warn!(
             "{} holds {} images; pushing the first",
