@@ -289,6 +289,12 @@ async fn fetch_and_write(
                 skipped.devices
             );
         }
+        if skipped.xattrs > 0 {
+            tracing::warn!(
+                "{} extended attributes (file capabilities, user.*) not applied: not permitted or not supported here",
+                skipped.xattrs
+            );
+        }
         let rootfs = dest.join("rootfs");
         let _ = std::fs::remove_dir_all(&rootfs);
         std::fs::rename(&partial, &rootfs).map_err(|e| io_error(&rootfs, e))?;

@@ -375,6 +375,46 @@ fn append_bytes<W: Write>(tar: &mut tar::Builder<W>, name: &str, bytes: &[u8]) -
     tar.append_data(&mut header(bytes.len() as u64, 0o644), name, bytes)
 }
 
+/// The extended attributes `in` applies (see [`crate::unpack::xattr_wanted`]) as a PAX
+/// header for the entry that follows, as `docker export` writes them.
+fn append_xattrs<W: Write>(
+    tar: &mut tar::Builder<W>,
+    path: &Path,
+    buf: &mut XattrBuffers,
+) -> io::Result<()> {
+    let len = match rustix::fs::llistxattr(path, &mut buf.names[..]) {
+        Err(rustix::io::Errno::NOTSUP) => return Ok(()),
+        other => other?,
+    };
+    let mut records: Vec<(String, Vec<u8>)> = Vec::new();
+    for name in buf.names[..len].split(|b| *b == 0) {
+        let (Ok(text), true) = (std::str::from_utf8(name), crate::unpack::xattr_wanted(name))
+        else {
+            continue;
+        };
+        let cname = std::ffi::CString::new(name).expect("split at NUL");
+        let n = rustix::fs::lgetxattr(path, cname.as_c_str(), &mut buf.value[..])?;
+        records.push((format!("SCHILY.xattr.{text}"), buf.value[..n].to_vec()));
+    }
+    tar.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+}
+
+/// Room for any name list and any value: Linux caps both at 64 KiB (XATTR_LIST_MAX,
+/// XATTR_SIZE_MAX). Allocated once per archive.
+struct XattrBuffers {
+    names: Vec<u8>,
+    value: Vec<u8>,
+}
+
+impl XattrBuffers {
+    fn new() -> XattrBuffers {
+        XattrBuffers {
+            names: vec![0; 64 << 10],
+            value: vec![0; 64 << 10],
+        }
+    }
+}
+
 /// `rootfs.tar`: the unpacked rootfs as one tarball, as `docker export` writes it (hardlinks
 /// as links, symlinks not followed), without unpacking anything twice.
 pub fn write_rootfs_tar(rootfs: &Path, path: &Path) -> Result<(), Error> {
@@ -384,7 +424,8 @@ pub fn write_rootfs_tar(rootfs: &Path, path: &Path) -> Result<(), Error> {
         let mut tar = tar::Builder::new(io::BufWriter::with_capacity(1 << 20, file));
         tar.follow_symlinks(false);
         let mut inodes: HashMap<(u64, u64), PathBuf> = HashMap::new();
-        walk(rootfs, Path::new(""), &mut tar, &mut inodes)?;
+        let mut xattrs = XattrBuffers::new();
+        walk(rootfs, Path::new(""), &mut tar, &mut inodes, &mut xattrs)?;
         tar.into_inner()?.flush()?;
         std::fs::rename(&partial, path)
     })();
@@ -399,6 +440,7 @@ fn walk<W: Write>(
     rel: &Path,
     tar: &mut tar::Builder<W>,
     inodes: &mut HashMap<(u64, u64), PathBuf>,
+    xattrs: &mut XattrBuffers,
 ) -> io::Result<()> {
     let mut entries: Vec<_> = std::fs::read_dir(base.join(rel))?.collect::<Result<_, _>>()?;
     entries.sort_by_key(|e| e.file_name());
@@ -419,9 +461,12 @@ fn walk<W: Write>(
             }
             inodes.insert(key, name.clone());
         }
+        if ft.is_dir() || ft.is_file() {
+            append_xattrs(tar, &full, xattrs)?;
+        }
         if ft.is_dir() {
             tar.append_data(&mut h, &name, io::empty())?;
-            walk(base, &name, tar, inodes)?;
+            walk(base, &name, tar, inodes, xattrs)?;
         } else if ft.is_symlink() {
             let target = std::fs::read_link(&full)?;
             h.set_size(0);

@@ -42,6 +42,34 @@ pub enum UnpackError {
 #[derive(Debug, Default)]
 pub struct Skipped {
     pub devices: usize,
+    /// Extended attributes the filesystem or our privileges refused.
+    pub xattrs: usize,
+}
+
+/// Extended attributes (PAX `SCHILY.xattr.<name>` records) applied to files and directories:
+/// file capabilities (`security.capability`: `ping` and friends) and `user.*`. Others are
+/// left out on purpose: `trusted.*` (`trusted.overlay.*` would change how overlayfs reads the
+/// rootfs when it serves as a lower directory) and `security.selinux` (the host's policy, not
+/// the image's, labels files).
+pub fn xattr_wanted(name: &[u8]) -> bool {
+    name == b"security.capability" || (name.starts_with(b"user.") && name.len() > 5)
+}
+
+/// The wanted extended attributes an entry carries.
+fn entry_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let Some(extensions) = entry.pax_extensions()? else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for ext in extensions {
+        let ext = ext?;
+        if let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
+            if xattr_wanted(name) {
+                out.push((name.to_vec(), ext.value_bytes().to_vec()));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Directory metadata applied after all layers: a read-only directory must not stop later
@@ -161,10 +189,15 @@ impl Unpacker {
         name: &[u8],
         path: &[u8],
     ) -> io::Result<()> {
+        let xattrs = entry_xattrs(entry)?;
         let header = entry.header();
         let kind = header.entry_type();
         let mode = header.mode()?;
-        let (uid_, gid_) = (header.uid()?, header.gid()?);
+        let old = header.as_old();
+        let (uid_, gid_) = (
+            numeric_or_zero(&old.uid, header.uid())?,
+            numeric_or_zero(&old.gid, header.gid())?,
+        );
         let mtime = header.mtime().unwrap_or(0);
         let dir = self.resolve_dir(parent, true)?;
 
@@ -190,6 +223,15 @@ impl Unpacker {
             k if k.is_dir() => {
                 if existing != Some(FileType::Directory) {
                     rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o755))?;
+                }
+                if !xattrs.is_empty() {
+                    let fd = rustix::fs::openat(
+                        &dir,
+                        name,
+                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )?;
+                    self.set_xattrs(&fd, &xattrs);
                 }
                 self.dirs.insert(
                     path.to_vec(),
@@ -219,6 +261,8 @@ impl Unpacker {
                 }
                 // After chown, which clears setuid and setgid.
                 rustix::fs::fchmod(&file, Mode::from_raw_mode(mode & 0o7777))?;
+                // After chown too, which clears file capabilities.
+                self.set_xattrs(&file, &xattrs);
                 rustix::fs::futimens(&file, &times(mtime))?;
             }
             k if k.is_symlink() => {
@@ -292,6 +336,25 @@ impl Unpacker {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Sets extended attributes on an open file; what is refused (no privilege, a
+    /// filesystem without them, a value too large) is counted, not fatal.
+    fn set_xattrs(&mut self, fd: &impl AsFd, xattrs: &[(Vec<u8>, Vec<u8>)]) {
+        for (name, value) in xattrs {
+            let Ok(cname) = std::ffi::CString::new(name.as_slice()) else {
+                continue;
+            };
+            if let Err(e) =
+                rustix::fs::fsetxattr(fd, cname.as_c_str(), value, rustix::fs::XattrFlags::empty())
+            {
+                tracing::debug!(
+                    "extended attribute {} not applied: {e}",
+                    String::from_utf8_lossy(name)
+                );
+                self.skipped.xattrs += 1;
+            }
+        }
     }
 
     fn whiteout(&mut self, parent: &[&[u8]], hidden: &[u8]) -> io::Result<()> {
@@ -489,6 +552,16 @@ fn remove_all(dir: &impl AsFd, name: &[u8]) -> io::Result<()> {
         rustix::fs::unlinkat(dir, name, AtFlags::empty())?;
     }
     Ok(())
+}
+
+/// A numeric header field; one left blank (all NULs or spaces, as some image tools write
+/// uid and gid) is 0, as Go's archive/tar, and so Docker, reads it.
+fn numeric_or_zero(raw: &[u8], parsed: io::Result<u64>) -> io::Result<u64> {
+    if raw.iter().all(|b| *b == 0 || *b == b' ') {
+        Ok(0)
+    } else {
+        parsed
+    }
 }
 
 fn uid(id: u64) -> rustix::fs::Uid {

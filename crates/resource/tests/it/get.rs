@@ -725,3 +725,111 @@ fn progress_names_each_layer_and_the_throughput() {
     }
     assert!(out.stderr.contains("/s)"), "{}", out.stderr);
 }
+
+/// `security.capability` for `cap_net_raw+ep` (VFS_CAP_REVISION_2, effective; permitted bit
+/// 13), as `setcap cap_net_raw+ep` writes it.
+const CAP_NET_RAW_EP: [u8; 20] = [
+    0x01, 0x00, 0x00, 0x02, 0x00, 0x20, 0x00, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+];
+
+fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let name = std::ffi::CString::new(name).unwrap();
+    let mut value = vec![0u8; 1024];
+    let n = rustix::fs::lgetxattr(path, name.as_c_str(), &mut value).ok()?;
+    value.truncate(n);
+    Some(value)
+}
+
+#[test]
+fn file_capabilities_and_user_xattrs_are_applied_and_exported_but_not_trusted_ones() {
+    // A layer whose PAX headers carry xattrs, as `docker save` of an image with a setcap'd
+    // binary has them.
+    let mut tar = tar::Builder::new(Vec::new());
+    // Headers with uid and gid left blank, as some image tools write them: 0, as Docker
+    // reads them.
+    let entry = |tar: &mut tar::Builder<Vec<u8>>, name: &str, kind: tar::EntryType, body: &[u8]| {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_mode(0o755);
+        h.set_size(body.len() as u64);
+        h.set_mtime(1_600_000_000);
+        h.set_cksum();
+        tar.append_data(&mut h, name, body).unwrap();
+    };
+    tar.append_pax_extensions([
+        ("SCHILY.xattr.security.capability", &CAP_NET_RAW_EP[..]),
+        ("SCHILY.xattr.user.origin", &b"dockhand-test"[..]),
+    ])
+    .unwrap();
+    entry(
+        &mut tar,
+        "bin/pinger",
+        tar::EntryType::Regular,
+        b"#!/bin/sh\n",
+    );
+    tar.append_pax_extensions([
+        ("SCHILY.xattr.trusted.overlay.opaque", &b"y"[..]),
+        ("SCHILY.xattr.user.dir", &b"kept"[..]),
+    ])
+    .unwrap();
+    entry(&mut tar, "data/", tar::EntryType::Directory, b"");
+    let layer = tar.into_inner().unwrap();
+    let diff_id = sha256(&layer);
+    let image =
+        Image::busybox().layer_blob(layer, "application/vnd.oci.image.layer.v1.tar", &diff_id);
+    let reg = &env().plain;
+    let repo = common::unique("xattrs");
+    let digest = reg.push(&image, &format!("{repo}:latest"));
+    let dest = common::scratch_dir(&repo).join("get");
+    let out = get(
+        json!({"repository": reg.repo(&repo)}),
+        json!({"digest": digest}),
+        json!({"rootfs": true}),
+        &dest,
+    );
+    out.success();
+
+    let rootfs = dest.join("rootfs");
+    let as_root = rustix::process::geteuid().is_root();
+    let pinger = rootfs.join("bin/pinger");
+    if as_root {
+        assert_eq!(
+            xattr(&pinger, "security.capability").as_deref(),
+            Some(&CAP_NET_RAW_EP[..])
+        );
+    }
+    assert_eq!(
+        xattr(&pinger, "user.origin").as_deref(),
+        Some(&b"dockhand-test"[..])
+    );
+    assert_eq!(
+        xattr(&rootfs.join("data"), "user.dir").as_deref(),
+        Some(&b"kept"[..])
+    );
+    assert_eq!(xattr(&rootfs.join("data"), "trusted.overlay.opaque"), None);
+
+    // rootfs.tar carries what was applied, as PAX records.
+    let bytes = std::fs::read(dest.join("rootfs.tar")).unwrap();
+    let mut archive = tar::Archive::new(&bytes[..]);
+    let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().display().to_string();
+        if let Some(exts) = entry.pax_extensions().unwrap() {
+            for ext in exts {
+                let key = ext.unwrap().key().unwrap().to_string();
+                seen.entry(path.clone()).or_default().push(key);
+            }
+        }
+    }
+    let mut want_pinger = vec!["SCHILY.xattr.user.origin".to_string()];
+    if as_root {
+        want_pinger.insert(0, "SCHILY.xattr.security.capability".to_string());
+    }
+    assert_eq!(seen.get("bin/pinger"), Some(&want_pinger), "{seen:?}");
+    assert_eq!(
+        seen.get("data"),
+        Some(&vec!["SCHILY.xattr.user.dir".to_string()]),
+        "{seen:?}"
+    );
+}
