@@ -7,13 +7,20 @@ use serde_json::{json, Value};
 
 use crate::common::{self, docker, env, Image, Run};
 
-fn put(source: Value, params: Value, src: &Path) -> common::Outcome {
+/// `out SRC` with the request on stdin, ready for more `env`.
+fn out_run(source: Value, params: Value, src: &Path) -> Run {
     Run::new("out")
         .arg(src.display().to_string())
         .stdin_json(&json!({"source": source, "params": params}))
         .env("BUILD_ID", "4242")
-        .run()
 }
+
+fn put(source: Value, params: Value, src: &Path) -> common::Outcome {
+    out_run(source, params, src).run()
+}
+
+/// A DOCKER_HOST where no daemon answers.
+const NO_DAEMON: &str = "unix:///nonexistent/docker.sock";
 
 fn write(dir: &Path, name: &str, text: &str) {
     let path = dir.join(name);
@@ -228,13 +235,15 @@ fn a_daemon_that_never_comes_up_gives_the_startup_timeout_message() {
     write(src.path(), "repo/Dockerfile", DOCKERFILE);
     let path = path_with(bin.path());
     let started = std::time::Instant::now();
-    let err = Run::new("out")
-        .arg(src.path().display().to_string())
-        .stdin_json(&json!({"source": {"repository": "127.0.0.1:1/x", "startup_timeout": 3}, "params": {"build": "repo"}}))
-        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
-        .env("PATH", path)
-        .run()
-        .failure();
+    let err = out_run(
+        json!({"repository": "127.0.0.1:1/x", "startup_timeout": 3}),
+        json!({"build": "repo"}),
+        src.path(),
+    )
+    .env("DOCKER_HOST", NO_DAEMON)
+    .env("PATH", path)
+    .run()
+    .failure();
     assert!(
         err.contains("Docker failed to start within 3 seconds"),
         "{err}"
@@ -257,13 +266,15 @@ fn a_daemon_that_dies_during_start_up_is_started_once_more_then_reported() {
     let src = tempfile::tempdir().unwrap();
     write(src.path(), "repo/Dockerfile", DOCKERFILE);
     let path = path_with(bin.path());
-    let err = Run::new("out")
-        .arg(src.path().display().to_string())
-        .stdin_json(&json!({"source": {"repository": "127.0.0.1:1/x", "startup_timeout": 30}, "params": {"build": "repo"}}))
-        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
-        .env("PATH", path)
-        .run()
-        .failure();
+    let err = out_run(
+        json!({"repository": "127.0.0.1:1/x", "startup_timeout": 30}),
+        json!({"build": "repo"}),
+        src.path(),
+    )
+    .env("DOCKER_HOST", NO_DAEMON)
+    .env("PATH", path)
+    .run()
+    .failure();
     assert!(err.contains("dockerd exited"), "{err}");
     assert!(err.contains("boom"), "{err}");
     assert_eq!(std::fs::read_to_string(&count).unwrap().lines().count(), 2);
@@ -344,27 +355,25 @@ fn buildkit_build_with_secrets_args_labels_and_target() {
     // A comma in the path: the CLI reads --secret as CSV.
     write(src.path(), "secrets/to,ken", "file-secret-31337");
     let to = common::unique("buildkit");
-    let out = Run::new("out")
-        .arg(src.path().display().to_string())
-        .stdin_json(&json!({
-            "source": {"repository": reg.repo(&to)},
-            "params": {
-                "build": "repo",
-                "docker_buildkit": 1,
-                "target_name": "final",
-                "secrets": {
-                    "token": {"source": "secrets/to,ken"},
-                    "from_env": {"env": "DOCKHAND_TEST_SECRET"},
-                },
-                "build_args": {"GREETING": "hello ${BUILD_ID} from buildkit"},
-                "labels": {"org.example.builder": "buildkit"},
-                "tag_as_latest": true,
+    let out = out_run(
+        json!({"repository": reg.repo(&to)}),
+        json!({
+            "build": "repo",
+            "docker_buildkit": 1,
+            "target_name": "final",
+            "secrets": {
+                "token": {"source": "secrets/to,ken"},
+                "from_env": {"env": "DOCKHAND_TEST_SECRET"},
             },
-        }))
-        .env("BUILD_ID", "4242")
-        .env("DOCKHAND_TEST_SECRET", "env-secret-27182")
-        .env("PATH", buildkit_path(bin.path()))
-        .run();
+            "build_args": {"GREETING": "hello ${BUILD_ID} from buildkit"},
+            "labels": {"org.example.builder": "buildkit"},
+            "tag_as_latest": true,
+        }),
+        src.path(),
+    )
+    .env("DOCKHAND_TEST_SECRET", "env-secret-27182")
+    .env("PATH", buildkit_path(bin.path()))
+    .run();
     let result = out.success();
     // BuildKit's plain progress went to stderr; no secret value appears anywhere.
     assert!(
@@ -407,15 +416,14 @@ fn secrets_alone_turn_buildkit_on_and_a_failing_step_gives_its_error() {
     let bin = tempfile::tempdir().unwrap();
     write(src.path(), "repo/Dockerfile", BUILDKIT_DOCKERFILE);
     write(src.path(), "token", "t");
-    let err = Run::new("out")
-        .arg(src.path().display().to_string())
-        .stdin_json(&json!({
-            "source": {"repository": reg.repo("it/buildkit-broken")},
-            "params": {"build": "repo", "target_name": "broken", "secrets": {"token": {"source": "token"}, "from_env": {"env": "HOME"}}},
-        }))
-        .env("PATH", buildkit_path(bin.path()))
-        .run()
-        .failure();
+    let err = out_run(
+        json!({"repository": reg.repo("it/buildkit-broken")}),
+        json!({"build": "repo", "target_name": "broken", "secrets": {"token": {"source": "token"}, "from_env": {"env": "HOME"}}}),
+        src.path(),
+    )
+    .env("PATH", buildkit_path(bin.path()))
+    .run()
+    .failure();
     assert!(err.contains("docker build failed"), "{err}");
     assert!(err.contains("exit code: 3"), "{err}");
 }
@@ -433,12 +441,14 @@ fn a_docker_cli_without_buildkit_is_named_as_the_problem() {
         "echo 'ERROR: BuildKit is enabled but the buildx component is missing or broken.' >&2\nexit 1\n",
     );
     let path = path_with(bin.path());
-    let err = Run::new("out")
-        .arg(src.path().display().to_string())
-        .stdin_json(&json!({"source": {"repository": reg.repo("it/no-buildx")}, "params": {"build": "repo", "docker_buildkit": true}}))
-        .env("PATH", path)
-        .run()
-        .failure();
+    let err = out_run(
+        json!({"repository": reg.repo("it/no-buildx")}),
+        json!({"build": "repo", "docker_buildkit": true}),
+        src.path(),
+    )
+    .env("PATH", path)
+    .run()
+    .failure();
     assert!(
         err.contains("BuildKit needs a docker CLI that can drive it"),
         "{err}"
@@ -503,13 +513,15 @@ fn build_params_are_checked_before_a_daemon_is_started() {
         ),
     ];
     for (params, want) in cases {
-        let err = Run::new("out")
-            .arg(src.path().display().to_string())
-            .stdin_json(&json!({"source": {"repository": "127.0.0.1:1/x", "startup_timeout": 2}, "params": params}))
-            .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
-            .env("PATH", path.clone())
-            .run()
-            .failure();
+        let err = out_run(
+            json!({"repository": "127.0.0.1:1/x", "startup_timeout": 2}),
+            params.clone(),
+            src.path(),
+        )
+        .env("DOCKER_HOST", NO_DAEMON)
+        .env("PATH", path.clone())
+        .run()
+        .failure();
         assert!(err.contains(want), "{params}\n  got: {err}\n  want: {want}");
     }
     assert!(
