@@ -75,8 +75,12 @@ impl Daemon {
         ];
         for entry in &settings.registries.insecure {
             match entry {
-                crate::source::Insecure::Host(h) => args.push(format!("--insecure-registry={h}")),
-                crate::source::Insecure::Net(n) => args.push(format!("--insecure-registry={n}")),
+                crate::registry::config::Insecure::Host(h) => {
+                    args.push(format!("--insecure-registry={h}"))
+                }
+                crate::registry::config::Insecure::Net(n) => {
+                    args.push(format!("--insecure-registry={n}"))
+                }
             }
         }
         if let Some(mirror) = &settings.mirror {

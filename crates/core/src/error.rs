@@ -1,6 +1,8 @@
 //! The core's error type. Messages are lowercase, name what failed, and never repeat their
 //! source: the binaries print the whole chain once with `{:#}`.
 
+use std::path::Path;
+
 use crate::registry::RegistryError;
 
 #[derive(Debug, thiserror::Error)]
@@ -42,14 +44,15 @@ impl Error {
     }
 }
 
-/// An error and its sources on one line, for errors folded into another's message.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
+/// A failed write of an output.
+pub(crate) fn io_error(path: &Path, e: std::io::Error) -> Error {
+    Error::Output {
+        path: path.display().to_string(),
+        reason: e.to_string(),
     }
-    out
+}
+
+/// Writes an output file whole or not at all (see [`crate::fs::write_file`]).
+pub(crate) fn write_output(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    crate::fs::write_file(path, bytes).map_err(|e| io_error(path, e))
 }

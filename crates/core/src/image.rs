@@ -5,8 +5,36 @@
 use serde::Deserialize;
 
 use crate::reference::Digest;
-use crate::registry::{DOCKER_LIST, OCI_INDEX};
-use crate::source::Platform;
+
+/// Media types of manifests and indexes, all four accepted on every manifest request.
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// The `Accept` header of manifest requests: every type above.
+pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+    application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json, \
+    application/vnd.docker.distribution.manifest.v2+json";
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+
+/// A manifest or index as stored: its bytes, media type and digest.
+#[derive(Debug, Clone)]
+pub struct RawManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub bytes: Vec<u8>,
+}
+
+impl RawManifest {
+    pub fn is_index(&self) -> bool {
+        is_index(&self.media_type, &self.bytes)
+    }
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -16,27 +44,19 @@ pub struct Descriptor {
     pub digest: Digest,
     pub size: u64,
     #[serde(default)]
-    pub platform: Option<DescriptorPlatform>,
+    pub platform: Option<Platform>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct DescriptorPlatform {
+/// A platform: of an index's child, of an image config, or the one a pipeline wants (empty
+/// fields there mean linux/amd64, see [`Platform::wanted`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct Platform {
     #[serde(default)]
     pub os: String,
     #[serde(default)]
     pub architecture: String,
     #[serde(default)]
     pub variant: Option<String>,
-}
-
-impl std::fmt::Display for DescriptorPlatform {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
-        if let Some(v) = &self.variant {
-            write!(f, "/{v}")?;
-        }
-        Ok(())
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -52,8 +72,6 @@ pub struct ImageManifest {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ImageIndex {
-    #[serde(default)]
-    pub media_type: Option<String>,
     pub manifests: Vec<Descriptor>,
 }
 
@@ -116,27 +134,30 @@ pub fn is_index(media_type: &str, bytes: &[u8]) -> bool {
     false
 }
 
-/// The platform wanted: explicit, else linux/amd64.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WantedPlatform {
-    pub os: String,
-    pub architecture: String,
-    pub variant: Option<String>,
-}
-
-impl WantedPlatform {
-    pub fn from_option(p: Option<&Platform>) -> WantedPlatform {
+impl Platform {
+    /// The platform wanted: what is given, else linux and amd64.
+    pub fn wanted(p: Option<&Platform>) -> Platform {
         let p = p.cloned().unwrap_or_default();
-        WantedPlatform {
-            os: p.os.unwrap_or_else(|| "linux".into()),
-            architecture: p.architecture.unwrap_or_else(|| "amd64".into()),
+        let or = |v: String, default: &str| if v.is_empty() { default.to_string() } else { v };
+        Platform {
+            os: or(p.os, "linux"),
+            architecture: or(p.architecture, "amd64"),
             variant: p.variant.filter(|v| !v.is_empty()),
+        }
+    }
+
+    /// The platform an image config states.
+    pub fn of_config(config: &ImageConfig) -> Platform {
+        Platform {
+            os: config.os.clone(),
+            architecture: config.architecture.clone(),
+            variant: config.variant.clone(),
         }
     }
 
     /// `arm64` matches `arm64/v8` (v8 is arm64's only variant); `arm` defaults to v7 only when
     /// asked without a variant and several arm children exist (the first match wins).
-    pub fn matches(&self, p: &DescriptorPlatform) -> bool {
+    pub fn matches(&self, p: &Platform) -> bool {
         if p.os != self.os || normalise_arch(&p.architecture) != normalise_arch(&self.architecture)
         {
             return false;
@@ -149,7 +170,7 @@ impl WantedPlatform {
     }
 }
 
-impl std::fmt::Display for WantedPlatform {
+impl std::fmt::Display for Platform {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.os, self.architecture)?;
         if let Some(v) = &self.variant {
@@ -178,7 +199,7 @@ fn normalise_variant(arch: &str, v: Option<&str>) -> String {
 /// The child of `index` for `wanted`; the error lists what the index has.
 pub fn choose_platform<'a>(
     index: &'a ImageIndex,
-    wanted: &WantedPlatform,
+    wanted: &Platform,
 ) -> Result<&'a Descriptor, String> {
     let candidates: Vec<&Descriptor> = index
         .manifests
@@ -215,7 +236,6 @@ mod tests {
 
     fn index(platforms: &[(&str, &str, Option<&str>)]) -> ImageIndex {
         ImageIndex {
-            media_type: None,
             manifests: platforms
                 .iter()
                 .enumerate()
@@ -223,7 +243,7 @@ mod tests {
                     media_type: String::new(),
                     digest: Digest::of(&[i as u8]),
                     size: 1,
-                    platform: Some(DescriptorPlatform {
+                    platform: Some(Platform {
                         os: os.to_string(),
                         architecture: arch.to_string(),
                         variant: variant.map(str::to_string),
@@ -233,8 +253,8 @@ mod tests {
         }
     }
 
-    fn wanted(arch: &str, variant: Option<&str>) -> WantedPlatform {
-        WantedPlatform {
+    fn wanted(arch: &str, variant: Option<&str>) -> Platform {
+        Platform {
             os: "linux".into(),
             architecture: arch.into(),
             variant: variant.map(str::to_string),

@@ -1,27 +1,37 @@
 //! dockhand: the core of a Concourse resource type for container images.
 //!
 //! The `check`, `in` and `out` binaries parse a [`protocol::Request`] and call one function
-//! here. This library never writes to stdout and never exits; logs go through `tracing`.
+//! of [`commands`]. This library never writes to stdout and never exits; logs go through
+//! `tracing`.
+//!
+//! The modules form layers, each importing only from those below it (pinned by the
+//! `layering` test): `commands` → `build` → `pull`/`push` → `layout` → `daemon`, `git`,
+//! `protocol` → `source` → `error` → `registry` → `image` → `rootfs` → the leaves.
 #![deny(clippy::print_stdout)]
 
-pub mod archive;
-pub mod build;
-pub mod check;
-pub mod daemon;
-pub mod dockerignore;
-pub mod error;
-pub mod get;
-pub mod git;
-pub mod image;
-pub mod outputs;
-pub mod progress;
+mod build;
+pub mod commands;
+mod compression;
+mod daemon;
+mod error;
+mod fs;
+mod git;
+mod hash;
+mod image;
+mod layout;
+mod progress;
 pub mod protocol;
-pub mod put;
-pub mod reference;
-pub mod registry;
-pub mod secret;
-pub mod select;
-pub mod source;
-pub mod unpack;
+mod pull;
+mod reference;
+mod registry;
+mod report;
+mod rootfs;
+mod secret;
+mod select;
+mod source;
+mod time;
 
 pub use error::Error;
+
+#[cfg(test)]
+mod layering;

@@ -10,16 +10,21 @@ use crate::source::Source;
 /// One request, for any of the three commands; each command checks what it needs.
 #[derive(Debug, Default, Deserialize)]
 pub struct Request {
-    pub source: Option<Source>,
-    pub version: Option<VersionIn>,
-    pub params: Option<serde_json::Value>,
+    pub(crate) source: Option<Source>,
+    pub(crate) version: Option<VersionIn>,
+    pub(crate) params: Option<serde_json::Value>,
+}
+
+/// The `params` of a command: their type, and the names they understand (for "did you mean").
+pub(crate) trait Params: serde::de::DeserializeOwned + Default {
+    const FIELDS: &'static [&'static str];
 }
 
 /// A version as Concourse hands it back: both fields optional, checked by the command.
 #[derive(Debug, Default, Clone, Deserialize)]
 pub struct VersionIn {
-    pub tag: Option<String>,
-    pub digest: Option<String>,
+    pub(crate) tag: Option<String>,
+    pub(crate) digest: Option<String>,
 }
 
 /// A version as dockhand emits it: `{"tag": "...", "digest": "sha256:..."}`.
@@ -48,14 +53,19 @@ const TOP_FIELDS: &[&str] = &["source", "version", "params"];
 const VERSION_FIELDS: &[&str] = &["tag", "digest"];
 
 impl Request {
-    pub fn source(&self) -> Result<&Source, Error> {
+    pub(crate) fn source(&self) -> Result<&Source, Error> {
         self.source
             .as_ref()
             .ok_or_else(|| Error::field("source", "missing from the request"))
     }
 
+    /// `source.debug`: whether the binaries log at debug level.
+    pub fn debug(&self) -> bool {
+        self.source.as_ref().is_some_and(|s| s.debug)
+    }
+
     /// The cursor of `check`: a version with a valid digest, or none.
-    pub fn cursor(&self) -> Result<Option<Version>, Error> {
+    pub(crate) fn cursor(&self) -> Result<Option<Version>, Error> {
         match &self.version {
             Some(VersionIn {
                 tag,
@@ -87,23 +97,22 @@ pub fn parse_request(input: &[u8]) -> Result<Request, Error> {
     if let Some(found) = found {
         return Err(Error::NotAnObject { found });
     }
-    deserialize_reporting(value, "")
+    deserialize_reporting(value, "", &[])
 }
 
 /// Reads `params` into `T` (defaults when absent), with the same field errors and unknown
 /// field warnings as the request itself.
-pub fn parse_params<T: serde::de::DeserializeOwned + Default>(
-    params: Option<&serde_json::Value>,
-) -> Result<T, Error> {
+pub(crate) fn parse_params<T: Params>(params: Option<&serde_json::Value>) -> Result<T, Error> {
     match params {
         None | Some(serde_json::Value::Null) => Ok(T::default()),
-        Some(value) => deserialize_reporting(value.clone(), "params."),
+        Some(value) => deserialize_reporting(value.clone(), "params.", T::FIELDS),
     }
 }
 
 fn deserialize_reporting<T: serde::de::DeserializeOwned>(
     value: serde_json::Value,
     prefix: &str,
+    params: &[&str],
 ) -> Result<T, Error> {
     let mut unknown = Vec::new();
     let mut track = serde_path_to_error::Track::new();
@@ -123,7 +132,7 @@ fn deserialize_reporting<T: serde::de::DeserializeOwned>(
         if prefix.is_empty() && path.starts_with("params") {
             continue;
         }
-        match suggestion(&path) {
+        match suggestion(&path, params) {
             Some(close) => tracing::warn!("ignoring unknown field {path} (did you mean {close}?)"),
             None => tracing::warn!("ignoring unknown field {path}"),
         }
@@ -132,17 +141,16 @@ fn deserialize_reporting<T: serde::de::DeserializeOwned>(
 }
 
 /// The known field closest to the last segment of `path`, when it is close enough.
-fn suggestion(path: &str) -> Option<String> {
+fn suggestion(path: &str, params: &[&str]) -> Option<String> {
     let (parent, name) = match path.rsplit_once('.') {
         Some((parent, name)) => (Some(parent), name),
         None => (None, path),
     };
-    let params = [crate::get::PARAMS, crate::put::PARAMS].concat();
     let known: &[&str] = match parent {
         None => TOP_FIELDS,
         Some("source") => crate::source::FIELDS,
         Some("version") => VERSION_FIELDS,
-        Some("params") => &params,
+        Some("params") => params,
         Some(_) => &[
             "domain",
             "cert",
@@ -218,15 +226,15 @@ mod tests {
     #[test]
     fn suggestions() {
         assert_eq!(
-            suggestion("source.repostiory").as_deref(),
+            suggestion("source.repostiory", &[]).as_deref(),
             Some("source.repository")
         );
         assert_eq!(
-            suggestion("source.ca_cert").as_deref(),
+            suggestion("source.ca_cert", &[]).as_deref(),
             Some("source.ca_certs")
         );
-        assert_eq!(suggestion("sorce").as_deref(), Some("source"));
-        assert_eq!(suggestion("source.zzzzzz"), None);
+        assert_eq!(suggestion("sorce", &[]).as_deref(), Some("source"));
+        assert_eq!(suggestion("source.zzzzzz", &[]), None);
     }
 
     #[test]

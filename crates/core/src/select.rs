@@ -1,7 +1,7 @@
 //! Selection mode of `check`: which tags are versions, in which order.
 //!
 //! Entered when `tag_regex`, `semver_constraint`, `variant` or `pre_releases` is set. The
-//! tags are listed, filtered and ordered here without the network; [`crate::check`] then asks
+//! tags are listed, filtered and ordered here without the network; `check` then asks
 //! the registry for the digests of the ones worth asking about.
 //!
 //! - Semver mode: tags parse leniently (`v1.2.3`, `1.2`, `1`); with `variant`, only tags

@@ -3,7 +3,7 @@
 //!
 //! Every field of concourse/docker-image-resource is accepted (and the registry-image-resource
 //! spellings where they differ), so that a pipeline can switch by changing the image only.
-//! Unknown fields are reported by [`crate::protocol`] as warnings, not errors.
+//! Unknown fields are reported by `protocol` (the request parser) as warnings, not errors.
 
 use std::fmt;
 use std::time::Duration;
@@ -12,7 +12,9 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
 use crate::error::Error;
+use crate::image::Platform;
 use crate::reference::{Host, Repository, Tag};
+use crate::registry::config::{DomainPem, EcrConfig, HostCredentials, Insecure, RegistryConfig};
 use crate::secret::Secret;
 
 /// Every key `source` understands, for "did you mean" on unknown ones. A unit test keeps it in
@@ -112,13 +114,6 @@ pub struct PrivateRegistry {
     pub password: Option<Secret>,
 }
 
-#[derive(Debug, Default, Clone, Deserialize, PartialEq, Eq)]
-pub struct Platform {
-    pub os: Option<String>,
-    pub architecture: Option<String>,
-    pub variant: Option<String>,
-}
-
 /// `registry_mirror`: a URL string (docker-image-resource) or `{host, username, password}`
 /// (registry-image-resource).
 #[derive(Debug, Default)]
@@ -167,7 +162,6 @@ pub struct Settings {
     pub max_concurrent_downloads: usize,
     pub max_concurrent_uploads: usize,
     pub startup_timeout: Duration,
-    pub debug: bool,
     /// `registry_mirror`: tried first for Docker Hub repositories (check and in), and given
     /// to a dockerd that `out` starts. Its credentials are in `registries`.
     pub mirror: Option<MirrorSettings>,
@@ -178,80 +172,6 @@ pub struct MirrorSettings {
     pub host: Host,
     /// As dockerd's `--registry-mirror` wants it: `https://host[:port]` (or `http://`).
     pub url: String,
-}
-
-/// Everything needed to talk to any registry: credentials and TLS material by host.
-#[derive(Debug, Default, Clone)]
-pub struct RegistryConfig {
-    pub credentials: Vec<HostCredentials>,
-    pub ca_certs: Vec<DomainPem>,
-    pub client_certs: Vec<DomainPem>,
-    pub insecure: Vec<Insecure>,
-    /// Where ECR tokens apply and how to get them (`aws_*` fields).
-    pub ecr: Option<EcrConfig>,
-}
-
-/// `source.aws_*`: ECR applies to ECR hostnames, and to `repository_host` when `region` is set.
-#[derive(Debug, Clone)]
-pub struct EcrConfig {
-    pub region: Option<String>,
-    pub access_key_id: Option<String>,
-    pub secret_access_key: Option<Secret>,
-    pub session_token: Option<Secret>,
-    /// `aws_role_arn`, then `aws_role_arns`, assumed in this order.
-    pub roles: Vec<String>,
-    pub account_id: Option<String>,
-    pub repository_host: Host,
-}
-
-#[derive(Debug, Clone)]
-pub struct HostCredentials {
-    pub host: Host,
-    pub username: String,
-    pub password: Secret,
-    /// Where they came from, for error messages (`source.username`).
-    pub origin: String,
-}
-
-/// PEM material for a domain; `domain` `None` applies to every registry.
-#[derive(Debug, Clone)]
-pub struct DomainPem {
-    pub domain: Option<String>,
-    /// Certificate chain (and for client certificates, the key after it).
-    pub pem: Secret,
-    pub field: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Insecure {
-    Host(String),
-    Net(ipnet::IpNet),
-}
-
-impl DomainPem {
-    /// `domain` matches a registry when equal to its `host:port` or to its bare host name.
-    pub fn applies_to(&self, host: &Host) -> bool {
-        match &self.domain {
-            None => true,
-            Some(d) => {
-                let d = d.to_ascii_lowercase();
-                d == host.as_str() || d == host.hostname()
-            }
-        }
-    }
-}
-
-impl RegistryConfig {
-    pub fn is_insecure(&self, host: &Host) -> bool {
-        self.insecure.iter().any(|entry| match entry {
-            Insecure::Host(h) => h == host.as_str() || h == host.hostname(),
-            Insecure::Net(net) => host.ip().is_some_and(|ip| net.contains(&ip)),
-        })
-    }
-
-    pub fn credentials_for(&self, host: &Host) -> Option<&HostCredentials> {
-        self.credentials.iter().find(|c| &c.host == host)
-    }
 }
 
 fn field_error(field: impl Into<String>, reason: impl fmt::Display) -> Error {
@@ -410,16 +330,6 @@ impl Source {
         registries.ecr = self.ecr(&repository)?;
         crate::registry::check_tls_material(&registries)
             .map_err(|(field, reason)| field_error(field, format!("cannot be used: {reason}")))?;
-        if let Some(platform) = &self.platform {
-            if platform.os.as_deref().is_some_and(str::is_empty)
-                || platform.architecture.as_deref().is_some_and(str::is_empty)
-            {
-                return Err(field_error(
-                    "source.platform",
-                    "os and architecture must not be empty",
-                ));
-            }
-        }
         let concurrency = |c: Option<Count>, field: &str| -> Result<usize, Error> {
             match c {
                 None => Ok(DEFAULT_CONCURRENCY),
@@ -443,7 +353,6 @@ impl Source {
             startup_timeout: self
                 .startup_timeout
                 .map_or(DEFAULT_STARTUP_TIMEOUT, |Count(s)| Duration::from_secs(s)),
-            debug: self.debug,
             mirror,
             repository,
         })

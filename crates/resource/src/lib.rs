@@ -148,7 +148,7 @@ fn run(command: Command, dir: Option<PathBuf>, filter: &FilterHandle) -> anyhow:
         .read_to_end(&mut input)
         .context("cannot read the request from stdin")?;
     let request = dockhand::protocol::parse_request(&input)?;
-    if request.source.as_ref().is_some_and(|s| s.debug) && std::env::var_os("RUST_LOG").is_none() {
+    if request.debug() && std::env::var_os("RUST_LOG").is_none() {
         let _ = filter
             .modify(|f| *f = EnvFilter::new("debug,hyper=info,rustls=info,reqwest=info,h2=info"));
     }
@@ -159,17 +159,17 @@ fn run(command: Command, dir: Option<PathBuf>, filter: &FilterHandle) -> anyhow:
     let json = runtime.block_on(async {
         match command {
             Command::Check => {
-                let versions = dockhand::check::check(&request).await?;
+                let versions = dockhand::commands::check(&request).await?;
                 Ok::<_, anyhow::Error>(serde_json::to_string(&versions)?)
             }
             Command::In => {
                 let dir = dir.expect("clap requires DIR for in");
-                let response = dockhand::get::get(&request, &dir).await?;
+                let response = dockhand::commands::get(&request, &dir).await?;
                 Ok(serde_json::to_string(&response)?)
             }
             Command::Out => {
                 let dir = dir.expect("clap requires DIR for out");
-                let response = dockhand::put::put(&request, &dir).await?;
+                let response = dockhand::commands::put(&request, &dir).await?;
                 Ok(serde_json::to_string(&response)?)
             }
         }

@@ -11,9 +11,9 @@ use reqwest::header::{HeaderValue, WWW_AUTHENTICATE};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
+use super::config::RegistryConfig;
 use crate::reference::Host;
 use crate::secret::Secret;
-use crate::source::RegistryConfig;
 
 use super::RegistryError;
 

@@ -17,9 +17,9 @@ use base64::Engine as _;
 use tokio::sync::Mutex;
 
 use super::auth::Credentials;
+use super::config::EcrConfig;
 use crate::reference::Host;
 use crate::secret::Secret;
-use crate::source::EcrConfig;
 
 /// `(account, region)` of an ECR registry host.
 pub fn parse_host(host: &str) -> Option<(String, String)> {
@@ -159,8 +159,7 @@ pub async fn credentials_for(
 
 /// The SDK's error with its causes, on one line.
 fn one_line<E: std::error::Error + 'static>(e: &E) -> String {
-    let text = crate::error::chain(e);
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
+    crate::report::one_line(e)
 }
 
 #[cfg(test)]

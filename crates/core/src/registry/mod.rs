@@ -5,6 +5,7 @@
 //! error bodies into errors that name the repository.
 
 mod auth;
+pub mod config;
 mod ecr;
 mod tags;
 mod transport;
@@ -18,11 +19,12 @@ use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
+use crate::image::{RawManifest as Manifest, MANIFEST_ACCEPT};
 use crate::reference::{Digest, Host, Repository};
-use crate::source::RegistryConfig;
+use config::RegistryConfig;
 
-pub use auth::{parse_challenge, Challenge, Credentials};
-pub use tags::TagList;
+pub use auth::{parse_challenge, Challenge};
+pub use tags::MAX_TAG_PAGES;
 pub use transport::check_tls_material;
 
 /// ECR credentials for `host` when ECR applies to it (an ECR hostname, or the repository's
@@ -35,7 +37,7 @@ pub async fn ecr_credentials(
     let ecr = match &config.ecr {
         Some(e) => e,
         None if ecr_host(host.as_str()) => {
-            fallback = crate::source::EcrConfig {
+            fallback = config::EcrConfig {
                 region: None,
                 access_key_id: None,
                 secret_access_key: None,
@@ -64,16 +66,6 @@ pub fn ecr_host(host: &str) -> bool {
 }
 use transport::{build_client, classify, Failure, Verify};
 pub use upload::Mount;
-
-/// Media types of manifests and indexes, all four accepted on every manifest request.
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
-    application/vnd.oci.image.manifest.v1+json, \
-    application/vnd.docker.distribution.manifest.list.v2+json, \
-    application/vnd.docker.distribution.manifest.v2+json";
 
 /// Distribution refuses manifests over 4 MiB; so do we, rather than read without bound.
 const MANIFEST_LIMIT: usize = 4 << 20;
@@ -247,7 +239,7 @@ fn retryable(status: StatusCode) -> bool {
     status == StatusCode::TOO_MANY_REQUESTS || matches!(status.as_u16(), 500 | 502 | 503 | 504)
 }
 
-use crate::error::chain as error_chain;
+use crate::report::chain as error_chain;
 
 /// Reads a body up to `limit` bytes.
 pub(crate) async fn read_limited(
@@ -281,14 +273,6 @@ pub(crate) enum ReadError {
 struct Connection {
     base: String,
     http: reqwest::Client,
-}
-
-/// A manifest or index as stored: its bytes, media type and digest.
-#[derive(Debug, Clone)]
-pub struct Manifest {
-    pub digest: Digest,
-    pub media_type: String,
-    pub bytes: Vec<u8>,
 }
 
 /// The client for one registry host.

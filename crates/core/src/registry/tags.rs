@@ -11,6 +11,10 @@ use crate::reference::{Digest, Repository};
 /// proxies do above 100) is asked again with the next. `None` lets the registry choose.
 const PAGE_SIZES: [Option<u32>; 3] = [Some(1000), Some(100), None];
 
+/// Pages of the tag list read in one request budget (1000 tags each where the registry
+/// allows).
+pub const MAX_TAG_PAGES: usize = 100;
+
 /// A page of tags is JSON text; refuse to read one without bound.
 const TAG_PAGE_LIMIT: usize = 64 << 20;
 

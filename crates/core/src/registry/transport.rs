@@ -4,8 +4,8 @@
 use std::error::Error as StdError;
 use std::time::Duration;
 
+use super::config::RegistryConfig;
 use crate::reference::Host;
-use crate::source::RegistryConfig;
 
 use super::RegistryError;
 

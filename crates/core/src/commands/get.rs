@@ -11,14 +11,19 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use super::outputs;
 use crate::error::Error;
-use crate::image::{self, ImageConfig, ImageIndex, ImageManifest, WantedPlatform};
-use crate::outputs;
+use crate::error::{io_error, write_output as write_file};
+use crate::image::{
+    self, ImageConfig, ImageIndex, ImageManifest, Platform, RawManifest as Manifest,
+};
+use crate::layout::write as layout;
 use crate::progress::Progress;
 use crate::protocol::{parse_params, MetadataField, Request, Response, Version};
+use crate::pull::{fetch_manifest, find_image};
 use crate::reference::{Digest, Repository};
-use crate::registry::{Manifest, Registry};
-use crate::source::Platform;
+use crate::registry::Registry;
+use crate::rootfs;
 
 /// `params` of `in`.
 #[derive(Debug, Default, Deserialize)]
@@ -33,7 +38,10 @@ pub struct Params {
     pub platform: Option<Platform>,
 }
 
-pub const PARAMS: &[&str] = &["save", "rootfs", "skip_download", "format", "platform"];
+impl crate::protocol::Params for Params {
+    const FIELDS: &'static [&'static str] =
+        &["save", "rootfs", "skip_download", "format", "platform"];
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Format {
@@ -92,8 +100,7 @@ pub async fn get(request: &Request, dest: &Path) -> Result<Response, Error> {
 
     let (registry, repository, top) = find_image(&settings, &digest).await?;
     let repository = &repository;
-    let wanted =
-        WantedPlatform::from_option(params.platform.as_ref().or(settings.platform.as_ref()));
+    let wanted = Platform::wanted(params.platform.as_ref().or(settings.platform.as_ref()));
     let (manifest_bytes, manifest_digest, index) = if image::is_index(&top.media_type, &top.bytes) {
         let index: ImageIndex =
             serde_json::from_slice(&top.bytes).map_err(|e| bad_manifest(repository, &digest, e))?;
@@ -237,7 +244,7 @@ async fn fetch_and_write(
         let _ = std::fs::remove_dir_all(&target);
         let layers = manifest.layers.len();
         tokio::task::spawn_blocking(move || {
-            outputs::unpack_layers(&target, ready_rx, layers).map(|s| (s, target))
+            rootfs::pipeline::unpack_layers(&target, ready_rx, layers).map(|s| (s, target))
         })
     });
     {
@@ -281,7 +288,7 @@ async fn fetch_and_write(
             })?
             .map_err(|e| Error::Output {
                 path: dest.join("rootfs").display().to_string(),
-                reason: crate::error::chain(&e),
+                reason: crate::report::chain(&e),
             })?;
         if skipped.devices > 0 {
             tracing::info!(
@@ -300,7 +307,8 @@ async fn fetch_and_write(
         std::fs::rename(&partial, &rootfs).map_err(|e| io_error(&rootfs, e))?;
         outputs::write_metadata_json(dest, &config, &rootfs)?;
         if plan.rootfs_tar {
-            outputs::write_rootfs_tar(&rootfs, &dest.join("rootfs.tar"))?;
+            let tar = dest.join("rootfs.tar");
+            rootfs::export::write_rootfs_tar(&rootfs, &tar).map_err(|e| io_error(&tar, e))?;
         }
     }
     outputs::write_labels_json(dest, &config)?;
@@ -314,7 +322,7 @@ async fn fetch_and_write(
         &manifest.config.digest,
     )?;
 
-    let archive = outputs::Archive {
+    let archive = layout::Archive {
         repo_tag: format!("{}:{tag}", docker_name(repository)),
         tag: tag.to_string(),
         config: (&manifest.config.digest, config_path.as_path()),
@@ -329,7 +337,7 @@ async fn fetch_and_write(
         manifest_media_type: manifest
             .media_type
             .clone()
-            .unwrap_or_else(|| crate::registry::OCI_MANIFEST.to_string()),
+            .unwrap_or_else(|| crate::image::OCI_MANIFEST.to_string()),
     };
     if plan.save || plan.oci_tar {
         let first = if plan.save {
@@ -337,13 +345,11 @@ async fn fetch_and_write(
         } else {
             dest.join("image.tar")
         };
-        outputs::write_docker_archive(&archive, &first)?;
+        layout::write_docker_archive(&archive, &first)?;
         if plan.save && plan.oci_tar {
             let second = dest.join("image.tar");
             let _ = std::fs::remove_file(&second);
-            std::fs::hard_link(&first, &second)
-                .or_else(|_| std::fs::copy(&first, &second).map(|_| ()))
-                .map_err(|e| io_error(&second, e))?;
+            crate::fs::link_or_copy(&first, &second).map_err(|e| io_error(&second, e))?;
         }
     }
     if plan.oci_layout {
@@ -351,7 +357,7 @@ async fn fetch_and_write(
         let partial = dest.join(".oci.partial");
         let _ = std::fs::remove_dir_all(&partial);
         match index {
-            None => outputs::write_oci_layout(&archive, &partial, None)?,
+            None => layout::write_oci_layout(&archive, &partial, None)?,
             Some((index, raw)) => {
                 // Every platform, and the index bytes as the registry has them.
                 let mut extra = Vec::new();
@@ -378,68 +384,13 @@ async fn fetch_and_write(
                     write_file(&p, &m.bytes)?;
                     extra.push((m.digest.clone(), p));
                 }
-                outputs::write_oci_layout(&archive, &partial, Some((&raw.bytes, &extra)))?
+                layout::write_oci_layout(&archive, &partial, Some((&raw.bytes, &extra)))?
             }
         }
         let _ = std::fs::remove_dir_all(&oci);
         std::fs::rename(&partial, &oci).map_err(|e| io_error(&oci, e))?;
     }
     Ok(config)
-}
-
-/// The image on the mirror when there is one and it has the image, else on the repository's
-/// own registry.
-async fn find_image(
-    settings: &crate::source::Settings,
-    digest: &Digest,
-) -> Result<(Registry, Repository, Manifest), Error> {
-    let mut endpoints = crate::check::endpoints(settings).await;
-    let (origin, origin_repository) = endpoints.pop().expect("the origin is always listed");
-    for (registry, repository) in endpoints {
-        match registry.manifest(&repository, digest.as_str()).await {
-            Ok(Some(m)) => {
-                tracing::info!("using mirror {}", registry.host());
-                return Ok((registry, repository, m));
-            }
-            Ok(None) => tracing::warn!(
-                "mirror {} does not have {}@{digest}; using {}",
-                registry.host(),
-                repository.path(),
-                origin.host()
-            ),
-            Err(e) => tracing::warn!(
-                "mirror {} failed ({}); using {}",
-                registry.host(),
-                crate::error::chain(&e),
-                origin.host()
-            ),
-        }
-    }
-    let top = fetch_manifest(&origin, &origin_repository, digest).await?;
-    Ok((origin, origin_repository, top))
-}
-
-/// A manifest by digest; a 404 is retried a few times (a get right after a put can race an
-/// eventually consistent registry).
-async fn fetch_manifest(
-    registry: &Registry,
-    repository: &Repository,
-    digest: &Digest,
-) -> Result<Manifest, Error> {
-    for wait in [1, 2, 4] {
-        if let Some(m) = registry.manifest(repository, digest.as_str()).await? {
-            return Ok(m);
-        }
-        tracing::warn!("{repository}@{digest} not found; trying again in {wait}s");
-        tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
-    }
-    match registry.manifest(repository, digest.as_str()).await? {
-        Some(m) => Ok(m),
-        None => Err(Error::Image {
-            reference: format!("{repository}@{digest}"),
-            reason: "not found in the registry".into(),
-        }),
-    }
 }
 
 /// The name `docker images` would show: Docker Hub's `library/` and host dropped.
@@ -467,18 +418,4 @@ fn field(name: &str, value: &str) -> MetadataField {
         name: name.to_string(),
         value: value.to_string(),
     }
-}
-
-pub(crate) fn io_error(path: &Path, e: std::io::Error) -> Error {
-    Error::Output {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    }
-}
-
-/// Writes a file through a temporary name, so a half-written file is never there.
-pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let tmp = path.with_extension("dockhand-partial");
-    std::fs::write(&tmp, bytes).map_err(|e| io_error(path, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io_error(path, e))
 }

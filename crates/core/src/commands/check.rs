@@ -13,15 +13,15 @@ use std::collections::HashMap;
 use futures_util::{stream, StreamExt as _};
 
 use crate::error::Error;
-use crate::image::{self, ImageConfig, ImageIndex, ImageManifest, WantedPlatform};
+use crate::image::{self, ImageConfig, ImageIndex, ImageManifest, Platform};
 use crate::protocol::{Request, Version};
+use crate::pull::across_endpoints;
 use crate::reference::{Digest, Repository, Tag};
-use crate::registry::Registry;
+use crate::registry::{Registry, MAX_TAG_PAGES};
 use crate::select::{Candidate, Key, Selection};
 use crate::source::Settings;
+use crate::time::parse_rfc3339;
 
-/// Pages of the tag list read in one check (1000 tags each where the registry allows).
-pub const MAX_TAG_PAGES: usize = 100;
 /// Tags whose digest one check asks for.
 pub const MAX_DIGEST_REQUESTS: usize = 100;
 /// Digest requests in flight at once.
@@ -62,62 +62,6 @@ pub async fn check(request: &Request) -> Result<Vec<Version>, Error> {
             .await
         }
     }
-}
-
-/// Where to look: the mirror first for Docker Hub repositories, then the repository itself.
-pub async fn endpoints(settings: &Settings) -> Vec<(Registry, Repository)> {
-    let origin = &settings.repository;
-    let mut list = Vec::new();
-    if let Some(mirror) = &settings.mirror {
-        if origin.host().is_docker_hub() {
-            let repository = origin.on_host(mirror.host.clone());
-            // The origin is the fallback: don't spend long on a mirror that is down.
-            let patience = crate::registry::RetryPolicy {
-                attempts: 2,
-                ..Default::default()
-            };
-            list.push((
-                Registry::new(mirror.host.clone(), &settings.registries)
-                    .await
-                    .with_retry(patience),
-                repository,
-            ));
-        }
-    }
-    list.push((
-        Registry::new(origin.host().clone(), &settings.registries).await,
-        origin.clone(),
-    ));
-    list
-}
-
-/// Runs `f` on the mirror, then on the origin when the mirror failed or found nothing.
-async fn across_endpoints<F>(settings: &Settings, f: F) -> Result<Vec<Version>, Error>
-where
-    F: AsyncFn(&Registry, &Repository) -> Result<Vec<Version>, Error>,
-{
-    let list = endpoints(settings).await;
-    let count = list.len();
-    for (i, (registry, repository)) in list.iter().enumerate() {
-        let last = i + 1 == count;
-        match f(registry, repository).await {
-            Ok(versions) if !versions.is_empty() || last => return Ok(versions),
-            Ok(_) => tracing::warn!(
-                "mirror {} has nothing for {}; asking {} itself",
-                registry.host(),
-                repository.path(),
-                settings.repository.host()
-            ),
-            Err(e) if !last => tracing::warn!(
-                "mirror {} failed ({}); asking {} itself",
-                registry.host(),
-                crate::error::chain(&e),
-                settings.repository.host()
-            ),
-            Err(e) => return Err(e),
-        }
-    }
-    unreachable!("the origin is always the last endpoint")
 }
 
 /// `[cursor, current]` when the cursor still exists and differs, `[current]` otherwise, `[]`
@@ -239,7 +183,7 @@ async fn select_mode(
     let platform = settings
         .platform
         .as_ref()
-        .map(|p| WantedPlatform::from_option(Some(p)));
+        .map(|p| Platform::wanted(Some(p)));
     let inspect = |candidate: Candidate| {
         let platform = platform.clone();
         async move {
@@ -350,7 +294,7 @@ async fn inspect(
     registry: &Registry,
     repository: &Repository,
     candidate: Candidate,
-    platform: Option<&WantedPlatform>,
+    platform: Option<&Platform>,
     created: bool,
 ) -> Result<Option<Found>, Error> {
     let tag = candidate.tag.as_str();
@@ -372,7 +316,7 @@ async fn inspect(
         reference: reference.clone(),
         reason: format!("the manifest is not valid: {e}"),
     };
-    let default = WantedPlatform::from_option(None);
+    let default = Platform::wanted(None);
     let wanted = platform.unwrap_or(&default);
     let manifest: ImageManifest = if image::is_index(&top.media_type, &top.bytes) {
         let index: ImageIndex = serde_json::from_slice(&top.bytes).map_err(bad)?;
@@ -423,92 +367,6 @@ async fn inspect(
     }))
 }
 
-fn config_matches(config: &ImageConfig, wanted: &WantedPlatform) -> bool {
-    let p = image::DescriptorPlatform {
-        os: config.os.clone(),
-        architecture: config.architecture.clone(),
-        variant: config.variant.clone(),
-    };
-    wanted.matches(&p)
-}
-
-/// `2024-01-02T03:04:05.123456789Z` or with an offset → (seconds since the epoch, nanos).
-pub fn parse_rfc3339(s: &str) -> Option<(i64, u32)> {
-    let s = s.trim();
-    let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let t = s.get(r)?;
-        t.bytes()
-            .all(|c| c.is_ascii_digit())
-            .then(|| t.parse().ok())?
-    };
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
-        return None;
-    }
-    let mut rest = &s[19..];
-    let mut nanos = 0u32;
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
-        let text = &frac[..digits.min(9)];
-        nanos = format!("{text:0<9}").parse().ok()?;
-        rest = &frac[digits..];
-    }
-    let offset = match rest {
-        "Z" | "z" => 0,
-        o if o.len() == 6 && (o.starts_with('+') || o.starts_with('-')) => {
-            let h: i64 = o.get(1..3)?.parse().ok()?;
-            let m: i64 = o.get(4..6)?.parse().ok()?;
-            let v = h * 3600 + m * 60;
-            if o.starts_with('-') {
-                -v
-            } else {
-                v
-            }
-        }
-        _ => return None,
-    };
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some((
-        days * 86_400 + hour * 3600 + minute * 60 + second - offset,
-        nanos,
-    ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339() {
-        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some((0, 0)));
-        assert_eq!(
-            parse_rfc3339("2024-01-02T03:04:05.5Z"),
-            Some((1_704_164_645, 500_000_000))
-        );
-        assert_eq!(
-            parse_rfc3339("2024-01-02T05:04:05+02:00"),
-            parse_rfc3339("2024-01-02T03:04:05Z")
-        );
-        assert!(parse_rfc3339("2024-01-02T03:04:05.1Z") < parse_rfc3339("2024-01-02T03:04:05.12Z"));
-        for bad in [
-            "",
-            "yesterday",
-            "2024-13-01T00:00:00Z",
-            "2024-01-01T00:00:00",
-        ] {
-            assert_eq!(parse_rfc3339(bad), None, "{bad}");
-        }
-    }
+fn config_matches(config: &ImageConfig, wanted: &Platform) -> bool {
+    wanted.matches(&Platform::of_config(config))
 }

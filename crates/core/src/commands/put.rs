@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::archive::{self, Plan};
+use crate::build::{Build, BuildParams};
 use crate::error::Error;
+use crate::layout::read::{self as archive, Plan};
 use crate::protocol::{parse_params, MetadataField, Request, Response, Version};
 use crate::reference::{Digest, Repository, Tag};
 use crate::registry::{Mount, Registry};
@@ -56,38 +57,40 @@ pub struct Params {
     pub skip_download: Option<bool>,
 }
 
-pub const PARAMS: &[&str] = &[
-    "load",
-    "build",
-    "load_file",
-    "load_repository",
-    "load_tag",
-    "import_file",
-    "pull_repository",
-    "pull_tag",
-    "image",
-    "tag_file",
-    "tag",
-    "tag_prefix",
-    "tag_as_latest",
-    "additional_tags",
-    "version",
-    "bump_aliases",
-    "dockerfile",
-    "build_args",
-    "build_args_file",
-    "target_name",
-    "labels",
-    "labels_file",
-    "secrets",
-    "docker_buildkit",
-    "cache",
-    "cache_tag",
-    "cache_from",
-    "load_base",
-    "load_bases",
-    "skip_download",
-];
+impl crate::protocol::Params for Params {
+    const FIELDS: &'static [&'static str] = &[
+        "load",
+        "build",
+        "load_file",
+        "load_repository",
+        "load_tag",
+        "import_file",
+        "pull_repository",
+        "pull_tag",
+        "image",
+        "tag_file",
+        "tag",
+        "tag_prefix",
+        "tag_as_latest",
+        "additional_tags",
+        "version",
+        "bump_aliases",
+        "dockerfile",
+        "build_args",
+        "build_args_file",
+        "target_name",
+        "labels",
+        "labels_file",
+        "secrets",
+        "docker_buildkit",
+        "cache",
+        "cache_tag",
+        "cache_from",
+        "load_base",
+        "load_bases",
+        "skip_download",
+    ];
+}
 
 pub async fn put(request: &Request, src: &Path) -> Result<Response, Error> {
     let source = request.source()?;
@@ -105,11 +108,12 @@ pub async fn put(request: &Request, src: &Path) -> Result<Response, Error> {
     let result = async {
         let (plan, mount_from) = if params.load.is_none() && params.build.is_some() {
             // The one step that needs a daemon; it is stopped (if started here) before pushing.
-            let build = crate::build::Build::prepare(&params, src)?;
+            let build_params = params.build_params();
+            let build = Build::prepare(&build_params, src)?;
             let daemon = crate::daemon::Daemon::connect_or_start(&settings).await?;
             let built = staging.path().join("built.tar");
             let result = build
-                .run(&daemon, &params, &settings, staging.path(), &built)
+                .run(&daemon, &build_params, &settings, staging.path(), &built)
                 .await;
             daemon.stop().await;
             result?;
@@ -127,7 +131,7 @@ pub async fn put(request: &Request, src: &Path) -> Result<Response, Error> {
         if params.bump_aliases {
             let version = params.version.as_deref().map(str::trim).unwrap_or_default();
             let listed = registry
-                .list_tags(repository, crate::check::MAX_TAG_PAGES)
+                .list_tags(repository, crate::registry::MAX_TAG_PAGES)
                 .await?;
             for alias in aliases(version, variant, &listed.tags) {
                 let tag: Tag = alias
@@ -476,6 +480,28 @@ async fn pull_plan(
         },
         Some(from),
     ))
+}
+
+impl Params {
+    /// The params of a build, for `build/`.
+    fn build_params(&self) -> BuildParams {
+        BuildParams {
+            build: self.build.clone(),
+            dockerfile: self.dockerfile.clone(),
+            build_args: self.build_args.clone(),
+            build_args_file: self.build_args_file.clone(),
+            target_name: self.target_name.clone(),
+            labels: self.labels.clone(),
+            labels_file: self.labels_file.clone(),
+            secrets: self.secrets.clone(),
+            docker_buildkit: self.docker_buildkit.clone(),
+            cache: self.cache,
+            cache_tag: self.cache_tag.clone(),
+            cache_from: self.cache_from.clone(),
+            load_base: self.load_base.clone(),
+            load_bases: self.load_bases.clone(),
+        }
+    }
 }
 
 fn read_text(src: &Path, file: &str, field: &str) -> Result<String, Error> {

@@ -9,6 +9,9 @@
 //! CLI through its environment and registry credentials through a private `DOCKER_CONFIG`,
 //! never on its command line.
 
+mod dockerignore;
+mod params;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -21,8 +24,8 @@ use futures_util::StreamExt as _;
 
 use crate::daemon::Daemon;
 use crate::error::Error;
-use crate::put::Params;
 use crate::source::Settings;
+pub use params::BuildParams;
 
 /// The variables docker-image-resource expands in build args (nothing else is expanded).
 const EXPANDED: &[&str] = &[
@@ -79,7 +82,7 @@ pub struct Build {
 }
 
 impl Build {
-    pub fn prepare(params: &Params, src: &Path) -> Result<Build, Error> {
+    pub fn prepare(params: &BuildParams, src: &Path) -> Result<Build, Error> {
         let build = params.build.as_deref().expect("called for params.build");
         let context = src.join(build);
         if !context.is_dir() {
@@ -126,7 +129,7 @@ impl Build {
     pub async fn run(
         &self,
         daemon: &Daemon,
-        params: &Params,
+        params: &BuildParams,
         settings: &Settings,
         staging: &Path,
         out: &Path,
@@ -208,7 +211,7 @@ impl Build {
         docker: &bollard::Docker,
         registry_auth: HashMap<String, DockerCredentials>,
         cache_from: Vec<String>,
-        params: &Params,
+        params: &BuildParams,
         staging: &Path,
         tag: &str,
     ) -> Result<(), Error> {
@@ -222,7 +225,7 @@ impl Build {
             let file = std::fs::File::create(&context_tar).map_err(|e| input(&context_tar, e))?;
             let mut tar = tar::Builder::new(std::io::BufWriter::new(file));
             tar.follow_symlinks(false);
-            let ignore = crate::dockerignore::Ignore::load(&self.context)?;
+            let ignore = dockerignore::Ignore::load(&self.context)?;
             append_context(&mut tar, &self.context, "", &ignore, &dockerfile_in_context)
                 .map_err(|e| input(&self.context, e))?;
             if dockerfile_in_context == ".dockhand.Dockerfile" {
@@ -264,7 +267,7 @@ impl Build {
         daemon: &Daemon,
         registry_auth: &HashMap<String, DockerCredentials>,
         cache_from: &[String],
-        params: &Params,
+        params: &BuildParams,
         staging: &Path,
         tag: &str,
     ) -> Result<(), Error> {
@@ -316,7 +319,7 @@ impl Build {
 
     /// The CLI's arguments: no build arg values (they come from the environment, unless the
     /// name would change how the CLI itself runs) and no credentials.
-    fn cli_args(&self, params: &Params, cache_from: &[String], tag: &str) -> Vec<String> {
+    fn cli_args(&self, params: &BuildParams, cache_from: &[String], tag: &str) -> Vec<String> {
         let mut args: Vec<String> = vec![
             "build".into(),
             "--progress=plain".into(),
@@ -533,7 +536,7 @@ fn append_context<W: std::io::Write>(
     tar: &mut tar::Builder<W>,
     context: &Path,
     rel: &str,
-    ignore: &crate::dockerignore::Ignore,
+    ignore: &dockerignore::Ignore,
     dockerfile: &str,
 ) -> std::io::Result<()> {
     let dir = if rel.is_empty() {
@@ -702,7 +705,7 @@ impl Saved {
 
 /// Proxy variables first, then build_args_file, then build_args (which win), with the six
 /// Concourse variables expanded. Sorted by name (a BTreeMap), as docker-image-resource does.
-fn build_args(params: &Params, src: &Path) -> Result<BTreeMap<String, String>, Error> {
+fn build_args(params: &BuildParams, src: &Path) -> Result<BTreeMap<String, String>, Error> {
     let mut args = BTreeMap::new();
     for var in PROXY_VARS {
         if let Ok(v) = std::env::var(var) {
@@ -730,7 +733,7 @@ fn build_args(params: &Params, src: &Path) -> Result<BTreeMap<String, String>, E
     Ok(args)
 }
 
-fn labels(params: &Params, src: &Path) -> Result<BTreeMap<String, String>, Error> {
+fn labels(params: &BuildParams, src: &Path) -> Result<BTreeMap<String, String>, Error> {
     let mut labels = BTreeMap::new();
     if let Some(file) = &params.labels_file {
         let path = src.join(file);

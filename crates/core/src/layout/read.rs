@@ -8,17 +8,22 @@
 //! Uncompressed layers (`docker save` before Docker 25) are gzipped, in parallel.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Seek, Write};
+use std::io::{self, Read, Seek};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use sha2::Digest as _;
 
+use crate::compression::{gzip_to, open_layer, sniff, Compression};
 use crate::error::Error;
+use crate::hash::HashingReader;
 use crate::image::{is_index, ImageIndex, ImageManifest};
+use crate::image::{
+    DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_MANIFEST, OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP,
+    OCI_LAYER_ZSTD, OCI_MANIFEST,
+};
 use crate::reference::Digest;
-use crate::registry::{Body, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
-use crate::unpack::{sniff, Compression};
+use crate::registry::Body;
+use crate::time::format_rfc3339;
 
 /// One blob to make sure the registry has.
 #[derive(Debug, Clone)]
@@ -422,19 +427,9 @@ fn read_docker_archive(files: &Files, staging: &Path, name: Option<&str>) -> Res
     let layers = prepared.into_iter().collect::<Result<Vec<_>, _>>()?;
     let oci = layers.iter().any(|l| l.zstd);
     let (manifest_type, config_type, gzip_type, zstd_type) = if oci {
-        (
-            OCI_MANIFEST,
-            "application/vnd.oci.image.config.v1+json",
-            "application/vnd.oci.image.layer.v1.tar+gzip",
-            "application/vnd.oci.image.layer.v1.tar+zstd",
-        )
+        (OCI_MANIFEST, OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_ZSTD)
     } else {
-        (
-            DOCKER_MANIFEST,
-            "application/vnd.docker.container.image.v1+json",
-            "application/vnd.docker.image.rootfs.diff.tar.gzip",
-            "",
-        )
+        (DOCKER_MANIFEST, DOCKER_CONFIG, DOCKER_LAYER_GZIP, "")
     };
     let manifest = serde_json::json!({
         "schemaVersion": 2,
@@ -486,11 +481,10 @@ fn prepare_layer(files: &Files, name: &str, out: &Path) -> Result<PreparedLayer,
     match sniff(&head[..n]) {
         kind @ (Compression::Gzip | Compression::Zstd) => {
             let (body, size) = files.body(name)?;
-            let mut hasher = sha2::Sha256::new();
-            io::copy(&mut files.reader(name)?, &mut HashWriter(&mut hasher))
+            let (digest, _) = crate::hash::digest_of(files.reader(name)?)
                 .map_err(|e| bad(files.describe(), e))?;
             Ok(PreparedLayer {
-                digest: Digest::from_sha256(&hasher.finalize()),
+                digest,
                 size,
                 body,
                 zstd: kind == Compression::Zstd,
@@ -512,74 +506,16 @@ fn prepare_layer(files: &Files, name: &str, out: &Path) -> Result<PreparedLayer,
     }
 }
 
-struct HashWriter<'a>(&'a mut sha2::Sha256);
-
-impl Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Writes `input` gzipped to `out`; returns the digest and size of what was written, and
-/// hashes the input as it goes when `diff_id` is given.
-fn gzip_to(mut input: impl Read, out: &Path) -> io::Result<(Digest, u64)> {
-    struct Tee<W: Write> {
-        inner: W,
-        hasher: sha2::Sha256,
-        written: u64,
-    }
-    impl<W: Write> Write for Tee<W> {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            let n = self.inner.write(buf)?;
-            self.hasher.update(&buf[..n]);
-            self.written += n as u64;
-            Ok(n)
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            self.inner.flush()
-        }
-    }
-    let file = std::fs::File::create(out)?;
-    let tee = Tee {
-        inner: io::BufWriter::with_capacity(1 << 20, file),
-        hasher: sha2::Sha256::new(),
-        written: 0,
-    };
-    let mut gz = flate2::write::GzEncoder::new(tee, flate2::Compression::new(3));
-    io::copy(&mut input, &mut gz)?;
-    let mut tee = gz.finish()?;
-    tee.flush()?;
-    Ok((Digest::from_sha256(&tee.hasher.finalize()), tee.written))
-}
-
 /// `import_file`: a rootfs tarball (plain or compressed) as a one-layer image, as
 /// `docker import` makes it.
 pub fn import_rootfs(path: &Path, staging: &Path) -> Result<Plan, Error> {
     std::fs::create_dir_all(staging).map_err(|e| bad(staging, e))?;
     let layer_path = staging.join("import.tar.gz");
-    let input = crate::unpack::open_layer(path).map_err(|e| bad(path, e))?;
+    let input = open_layer(path).map_err(|e| bad(path, e))?;
     // Hash the uncompressed stream (the diff id) while gzipping it.
-    struct HashRead<R> {
-        inner: R,
-        hasher: sha2::Sha256,
-    }
-    impl<R: Read> Read for HashRead<R> {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            let n = self.inner.read(buf)?;
-            self.hasher.update(&buf[..n]);
-            Ok(n)
-        }
-    }
-    let mut reader = HashRead {
-        inner: input,
-        hasher: sha2::Sha256::new(),
-    };
+    let mut reader = HashingReader::new(input);
     let (digest, size) = gzip_to(&mut reader, &layer_path).map_err(|e| bad(path, e))?;
-    let diff_id = Digest::from_sha256(&reader.hasher.finalize());
+    let diff_id = reader.digest();
     let architecture = match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
@@ -588,7 +524,7 @@ pub fn import_rootfs(path: &Path, staging: &Path) -> Result<Plan, Error> {
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": architecture,
         "os": "linux",
-        "created": httpdate_rfc3339(std::time::SystemTime::now()),
+        "created": format_rfc3339(std::time::SystemTime::now()),
         "config": {},
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
         "history": [{"created_by": "dockhand import_file"}],
@@ -598,8 +534,8 @@ pub fn import_rootfs(path: &Path, staging: &Path) -> Result<Plan, Error> {
     let manifest = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
         "mediaType": DOCKER_MANIFEST,
-        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": config.len(), "digest": config_digest},
-        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": size, "digest": digest}],
+        "config": {"mediaType": DOCKER_CONFIG, "size": config.len(), "digest": config_digest},
+        "layers": [{"mediaType": DOCKER_LAYER_GZIP, "size": size, "digest": digest}],
     }))
     .expect("serialisable");
     Ok(Plan {
@@ -630,45 +566,4 @@ pub fn import_rootfs(path: &Path, staging: &Path) -> Result<Plan, Error> {
         },
         image_id: Some(config_digest),
     })
-}
-
-/// RFC 3339 in UTC, seconds precision, without a date crate.
-fn httpdate_rfc3339(t: std::time::SystemTime) -> String {
-    let secs = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339() {
-        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
-        assert_eq!(httpdate_rfc3339(t), "2023-11-14T22:13:20Z");
-        assert_eq!(
-            httpdate_rfc3339(std::time::UNIX_EPOCH),
-            "1970-01-01T00:00:00Z"
-        );
-    }
 }

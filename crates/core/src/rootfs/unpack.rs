@@ -583,50 +583,6 @@ fn times(mtime: u64) -> Timestamps {
     }
 }
 
-/// What a layer blob is compressed with, by its first bytes (BuildKit mislabels zstd, so
-/// the media type is not trusted).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    Gzip,
-    Zstd,
-    None,
-}
-
-pub fn sniff(head: &[u8]) -> Compression {
-    if head.starts_with(&[0x1f, 0x8b]) {
-        Compression::Gzip
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Compression::Zstd
-    } else {
-        Compression::None
-    }
-}
-
-/// A reader of the uncompressed layer in `path`.
-pub fn open_layer(path: &Path) -> io::Result<Box<dyn Read + Send>> {
-    let mut file = std::fs::File::open(path)?;
-    let mut head = [0u8; 4];
-    let n = read_up_to(&mut file, &mut head)?;
-    let file =
-        io::BufReader::with_capacity(256 << 10, io::Cursor::new(head[..n].to_vec()).chain(file));
-    Ok(match sniff(&head[..n]) {
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(file)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(file)?),
-        Compression::None => Box::new(file),
-    })
-}
-
-fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -640,13 +596,6 @@ mod tests {
         assert_eq!(j(b"a/../../b").as_deref(), Some("b"));
         assert_eq!(j(b"./"), None);
         assert_eq!(j(b".."), None);
-    }
-
-    #[test]
-    fn sniffing() {
-        assert_eq!(sniff(&[0x1f, 0x8b, 8, 0]), Compression::Gzip);
-        assert_eq!(sniff(&[0x28, 0xb5, 0x2f, 0xfd]), Compression::Zstd);
-        assert_eq!(sniff(b"etc/"), Compression::None);
     }
 
     #[test]

@@ -1,0 +1,103 @@
+//! The files `in` writes beside the image: `metadata.json` (Concourse's `image_resource`
+//! contract), `labels.json` and `docker_inspect.json`.
+
+use std::path::Path;
+
+use crate::error::write_output as write_file;
+use crate::error::Error;
+use crate::image::ImageConfig;
+use crate::reference::{Digest, Repository};
+
+/// `metadata.json`: what Concourse needs to run the rootfs as a task image.
+pub fn write_metadata_json(dest: &Path, config: &ImageConfig, rootfs: &Path) -> Result<(), Error> {
+    let run = config.config.clone().unwrap_or_default();
+    let mut meta = serde_json::Map::new();
+    meta.insert(
+        "env".into(),
+        serde_json::json!(run
+            .env
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| !e.starts_with("HOSTNAME="))
+            .collect::<Vec<_>>()),
+    );
+    if let Some(user) = run.user.filter(|u| !u.is_empty()) {
+        meta.insert("user".into(), serde_json::json!(user_name(&user, rootfs)));
+    }
+    meta.insert("cmd".into(), serde_json::json!(run.cmd));
+    meta.insert("entrypoint".into(), serde_json::json!(run.entrypoint));
+    write_file(
+        &dest.join("metadata.json"),
+        &serde_json::to_vec(&meta).expect("serialisable"),
+    )
+}
+
+/// A numeric `User` becomes the name the image's /etc/passwd gives it, as
+/// docker-image-resource does; a name (or an unknown uid) stays as it is.
+fn user_name(user: &str, rootfs: &Path) -> String {
+    let uid = user.split(':').next().unwrap_or(user);
+    if uid.parse::<u32>().is_err() {
+        return user.to_string();
+    }
+    // Read through the rootfs only when /etc/passwd is a plain file (not a planted symlink).
+    let passwd = rootfs.join("etc/passwd");
+    let plain = std::fs::symlink_metadata(rootfs.join("etc"))
+        .map(|m| m.is_dir())
+        .unwrap_or(false)
+        && std::fs::symlink_metadata(&passwd)
+            .map(|m| m.is_file())
+            .unwrap_or(false);
+    if plain {
+        if let Ok(text) = std::fs::read_to_string(&passwd) {
+            for line in text.lines() {
+                let fields: Vec<&str> = line.split(':').collect();
+                if fields.len() > 2 && fields[2] == uid {
+                    return fields[0].to_string();
+                }
+            }
+        }
+    }
+    user.to_string()
+}
+
+pub fn write_labels_json(dest: &Path, config: &ImageConfig) -> Result<(), Error> {
+    let labels = config
+        .config
+        .as_ref()
+        .and_then(|c| c.labels.clone())
+        .unwrap_or_default();
+    write_file(
+        &dest.join("labels.json"),
+        &serde_json::to_vec(&labels).expect("serialisable"),
+    )
+}
+
+/// `docker_inspect.json` as `docker inspect` would print it for the pulled image.
+pub fn write_docker_inspect(
+    dest: &Path,
+    config: &ImageConfig,
+    raw: &serde_json::Value,
+    repository: &Repository,
+    tag: &str,
+    digest: &Digest,
+    id: &Digest,
+) -> Result<(), Error> {
+    let inspect = serde_json::json!([{
+        "Id": id.as_str(),
+        "RepoTags": [format!("{repository}:{tag}")],
+        "RepoDigests": [format!("{repository}@{digest}")],
+        "Created": config.created,
+        "Architecture": config.architecture,
+        "Os": config.os,
+        "Variant": config.variant,
+        "Config": raw.get("config").cloned().unwrap_or(serde_json::Value::Null),
+        "RootFS": {
+            "Type": "layers",
+            "Layers": config.rootfs.as_ref().map(|r| r.diff_ids.clone()).unwrap_or_default(),
+        },
+    }]);
+    write_file(
+        &dest.join("docker_inspect.json"),
+        &serde_json::to_vec_pretty(&inspect).expect("serialisable"),
+    )
+}

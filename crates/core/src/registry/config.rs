@@ -1,0 +1,80 @@
+//! What the registry client needs to know, owned by the client: credentials by host, TLS
+//! material by domain, insecure hosts, and ECR settings. `source` builds it once in
+//! `resolve()`; nothing here knows the pipeline's JSON.
+
+use crate::reference::Host;
+use crate::secret::Secret;
+
+/// Everything needed to talk to any registry: credentials and TLS material by host.
+#[derive(Debug, Default, Clone)]
+pub struct RegistryConfig {
+    pub credentials: Vec<HostCredentials>,
+    pub ca_certs: Vec<DomainPem>,
+    pub client_certs: Vec<DomainPem>,
+    pub insecure: Vec<Insecure>,
+    /// Where ECR tokens apply and how to get them (`aws_*` fields).
+    pub ecr: Option<EcrConfig>,
+}
+
+/// `source.aws_*`: ECR applies to ECR hostnames, and to `repository_host` when `region` is set.
+#[derive(Debug, Clone)]
+pub struct EcrConfig {
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<Secret>,
+    pub session_token: Option<Secret>,
+    /// `aws_role_arn`, then `aws_role_arns`, assumed in this order.
+    pub roles: Vec<String>,
+    pub account_id: Option<String>,
+    pub repository_host: Host,
+}
+
+#[derive(Debug, Clone)]
+pub struct HostCredentials {
+    pub host: Host,
+    pub username: String,
+    pub password: Secret,
+    /// Where they came from, for error messages (`source.username`).
+    pub origin: String,
+}
+
+/// PEM material for a domain; `domain` `None` applies to every registry.
+#[derive(Debug, Clone)]
+pub struct DomainPem {
+    pub domain: Option<String>,
+    /// Certificate chain (and for client certificates, the key after it).
+    pub pem: Secret,
+    pub field: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Insecure {
+    Host(String),
+    Net(ipnet::IpNet),
+}
+
+impl DomainPem {
+    /// `domain` matches a registry when equal to its `host:port` or to its bare host name.
+    pub fn applies_to(&self, host: &Host) -> bool {
+        match &self.domain {
+            None => true,
+            Some(d) => {
+                let d = d.to_ascii_lowercase();
+                d == host.as_str() || d == host.hostname()
+            }
+        }
+    }
+}
+
+impl RegistryConfig {
+    pub fn is_insecure(&self, host: &Host) -> bool {
+        self.insecure.iter().any(|entry| match entry {
+            Insecure::Host(h) => h == host.as_str() || h == host.hostname(),
+            Insecure::Net(net) => host.ip().is_some_and(|ip| net.contains(&ip)),
+        })
+    }
+
+    pub fn credentials_for(&self, host: &Host) -> Option<&HostCredentials> {
+        self.credentials.iter().find(|c| &c.host == host)
+    }
+}

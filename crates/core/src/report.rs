@@ -1,0 +1,18 @@
+//! Errors as text: an error and its sources on one line.
+
+/// An error and its sources on one line, for errors folded into another's message.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// `chain` with runs of white space (newlines from SDKs and daemons) folded to one space.
+pub fn one_line(e: &dyn std::error::Error) -> String {
+    chain(e).split_whitespace().collect::<Vec<_>>().join(" ")
+}

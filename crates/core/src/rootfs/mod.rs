@@ -1,0 +1,18 @@
+//! The rootfs `in` writes: layers applied safely ([`unpack`]), in order while the next ones
+//! decompress ([`pipeline`]), and exported as `rootfs.tar` ([`export`]). Everything here is
+//! synchronous; async code reaches it through `spawn_blocking`.
+
+pub mod export;
+pub mod pipeline;
+pub mod unpack;
+
+/// What went wrong while writing a rootfs.
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    #[error("the layer downloads stopped")]
+    Stopped,
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Unpack(#[from] unpack::UnpackError),
+}
