@@ -12,8 +12,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::outputs;
-use crate::error::Error;
-use crate::error::{io_error, write_output as write_file};
+use crate::error::{io_error, write_output as write_file, Error};
 use crate::image::{
     self, ImageConfig, ImageIndex, ImageManifest, Platform, RawManifest as Manifest,
 };
