@@ -423,6 +423,7 @@ impl Registry {
                     detail: String::new(),
                 },
                 Err((failure, e)) => {
+                    let failure = self.read_tls_failure(scheme, failure).await;
                     let hard =
                         matches!(failure, Failure::Untrusted(_) | Failure::ClientCertificate);
                     let error = self.transport_error(failure, e, "/v2/");
@@ -439,6 +440,27 @@ impl Registry {
             last_error = Some(error);
         }
         Err(last_error.expect("at least one scheme was tried"))
+    }
+
+    /// A broken HTTPS connection to a server that asks for a client certificate, when none
+    /// is configured for it, is that server's refusal whose alert was lost to the reset
+    /// (see [`transport::asks_for_client_certificate`]).
+    async fn read_tls_failure(&self, scheme: &str, failure: Failure) -> Failure {
+        let has_cert = self
+            .config
+            .client_certs
+            .iter()
+            .any(|c| c.applies_to(&self.host));
+        if scheme != "https" || failure != Failure::Transient || has_cert {
+            return failure;
+        }
+        let host = self.host.clone();
+        match tokio::task::spawn_blocking(move || transport::asks_for_client_certificate(&host))
+            .await
+        {
+            Ok(true) => Failure::ClientCertificate,
+            _ => failure,
+        }
     }
 
     /// GET `/v2/`: the challenge of a 401, none for anything else that answered.

@@ -164,3 +164,193 @@ fn classify_tls(e: &rustls::Error) -> Failure {
         _ => Failure::Other,
     }
 }
+
+/// Whether the TLS server at `host` asks for a client certificate in its handshake.
+///
+/// A TLS 1.3 server that requires one and gets none sends its alert after the handshake has
+/// finished on the client's side, and closes; when the client's first request reaches the
+/// closed socket the reset can discard the alert before it is read, so the failure reads as a
+/// broken connection. The server's CertificateRequest comes in its first flight, before the
+/// client has sent anything, so this handshake (which verifies nothing and sends nothing
+/// after it) tells the two apart without a race. Blocking: run it off the async threads.
+pub fn asks_for_client_certificate(host: &Host) -> bool {
+    use std::net::{TcpStream, ToSocketAddrs};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let asked = Arc::new(AtomicBool::new(false));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let Ok(config) =
+        rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions()
+    else {
+        return false;
+    };
+    let config = config
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(probe::AnyCertificate))
+        .with_client_cert_resolver(Arc::new(probe::Recorder(asked.clone())));
+    let name = host
+        .hostname()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let Ok(server_name) = rustls::pki_types::ServerName::try_from(name.to_string()) else {
+        return false;
+    };
+    let Ok(mut tls) = rustls::ClientConnection::new(Arc::new(config), server_name) else {
+        return false;
+    };
+    let address = if host.as_str().len() > host.hostname().len() {
+        host.as_str().to_string()
+    } else {
+        format!("{}:443", host.as_str())
+    };
+    let timeout = Duration::from_secs(5);
+    let Some(addr) = address.to_socket_addrs().ok().and_then(|mut a| a.next()) else {
+        return false;
+    };
+    let Ok(mut socket) = TcpStream::connect_timeout(&addr, timeout) else {
+        return false;
+    };
+    let _ = socket.set_read_timeout(Some(timeout));
+    let _ = socket.set_write_timeout(Some(timeout));
+    while tls.is_handshaking() && !asked.load(Ordering::SeqCst) {
+        if tls.complete_io(&mut socket).is_err() {
+            break;
+        }
+    }
+    asked.load(Ordering::SeqCst)
+}
+
+mod probe {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+
+    /// Accepts any server certificate: the probe only watches the handshake.
+    #[derive(Debug)]
+    pub struct AnyCertificate;
+
+    impl ServerCertVerifier for AnyCertificate {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            rustls::crypto::ring::default_provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+
+    /// Notes that the server asked for a client certificate, and offers none.
+    #[derive(Debug)]
+    pub struct Recorder(pub Arc<AtomicBool>);
+
+    impl rustls::client::ResolvesClientCert for Recorder {
+        fn resolve(
+            &self,
+            _: &[&[u8]],
+            _: &[SignatureScheme],
+        ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+            self.0.store(true, Ordering::SeqCst);
+            None
+        }
+
+        fn has_certs(&self) -> bool {
+            true
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// A TLS server on a loopback port that answers one handshake, asking for a client
+    /// certificate when `require` is set.
+    fn tls_server(require: bool) -> Host {
+        let key = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let cert = key.cert.der().clone();
+        let private =
+            rustls::pki_types::PrivateKeyDer::try_from(key.key_pair.serialize_der()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = if require {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(cert.clone()).unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let config = Arc::new(builder.with_single_cert(vec![cert], private).unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let (mut socket, _) = listener.accept().unwrap();
+            let mut tls = rustls::ServerConnection::new(config).unwrap();
+            while tls.is_handshaking() {
+                if tls.complete_io(&mut socket).is_err() {
+                    break;
+                }
+            }
+        });
+        Host::parse(&format!("localhost:{port}")).unwrap()
+    }
+
+    #[test]
+    fn the_probe_sees_a_request_for_a_client_certificate() {
+        assert!(asks_for_client_certificate(&tls_server(true)));
+        assert!(!asks_for_client_certificate(&tls_server(false)));
+    }
+
+    #[test]
+    fn the_probe_says_no_when_nothing_answers() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        assert!(!asks_for_client_certificate(
+            &Host::parse(&format!("127.0.0.1:{port}")).unwrap()
+        ));
+    }
+}
