@@ -20,7 +20,7 @@ const LAYERS: &[&[&str]] = &[
     &["rootfs"],
     &["compression", "fs", "progress", "time", "report"],
     &["hash"],
-    &["reference", "secret"],
+    &["blob", "reference", "secret"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

@@ -9,6 +9,7 @@
 //! `protocol` → `source` → `error` → `registry` → `image` → `rootfs` → the leaves.
 #![deny(clippy::print_stdout)]
 
+mod blob;
 mod build;
 pub mod commands;
 mod compression;

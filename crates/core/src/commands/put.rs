@@ -456,7 +456,7 @@ async fn pull_plan(
             Ok::<_, Error>(archive::Blob {
                 digest: digest.clone(),
                 size: *size,
-                body: crate::registry::Body::File {
+                body: crate::blob::Body::File {
                     path,
                     offset: 0,
                     len: *size,

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::blob::Body;
 use crate::compression::{gzip_to, open_layer, sniff, Compression};
 use crate::error::Error;
 use crate::hash::HashingReader;
@@ -22,7 +23,6 @@ use crate::image::{
     OCI_LAYER_ZSTD, OCI_MANIFEST,
 };
 use crate::reference::Digest;
-use crate::registry::Body;
 use crate::time::format_rfc3339;
 
 /// One blob to make sure the registry has.

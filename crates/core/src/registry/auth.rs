@@ -1,9 +1,8 @@
 //! Registry authentication: `WWW-Authenticate` challenges, basic auth, bearer tokens per scope
 //! (<https://distribution.github.io/distribution/spec/auth/token/>), and credentials from the
-//! pipeline or from `~/.docker/config.json` (`auths`, `credHelpers`, `credsStore`).
+//! pipeline, an ECR token, or the Docker CLI's configuration (`docker_config.rs`).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -15,6 +14,8 @@ use super::config::RegistryConfig;
 use crate::reference::Host;
 use crate::secret::Secret;
 
+use super::body::read_limited;
+use super::retry::{exchange, Answer, RetryPolicy};
 use super::RegistryError;
 
 /// Username and password for one registry, with where they came from.
@@ -165,6 +166,7 @@ impl Auth {
         &self,
         http: &reqwest::Client,
         scope: &str,
+        policy: &RetryPolicy,
     ) -> Result<Option<HeaderValue>, RegistryError> {
         let mut state = self.state.lock().await;
         match state.challenge.clone() {
@@ -177,7 +179,7 @@ impl Auth {
                     }
                 }
                 let token = self
-                    .fetch_token(http, &realm, service.as_deref(), scope)
+                    .fetch_token(http, &realm, service.as_deref(), scope, policy)
                     .await?;
                 let header = bearer_header(&token.value);
                 state.tokens.insert(scope.to_string(), token);
@@ -213,6 +215,7 @@ impl Auth {
         realm: &str,
         service: Option<&str>,
         scope: &str,
+        policy: &RetryPolicy,
     ) -> Result<Token, RegistryError> {
         let mut url = url::Url::parse(realm).map_err(|_| RegistryError::Token {
             host: self.host.to_string(),
@@ -228,18 +231,25 @@ impl Auth {
                 q.append_pair("scope", s);
             }
         }
-        let mut request = http.get(url);
-        if let Some(c) = &self.credentials {
-            request = request.header(reqwest::header::AUTHORIZATION, c.basic_header());
-        }
         let token_error = |reason: String| RegistryError::Token {
             host: self.host.to_string(),
             realm: realm.to_string(),
             reason,
         };
-        let response = request.send().await.map_err(|e| RegistryError::Transport {
+        let what = format!("a token from {realm}");
+        let answer: Result<Answer, std::convert::Infallible> =
+            exchange(policy, &self.host, &what, async || {
+                let mut request = http.get(url.clone());
+                if let Some(c) = &self.credentials {
+                    request = request.header(reqwest::header::AUTHORIZATION, c.basic_header());
+                }
+                Ok(request)
+            })
+            .await;
+        let Ok(answer) = answer;
+        let response = answer.map_err(|(_, e)| RegistryError::Transport {
             host: self.host.to_string(),
-            what: format!("a token from {realm}"),
+            what,
             source: e,
         })?;
         let status = response.status();
@@ -254,7 +264,7 @@ impl Auth {
         if !status.is_success() {
             return Err(token_error(format!("answered {status}")));
         }
-        let body = super::read_limited(response, 1 << 20)
+        let body = read_limited(response, 1 << 20)
             .await
             .map_err(|e| token_error(format!("reading the answer failed: {e}")))?;
         let parsed: TokenResponse = serde_json::from_slice(&body)
@@ -308,138 +318,7 @@ pub async fn credentials_for(
     if let Some(c) = super::ecr::credentials_for(host, config.ecr.as_ref()).await? {
         return Ok(Some(c));
     }
-    Ok(docker_config_credentials(host).await)
-}
-
-#[derive(Deserialize, Default)]
-struct DockerConfig {
-    #[serde(default)]
-    auths: HashMap<String, DockerAuth>,
-    #[serde(default, rename = "credHelpers")]
-    cred_helpers: HashMap<String, String>,
-    #[serde(default, rename = "credsStore")]
-    creds_store: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-struct DockerAuth {
-    auth: Option<String>,
-    username: Option<String>,
-    password: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct HelperAnswer {
-    username: String,
-    secret: String,
-}
-
-fn docker_config_path() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("DOCKER_CONFIG") {
-        return Some(PathBuf::from(dir).join("config.json"));
-    }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json"))
-}
-
-/// The host a `config.json` key names: `https://index.docker.io/v1/` → Docker Hub.
-fn config_key_host(key: &str) -> Option<Host> {
-    let k = key
-        .trim_start_matches("https://")
-        .trim_start_matches("http://");
-    Host::parse(k.split('/').next()?).ok()
-}
-
-async fn docker_config_credentials(host: &Host) -> Option<Credentials> {
-    let path = docker_config_path()?;
-    let text = tokio::fs::read(&path).await.ok()?;
-    let config: DockerConfig = match serde_json::from_slice(&text) {
-        Ok(c) => c,
-        Err(_) => {
-            tracing::warn!("ignoring {}: not valid JSON", path.display());
-            return None;
-        }
-    };
-    let origin = path.display().to_string();
-    let server = if host.is_docker_hub() {
-        "https://index.docker.io/v1/".to_string()
-    } else {
-        host.to_string()
-    };
-    if let Some((_, helper)) = config
-        .cred_helpers
-        .iter()
-        .find(|(k, _)| config_key_host(k).as_ref() == Some(host))
-    {
-        return run_helper(helper, &server).await;
-    }
-    if let Some((_, entry)) = config
-        .auths
-        .iter()
-        .find(|(k, _)| config_key_host(k).as_ref() == Some(host))
-    {
-        if let Some(auth) = &entry.auth {
-            let decoded = base64::engine::general_purpose::STANDARD
-                .decode(auth.trim())
-                .ok()?;
-            let decoded = String::from_utf8(decoded).ok()?;
-            let (user, pass) = decoded.split_once(':')?;
-            return Some(Credentials {
-                username: user.to_string(),
-                password: Secret::new(pass),
-                origin,
-            });
-        }
-        if let (Some(u), Some(p)) = (&entry.username, &entry.password) {
-            return Some(Credentials {
-                username: u.clone(),
-                password: Secret::new(p.clone()),
-                origin,
-            });
-        }
-    }
-    match &config.creds_store {
-        Some(store) if !store.is_empty() => run_helper(store, &server).await,
-        _ => None,
-    }
-}
-
-/// `docker-credential-<helper> get`, server URL on stdin, JSON on stdout.
-async fn run_helper(helper: &str, server: &str) -> Option<Credentials> {
-    use tokio::io::AsyncWriteExt;
-    let program = format!("docker-credential-{helper}");
-    let mut child = tokio::process::Command::new(&program)
-        .arg("get")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| tracing::warn!("cannot run credential helper {program}: {e}"))
-        .ok()?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(server.as_bytes()).await.ok()?;
-    }
-    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .ok()?
-        .ok()?;
-    if !output.status.success() {
-        tracing::debug!("credential helper {program} has nothing for {server}");
-        return None;
-    }
-    let answer: HelperAnswer = serde_json::from_slice(&output.stdout).ok()?;
-    if answer.username == "<token>" {
-        tracing::warn!(
-            "credential helper {program} returned an identity token, which dockhand does not use"
-        );
-        return None;
-    }
-    Some(Credentials {
-        username: answer.username,
-        password: Secret::new(answer.secret),
-        origin: format!("credential helper {program}"),
-    })
+    Ok(super::docker_config::credentials(host).await)
 }
 
 #[cfg(test)]
@@ -479,40 +358,5 @@ mod tests {
             scope_repository("repository:127.0.0.1/x:pull,push"),
             "127.0.0.1/x"
         );
-    }
-
-    #[test]
-    fn config_keys() {
-        assert!(config_key_host("https://index.docker.io/v1/")
-            .unwrap()
-            .is_docker_hub());
-        assert_eq!(
-            config_key_host("http://127.0.0.1:5000").unwrap().as_str(),
-            "127.0.0.1:5000"
-        );
-        assert_eq!(config_key_host("quay.io").unwrap().as_str(), "quay.io");
-    }
-
-    #[tokio::test]
-    async fn docker_config_auths() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("config.json"),
-            r#"{"auths":{"https://127.0.0.1:5000/v1/":{"auth":"dXNlcjpwQHNzOndvcmQ="}}}"#,
-        )
-        .unwrap();
-        // SAFETY of the env change: this is the only test that reads DOCKER_CONFIG.
-        std::env::set_var("DOCKER_CONFIG", dir.path());
-        let c = docker_config_credentials(&Host::parse("127.0.0.1:5000").unwrap())
-            .await
-            .unwrap();
-        assert_eq!(c.username, "user");
-        assert_eq!(c.password.expose(), "p@ss:word");
-        assert!(
-            docker_config_credentials(&Host::parse("127.0.0.1:5001").unwrap())
-                .await
-                .is_none()
-        );
-        std::env::remove_var("DOCKER_CONFIG");
     }
 }

@@ -1,11 +1,11 @@
-//! Tag listing (`GET /v2/<name>/tags/list`) with `Link` paging, and small verified blobs
-//! (image configs) read into memory.
+//! Tag listing (`GET /v2/<name>/tags/list`) with `Link` paging.
 
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 
-use super::{read_limited, Call, ReadError, Registry, RegistryError};
-use crate::reference::{Digest, Repository};
+use super::body::read_limited;
+use super::{Call, Registry, RegistryError};
+use crate::reference::Repository;
 
 /// Page sizes asked for, largest first; a registry that refuses one (400, as Quay and some
 /// proxies do above 100) is asked again with the next. `None` lets the registry choose.
@@ -17,9 +17,6 @@ pub const MAX_TAG_PAGES: usize = 100;
 
 /// A page of tags is JSON text; refuse to read one without bound.
 const TAG_PAGE_LIMIT: usize = 64 << 20;
-
-/// Configs are small; refuse to read one without bound.
-const CONFIG_LIMIT: usize = 8 << 20;
 
 /// Every tag of a repository as far as the page budget reached.
 #[derive(Debug, Default)]
@@ -122,55 +119,6 @@ impl Registry {
             first = false;
         }
         Ok(list)
-    }
-
-    /// A blob read into memory (at most `CONFIG_LIMIT` bytes) and checked against `digest`.
-    pub async fn blob_bytes(
-        &self,
-        repository: &Repository,
-        digest: &Digest,
-    ) -> Result<Vec<u8>, RegistryError> {
-        let call = Self::blob_call(repository, digest, None);
-        let what = call.what.clone();
-        let response = self.send(&call).await?;
-        if response.status() == StatusCode::NOT_FOUND {
-            return Err(RegistryError::BlobNotFound {
-                host: self.host.to_string(),
-                repository: repository.path().to_string(),
-                digest: digest.to_string(),
-            });
-        }
-        if !response.status().is_success() {
-            return Err(self.status_error(response, repository, &what).await);
-        }
-        let bytes = read_limited(response, CONFIG_LIMIT)
-            .await
-            .map_err(|e| self.read_error(e, &what, CONFIG_LIMIT))?;
-        let actual = Digest::of(&bytes);
-        if &actual != digest {
-            return Err(RegistryError::DigestMismatch {
-                host: self.host.to_string(),
-                what,
-                expected: digest.to_string(),
-                actual: actual.to_string(),
-            });
-        }
-        Ok(bytes)
-    }
-
-    pub(super) fn read_error(&self, e: ReadError, what: &str, limit: usize) -> RegistryError {
-        match e {
-            ReadError::TooLarge => RegistryError::TooLarge {
-                host: self.host.to_string(),
-                what: what.to_string(),
-                limit,
-            },
-            ReadError::Http(source) => RegistryError::Transport {
-                host: self.host.to_string(),
-                what: what.to_string(),
-                source,
-            },
-        }
     }
 }
 

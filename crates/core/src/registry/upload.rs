@@ -1,10 +1,12 @@
-//! Pushing: blob existence checks, cross-repository mounts, monolithic uploads (POST then
-//! PUT with the digest), and manifests
+//! Pushing blobs: existence checks, cross-repository mounts, monolithic uploads (POST then
+//! PUT with the digest)
 //! (<https://github.com/opencontainers/distribution-spec/blob/main/spec.md#push>).
 
 use reqwest::{Method, StatusCode};
 
-use super::{Body, Call, Registry, RegistryError};
+use super::retry::{retrying, RetryPolicy, Step};
+use super::{Call, Registry, RegistryError};
+use crate::blob::Body;
 use crate::reference::{Digest, Repository};
 
 /// What a mount request did.
@@ -16,11 +18,11 @@ pub enum Mount {
 }
 
 impl Registry {
-    fn push_scope(repository: &Repository) -> String {
+    pub(super) fn push_scope(repository: &Repository) -> String {
         format!("repository:{}:pull,push", repository.path())
     }
 
-    fn call(
+    pub(super) fn call(
         &self,
         method: Method,
         path: String,
@@ -109,29 +111,17 @@ impl Registry {
         mut session: Option<String>,
     ) -> Result<(), RegistryError> {
         let what = format!("upload of blob {digest}");
-        let mut attempt = 0;
-        loop {
+        let sessions = RetryPolicy {
+            attempts: 3,
+            ..self.retry
+        };
+        retrying(&sessions, async || {
             let location = match session.take() {
                 Some(l) => l,
-                None => {
-                    let call = self.call(
-                        Method::POST,
-                        format!("/v2/{}/blobs/uploads/", repository.path()),
-                        Self::push_scope(repository),
-                        what.clone(),
-                        None,
-                    );
-                    let response = self.send(&call).await?;
-                    if response.status() != StatusCode::ACCEPTED {
-                        return Err(self.status_error(response, repository, &what).await);
-                    }
-                    location(&response).ok_or_else(|| RegistryError::Status {
-                        host: self.host.to_string(),
-                        status: StatusCode::ACCEPTED,
-                        what: what.clone(),
-                        detail: ": no Location for the upload".into(),
-                    })?
-                }
+                None => match self.open_upload(repository, &what).await {
+                    Ok(l) => l,
+                    Err(e) => return Step::Done(Err(e)),
+                },
             };
             let separator = if location.contains('?') { '&' } else { '?' };
             let call = self.call(
@@ -144,9 +134,10 @@ impl Registry {
                 what.clone(),
                 Some(body.clone()),
             );
-            let result = self.send(&call).await;
-            let retry = match result {
-                Ok(response) if response.status() == StatusCode::CREATED => return Ok(()),
+            let failed = match self.send(&call).await {
+                Ok(response) if response.status() == StatusCode::CREATED => {
+                    return Step::Done(Ok(()))
+                }
                 Ok(response)
                     if response.status() == StatusCode::NOT_FOUND
                         || response.status().is_server_error() =>
@@ -154,60 +145,47 @@ impl Registry {
                     // The session expired or the registry lost it: open a new one.
                     self.status_error(response, repository, &what).await
                 }
-                Ok(response) => return Err(self.status_error(response, repository, &what).await),
+                Ok(response) => {
+                    return Step::Done(Err(self.status_error(response, repository, &what).await))
+                }
                 Err(e @ RegistryError::Transport { .. }) => e,
-                Err(e) => return Err(e),
+                Err(e) => return Step::Done(Err(e)),
             };
-            attempt += 1;
-            if attempt >= 3 {
-                return Err(retry);
+            Step::Again {
+                why: format!(
+                    "{what} to {} failed ({failed}); starting it again",
+                    self.host
+                ),
+                after: None,
+                otherwise: Err(failed),
             }
-            tracing::warn!(
-                "{what} to {} failed ({retry}); starting it again",
-                self.host
-            );
-        }
+        })
+        .await
     }
 
-    /// PUTs a manifest or index under `reference` (a tag or its digest); returns the digest
-    /// the registry reports (checked against the bytes).
-    pub async fn put_manifest(
+    /// POSTs for an upload session; its location.
+    async fn open_upload(
         &self,
         repository: &Repository,
-        reference: &str,
-        media_type: &str,
-        bytes: &[u8],
-    ) -> Result<Digest, RegistryError> {
-        let what = format!("manifest {}:{reference}", repository.path());
+        what: &str,
+    ) -> Result<String, RegistryError> {
         let call = self.call(
-            Method::PUT,
-            format!("/v2/{}/manifests/{reference}", repository.path()),
+            Method::POST,
+            format!("/v2/{}/blobs/uploads/", repository.path()),
             Self::push_scope(repository),
-            what.clone(),
-            Some(Body::Bytes {
-                bytes: bytes.to_vec(),
-                content_type: media_type.to_string(),
-            }),
+            what.to_string(),
+            None,
         );
         let response = self.send(&call).await?;
-        if !response.status().is_success() {
-            return Err(self.status_error(response, repository, &what).await);
+        if response.status() != StatusCode::ACCEPTED {
+            return Err(self.status_error(response, repository, what).await);
         }
-        let ours = Digest::of(bytes);
-        let theirs = response
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<Digest>().ok());
-        match theirs {
-            Some(d) if d != ours => Err(RegistryError::DigestMismatch {
-                host: self.host.to_string(),
-                what: format!("{what} as stored"),
-                expected: ours.to_string(),
-                actual: d.to_string(),
-            }),
-            _ => Ok(ours),
-        }
+        location(&response).ok_or_else(|| RegistryError::Status {
+            host: self.host.to_string(),
+            status: StatusCode::ACCEPTED,
+            what: what.to_string(),
+            detail: ": no Location for the upload".into(),
+        })
     }
 }
 

@@ -1,0 +1,34 @@
+//! A blob's bytes as something that can be read again from the start, for a retried upload:
+//! in memory, or a range of a file (a layer inside a `docker save` tarball, or a whole file).
+
+use std::path::PathBuf;
+
+#[derive(Debug, Clone)]
+pub enum Body {
+    Bytes {
+        bytes: Vec<u8>,
+        content_type: String,
+    },
+    /// `len` bytes of a file from `offset`.
+    File {
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+    },
+}
+
+impl Body {
+    pub fn len(&self) -> u64 {
+        match self {
+            Body::Bytes { bytes, .. } => bytes.len() as u64,
+            Body::File { len, .. } => *len,
+        }
+    }
+
+    pub fn content_type(&self) -> &str {
+        match self {
+            Body::Bytes { content_type, .. } => content_type,
+            Body::File { .. } => "application/octet-stream",
+        }
+    }
+}

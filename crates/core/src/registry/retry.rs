@@ -1,0 +1,211 @@
+//! The one retry policy of the registry client. 429 and 5xx answers (waiting as
+//! `Retry-After` asks) and broken connections get another try, with capped exponential
+//! backoff. [`retrying`] is the only retry loop; [`exchange`] sends one request through it,
+//! and every request of the client (pings, tokens, manifests, blobs, uploads) is an exchange.
+
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::StatusCode;
+
+use super::transport::{classify, Failure};
+use crate::reference::Host;
+use crate::report::chain;
+
+/// How often and how patiently to retry.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub base: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 5,
+            base: Duration::from_millis(400),
+            max_delay: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// One try and no more.
+    pub fn once() -> RetryPolicy {
+        RetryPolicy {
+            attempts: 1,
+            ..Default::default()
+        }
+    }
+
+    /// Exponential backoff with a little jitter; a `Retry-After` wins (capped at a minute).
+    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        if let Some(wait) = retry_after {
+            return wait.min(Duration::from_secs(60));
+        }
+        let exp = self.base.saturating_mul(1 << attempt.min(16));
+        let jitter_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as u64 % (self.base.as_millis() as u64 / 2 + 1))
+            .unwrap_or(0);
+        exp.min(self.max_delay) + Duration::from_millis(jitter_ms)
+    }
+}
+
+/// What one try came to.
+pub(super) enum Step<T> {
+    Done(T),
+    /// Worth another try (`why` is logged); `otherwise` is the result when none is left.
+    Again {
+        why: String,
+        after: Option<Duration>,
+        otherwise: T,
+    },
+}
+
+/// Runs `step` until it is done or the policy's attempts are spent, sleeping between tries.
+pub(super) async fn retrying<T>(policy: &RetryPolicy, mut step: impl AsyncFnMut() -> Step<T>) -> T {
+    let mut attempt = 0;
+    loop {
+        match step().await {
+            Step::Done(t) => return t,
+            Step::Again { otherwise, .. } if attempt + 1 >= policy.attempts => return otherwise,
+            Step::Again { why, after, .. } => {
+                let wait = policy.delay(attempt, after);
+                tracing::warn!("{why}; retrying in {wait:?}");
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// An answer, whatever its status, or a transport failure and how it reads.
+pub(super) type Answer = Result<reqwest::Response, (Failure, reqwest::Error)>;
+
+/// Sends the request `make` builds (built again for every try) until it is answered with
+/// something other than 429 or 5xx, it fails other than transiently, or the attempts are
+/// spent. An error of `make` ends the exchange.
+pub(super) async fn exchange<E>(
+    policy: &RetryPolicy,
+    host: &Host,
+    what: &str,
+    mut make: impl AsyncFnMut() -> Result<reqwest::RequestBuilder, E>,
+) -> Result<Answer, E> {
+    retrying(policy, async || {
+        let request = match make().await {
+            Ok(r) => r,
+            Err(e) => return Step::Done(Err(e)),
+        };
+        match request.send().await {
+            Ok(response) if retryable(response.status()) => Step::Again {
+                why: format!("registry {host} answered {} for {what}", response.status()),
+                after: retry_after(response.headers()),
+                otherwise: Ok(Ok(response)),
+            },
+            Ok(response) => Step::Done(Ok(Ok(response))),
+            Err(e) => match classify(&e) {
+                Failure::Transient => Step::Again {
+                    why: format!(
+                        "request to registry {host} for {what} failed ({})",
+                        chain(&e)
+                    ),
+                    after: None,
+                    otherwise: Ok(Err((Failure::Transient, e))),
+                },
+                failure => Step::Done(Ok(Err((failure, e)))),
+            },
+        }
+    })
+    .await
+}
+
+/// `Retry-After` as seconds or as an HTTP date.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(v).ok()?;
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
+}
+
+fn retryable(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS || matches!(status.as_u16(), 500 | 502 | 503 | 504)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_forms() {
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, "3".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
+        h.insert(
+            RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&h), Some(Duration::ZERO));
+        h.insert(RETRY_AFTER, "soon".parse().unwrap());
+        assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let p = RetryPolicy::default();
+        assert!(p.delay(0, None) < p.delay(3, None));
+        assert!(p.delay(20, None) <= p.max_delay + p.base);
+        assert_eq!(
+            p.delay(0, Some(Duration::from_secs(600))),
+            Duration::from_secs(60)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_loop_stops_when_done_or_out_of_attempts() {
+        let policy = RetryPolicy {
+            attempts: 5,
+            base: Duration::from_millis(1),
+            max_delay: Duration::from_millis(2),
+        };
+        let mut tries = 0;
+        let out = retrying(&policy, async || {
+            tries += 1;
+            Step::Again {
+                why: "no".into(),
+                after: None,
+                otherwise: tries,
+            }
+        })
+        .await;
+        assert_eq!((out, tries), (5, 5));
+        let mut tries = 0;
+        let out = retrying(&policy, async || {
+            tries += 1;
+            if tries == 2 {
+                Step::Done("yes")
+            } else {
+                Step::Again {
+                    why: "no".into(),
+                    after: None,
+                    otherwise: "gave up",
+                }
+            }
+        })
+        .await;
+        assert_eq!((out, tries), ("yes", 2));
+        let once = retrying(&RetryPolicy::once(), async || Step::Again {
+            why: "no".into(),
+            after: None,
+            otherwise: 1,
+        })
+        .await;
+        assert_eq!(once, 1);
+    }
+}
