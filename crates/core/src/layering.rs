@@ -9,7 +9,7 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     &["commands"],
     &["build"],
-    &["pull"],
+    &["pull", "push"],
     &["select"],
     &["layout"],
     &["daemon", "git", "protocol"],

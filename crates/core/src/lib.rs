@@ -5,7 +5,7 @@
 //! `tracing`.
 //!
 //! The modules form layers, each importing only from those below it (pinned by the
-//! `layering` test): `commands` → `build` → `pull`/`push` → `layout` → `daemon`, `git`,
+//! `layering` test): `commands` → `build` → `pull`, `push` → `select` → `layout` → `daemon`, `git`,
 //! `protocol` → `source` → `error` → `registry` → `image` → `rootfs` → the leaves.
 #![deny(clippy::print_stdout)]
 
@@ -23,6 +23,7 @@ mod layout;
 mod progress;
 pub mod protocol;
 mod pull;
+mod push;
 mod reference;
 mod registry;
 mod report;

@@ -1,9 +1,19 @@
-//! Where images come from: the mirror first for Docker Hub repositories, then the origin;
-//! manifests by digest with a short 404 retry (a get right after a put can race an
-//! eventually consistent registry).
+//! Where images come from and how they are read: the mirror first for Docker Hub
+//! repositories, then the origin; manifests by digest with a short 404 retry (a get right
+//! after a put can race an eventually consistent registry); index → platform → manifest
+//! resolution, once for check, get and put; and verified parallel blob downloads, handed over
+//! in layer order.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use futures_util::stream::{FuturesUnordered, StreamExt as _};
 
 use crate::error::Error;
-use crate::image::RawManifest as Manifest;
+use crate::image::{
+    self, Descriptor, ImageIndex, ImageManifest, Platform, RawManifest as Manifest,
+};
+use crate::progress::Progress;
 use crate::protocol::Version;
 use crate::reference::{Digest, Repository};
 use crate::registry::Registry;
@@ -117,5 +127,282 @@ pub async fn fetch_manifest(
             reference: format!("{repository}@{digest}"),
             reason: "not found in the registry".into(),
         }),
+    }
+}
+
+/// What it means when a multi-platform image has nothing for the wanted platform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    /// An error naming the platform (`in`); a child that does not appear after the 404
+    /// retries is an error too.
+    Fail,
+    /// Nothing: the tag is passed over (`check` with a platform given); so is a vanished
+    /// child.
+    Skip,
+    /// The index's first image (`check` with the default platform).
+    First,
+}
+
+/// Which manifest of a top-level manifest is the platform's.
+pub enum Choice {
+    /// The top is a single-platform manifest.
+    Itself,
+    /// The top is an index; this child.
+    Child(ImageIndex, Digest),
+    /// The index has nothing for the platform (with [`Missing::Skip`]) or nothing at all.
+    Nothing,
+}
+
+/// The choice for `top` (named `reference` in errors), without a request.
+pub fn choose(
+    top: &Manifest,
+    reference: &str,
+    wanted: &Platform,
+    missing: Missing,
+) -> Result<Choice, Error> {
+    if !top.is_index() {
+        return Ok(Choice::Itself);
+    }
+    let index: ImageIndex =
+        serde_json::from_slice(&top.bytes).map_err(|e| invalid_manifest(reference, e))?;
+    let child = match image::choose_platform(&index, wanted) {
+        Ok(child) => child.digest.clone(),
+        Err(reason) if missing == Missing::Fail => {
+            return Err(Error::Image {
+                reference: reference.to_string(),
+                reason,
+            })
+        }
+        Err(_) if missing == Missing::Skip => {
+            tracing::debug!("{reference} has no {wanted} image; skipped");
+            return Ok(Choice::Nothing);
+        }
+        Err(_) => match index.manifests.first() {
+            Some(d) => d.digest.clone(),
+            None => return Ok(Choice::Nothing),
+        },
+    };
+    Ok(Choice::Child(index, child))
+}
+
+/// An image resolved for one platform.
+pub struct Resolved {
+    /// What the tag or digest names, as the registry has it.
+    pub top: Manifest,
+    /// The index, when the top is one.
+    pub index: Option<ImageIndex>,
+    /// The platform's manifest (the top itself when it is not an index).
+    pub manifest: Manifest,
+    pub image: ImageManifest,
+}
+
+/// `top` resolved for `wanted`: the index's child for the platform fetched and parsed.
+/// `None` when [`choose`] found nothing, or (unless [`Missing::Fail`]) the child is gone.
+pub async fn resolve(
+    registry: &Registry,
+    repository: &Repository,
+    top: Manifest,
+    reference: &str,
+    wanted: &Platform,
+    missing: Missing,
+) -> Result<Option<Resolved>, Error> {
+    let (index, manifest) = match choose(&top, reference, wanted, missing)? {
+        Choice::Nothing => return Ok(None),
+        Choice::Itself => (None, top.clone()),
+        Choice::Child(index, child) => {
+            tracing::debug!("{reference} is multi-platform; using {wanted} ({child})");
+            let manifest = if missing == Missing::Fail {
+                fetch_manifest(registry, repository, &child).await?
+            } else {
+                match registry.manifest(repository, child.as_str()).await? {
+                    Some(m) => m,
+                    None => return Ok(None),
+                }
+            };
+            (Some(index), manifest)
+        }
+    };
+    let image = parse_manifest(repository, &manifest)?;
+    Ok(Some(Resolved {
+        top,
+        index,
+        manifest,
+        image,
+    }))
+}
+
+/// The child manifests an index lists (`children`), in order, each with the 404 retry, and
+/// parsed where they are image manifests.
+pub async fn children(
+    registry: &Registry,
+    repository: &Repository,
+    children: impl IntoIterator<Item = &Descriptor>,
+) -> Result<Vec<(Manifest, Option<ImageManifest>)>, Error> {
+    let mut out = Vec::new();
+    for d in children {
+        let m = fetch_manifest(registry, repository, &d.digest).await?;
+        let parsed = serde_json::from_slice::<ImageManifest>(&m.bytes).ok();
+        out.push((m, parsed));
+    }
+    Ok(out)
+}
+
+/// A manifest's JSON as an image manifest.
+pub fn parse_manifest(repository: &Repository, m: &Manifest) -> Result<ImageManifest, Error> {
+    serde_json::from_slice(&m.bytes)
+        .map_err(|e| invalid_manifest(&format!("{repository}@{}", m.digest), e))
+}
+
+fn invalid_manifest(reference: &str, e: serde_json::Error) -> Error {
+    Error::Image {
+        reference: reference.to_string(),
+        reason: format!("its manifest is not valid: {e}"),
+    }
+}
+
+/// The blobs `wanted` (each once) downloaded into `staging`, named by their digests, at
+/// most `concurrency` at a time, each verified against its digest and size; their paths, in
+/// the order of `wanted`. `ready` gets the position of each blob in `wanted` in order, as
+/// soon as it and every one before it are done: what a layer unpacker waits for.
+/// `progress` has one line per distinct blob, in order.
+pub async fn download(
+    registry: &Registry,
+    repository: &Repository,
+    wanted: &[Descriptor],
+    staging: &Path,
+    concurrency: usize,
+    progress: Option<&Progress>,
+    ready: &mut (dyn FnMut(usize) + Send),
+) -> Result<Vec<PathBuf>, Error> {
+    let semaphore = tokio::sync::Semaphore::new(concurrency.max(1));
+    let mut seen = HashSet::new();
+    let mut pending: FuturesUnordered<_> = wanted
+        .iter()
+        .filter(|d| seen.insert(d.digest.clone()))
+        .enumerate()
+        .map(|(i, d)| {
+            let semaphore = &semaphore;
+            let report = progress.map(|p| p.layer(i));
+            async move {
+                let _permit = semaphore.acquire().await.expect("never closed");
+                let path = staging.join(d.digest.hex());
+                let result = registry
+                    .download_blob(repository, &d.digest, Some(d.size), &path, &|n| {
+                        if let Some(r) = &report {
+                            r.set(n)
+                        }
+                    })
+                    .await;
+                if let (Ok(()), Some(r)) = (&result, &report) {
+                    r.finished();
+                }
+                (d.digest.clone(), result)
+            }
+        })
+        .collect();
+    let mut finished = HashSet::new();
+    let mut next = 0;
+    while let Some((digest, result)) = pending.next().await {
+        result?;
+        finished.insert(digest);
+        while next < wanted.len() && finished.contains(&wanted[next].digest) {
+            ready(next);
+            next += 1;
+        }
+    }
+    Ok(wanted
+        .iter()
+        .map(|d| staging.join(d.digest.hex()))
+        .collect())
+}
+
+/// The distinct blobs of `wanted`, in order: what [`download`] shows progress for.
+pub fn distinct(wanted: &[Descriptor]) -> Vec<&Descriptor> {
+    let mut seen = HashSet::new();
+    wanted
+        .iter()
+        .filter(|d| seen.insert(d.digest.clone()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(media_type: &str, json: &str) -> Manifest {
+        Manifest {
+            digest: Digest::of(json.as_bytes()),
+            media_type: media_type.to_string(),
+            bytes: json.as_bytes().to_vec(),
+        }
+    }
+
+    fn platform(os: &str, architecture: &str) -> Platform {
+        Platform {
+            os: os.into(),
+            architecture: architecture.into(),
+            variant: None,
+        }
+    }
+
+    const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+    fn index() -> Manifest {
+        raw(
+            image::OCI_INDEX,
+            &format!(
+                r#"{{"manifests":[
+                {{"digest":"{A}","size":1,"platform":{{"os":"linux","architecture":"arm64"}}}},
+                {{"digest":"{B}","size":1,"platform":{{"os":"linux","architecture":"amd64"}}}}]}}"#
+            ),
+        )
+    }
+
+    fn chosen(top: &Manifest, wanted: &Platform, missing: Missing) -> Result<String, String> {
+        match choose(top, "r:t", wanted, missing) {
+            Ok(Choice::Itself) => Ok("itself".into()),
+            Ok(Choice::Child(_, d)) => Ok(d.to_string()),
+            Ok(Choice::Nothing) => Ok("nothing".into()),
+            Err(e) => Err(crate::report::chain(&e)),
+        }
+    }
+
+    #[test]
+    fn the_platform_picks_the_child_and_a_missing_one_follows_the_rule() {
+        let single = raw(image::OCI_MANIFEST, r#"{"config":{"digest":"x"}}"#);
+        let amd64 = platform("linux", "amd64");
+        let s390x = platform("linux", "s390x");
+        assert_eq!(chosen(&single, &s390x, Missing::Fail).unwrap(), "itself");
+        for missing in [Missing::Fail, Missing::Skip, Missing::First] {
+            assert_eq!(chosen(&index(), &amd64, missing).unwrap(), B);
+        }
+        assert!(chosen(&index(), &s390x, Missing::Fail)
+            .unwrap_err()
+            .contains("r:t"));
+        assert_eq!(chosen(&index(), &s390x, Missing::Skip).unwrap(), "nothing");
+        assert_eq!(chosen(&index(), &s390x, Missing::First).unwrap(), A);
+        let empty = raw(image::OCI_INDEX, r#"{"manifests":[]}"#);
+        assert_eq!(chosen(&empty, &amd64, Missing::First).unwrap(), "nothing");
+        let broken = raw(image::OCI_INDEX, r#"{"manifests":"#);
+        assert!(chosen(&broken, &amd64, Missing::First)
+            .unwrap_err()
+            .contains("its manifest is not valid"));
+    }
+
+    #[test]
+    fn distinct_keeps_the_first_of_each_digest_in_order() {
+        let d = |digest: &str| Descriptor {
+            media_type: String::new(),
+            digest: digest.parse().unwrap(),
+            size: 1,
+            platform: None,
+        };
+        let list = [d(A), d(B), d(A)];
+        let got: Vec<String> = distinct(&list)
+            .iter()
+            .map(|d| d.digest.to_string())
+            .collect();
+        assert_eq!(got, [A, B]);
     }
 }

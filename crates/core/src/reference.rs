@@ -296,6 +296,11 @@ impl Digest {
         &self.0["sha256:".len()..]
     }
 
+    /// The first 12 hex digits, as `docker images` shows an image ID.
+    pub fn short(&self) -> &str {
+        &self.hex()[..12]
+    }
+
     pub fn of(bytes: &[u8]) -> Digest {
         use sha2::Digest as _;
         Digest(format!(

@@ -13,9 +13,9 @@ use std::collections::HashMap;
 use futures_util::{stream, StreamExt as _};
 
 use crate::error::Error;
-use crate::image::{self, ImageConfig, ImageIndex, ImageManifest, Platform};
+use crate::image::{ImageConfig, Platform};
 use crate::protocol::{Request, Version};
-use crate::pull::across_endpoints;
+use crate::pull::{self, across_endpoints, Choice, Missing};
 use crate::reference::{Digest, Repository, Tag};
 use crate::registry::{Registry, MAX_TAG_PAGES};
 use crate::select::{Candidate, Key, Selection};
@@ -312,39 +312,29 @@ async fn inspect(
         return Ok(None);
     };
     let reference = format!("{repository}:{tag}");
-    let bad = |e: serde_json::Error| Error::Image {
-        reference: reference.clone(),
-        reason: format!("the manifest is not valid: {e}"),
-    };
     let default = Platform::wanted(None);
     let wanted = platform.unwrap_or(&default);
-    let manifest: ImageManifest = if image::is_index(&top.media_type, &top.bytes) {
-        let index: ImageIndex = serde_json::from_slice(&top.bytes).map_err(bad)?;
-        let child = match image::choose_platform(&index, wanted) {
-            Ok(child) => child.digest.clone(),
-            Err(_) if platform.is_some() => {
-                tracing::debug!("{reference} has no {wanted} image; skipped");
-                return Ok(None);
-            }
-            Err(_) => match index.manifests.first() {
-                Some(d) => d.digest.clone(),
-                None => return Ok(None),
-            },
-        };
-        if platform.is_some() && !created {
-            return Ok(Some(Found {
+    let missing = if platform.is_some() {
+        Missing::Skip
+    } else {
+        Missing::First
+    };
+    if platform.is_some() && !created && top.is_index() {
+        // The index lists the platform: enough, without its manifest or config.
+        return Ok(match pull::choose(&top, &reference, wanted, missing)? {
+            Choice::Child(..) => Some(Found {
                 candidate,
                 digest: top.digest,
                 created: None,
-            }));
-        }
-        let Some(m) = registry.manifest(repository, child.as_str()).await? else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&m.bytes).map_err(bad)?
-    } else {
-        serde_json::from_slice(&top.bytes).map_err(bad)?
+            }),
+            Choice::Itself | Choice::Nothing => None,
+        });
+    }
+    let Some(image) = pull::resolve(registry, repository, top, &reference, wanted, missing).await?
+    else {
+        return Ok(None);
     };
+    let manifest = &image.image;
     let config: ImageConfig = serde_json::from_slice(
         &registry
             .blob_bytes(repository, &manifest.config.digest)
@@ -362,7 +352,7 @@ async fn inspect(
     }
     Ok(Some(Found {
         candidate,
-        digest: top.digest,
+        digest: image.top.digest,
         created: config.created.as_deref().and_then(parse_rfc3339),
     }))
 }

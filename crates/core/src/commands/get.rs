@@ -5,21 +5,17 @@
 //! soon as they and the layers below them are there, the next layer decompressing while the
 //! current one is written. Outputs appear under their final names only when complete.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use serde::Deserialize;
 
 use super::outputs;
 use crate::error::{io_error, write_output as write_file, Error};
-use crate::image::{
-    self, ImageConfig, ImageIndex, ImageManifest, Platform, RawManifest as Manifest,
-};
+use crate::image::{Descriptor, ImageConfig, Platform};
 use crate::layout::write as layout;
 use crate::progress::Progress;
 use crate::protocol::{parse_params, MetadataField, Request, Response, Version};
-use crate::pull::{fetch_manifest, find_image};
+use crate::pull::{self, find_image, Missing, Resolved};
 use crate::reference::{Digest, Repository};
 use crate::registry::Registry;
 use crate::rootfs;
@@ -100,25 +96,26 @@ pub async fn get(request: &Request, dest: &Path) -> Result<Response, Error> {
     let (registry, repository, top) = find_image(&settings, &digest).await?;
     let repository = &repository;
     let wanted = Platform::wanted(params.platform.as_ref().or(settings.platform.as_ref()));
-    let (manifest_bytes, manifest_digest, index) = if image::is_index(&top.media_type, &top.bytes) {
-        let index: ImageIndex =
-            serde_json::from_slice(&top.bytes).map_err(|e| bad_manifest(repository, &digest, e))?;
-        let child = image::choose_platform(&index, &wanted).map_err(|reason| Error::Image {
-            reference: format!("{repository}@{digest}"),
-            reason,
-        })?;
+    let reference = format!("{repository}@{digest}");
+    let image = pull::resolve(
+        &registry,
+        repository,
+        top,
+        &reference,
+        &wanted,
+        Missing::Fail,
+    )
+    .await?
+    .ok_or_else(|| Error::Image {
+        reference: reference.clone(),
+        reason: format!("no {wanted} image"),
+    })?;
+    if image.index.is_some() {
         tracing::info!(
-            "{repository}@{digest} is multi-platform; using {wanted} ({})",
-            child.digest
+            "{reference} is multi-platform; using {wanted} ({})",
+            image.manifest.digest
         );
-        let child_digest = child.digest.clone();
-        let m = fetch_manifest(&registry, repository, &child_digest).await?;
-        (m.bytes, child_digest, Some((index, top)))
-    } else {
-        (top.bytes.clone(), digest.clone(), None)
-    };
-    let manifest: ImageManifest = serde_json::from_slice(&manifest_bytes)
-        .map_err(|e| bad_manifest(repository, &manifest_digest, e))?;
+    }
 
     let plan = Plan {
         rootfs_dir: format == Format::Rootfs || params.rootfs,
@@ -132,24 +129,14 @@ pub async fn get(request: &Request, dest: &Path) -> Result<Response, Error> {
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).map_err(|e| io_error(&staging, e))?;
     let result = fetch_and_write(
-        &registry,
-        repository,
-        &settings,
-        &plan,
-        &staging,
-        dest,
-        &manifest,
-        &manifest_bytes,
-        &manifest_digest,
-        index.as_ref(),
-        &tag,
-        &digest,
+        &registry, repository, &settings, &plan, &staging, dest, &image, &tag, &digest,
     )
     .await;
     let _ = std::fs::remove_dir_all(&staging);
     let config = result?;
+    let manifest = &image.image;
     let id = manifest.config.digest.to_string();
-    metadata.push(field("image", &manifest.config.digest.hex()[..12]));
+    metadata.push(field("image", manifest.config.digest.short()));
     metadata.push(field("image_id", &id));
     if let Some(created) = &config.created {
         metadata.push(field("created", created));
@@ -165,14 +152,13 @@ async fn fetch_and_write(
     plan: &Plan,
     staging: &Path,
     dest: &Path,
-    manifest: &ImageManifest,
-    manifest_bytes: &[u8],
-    manifest_digest: &Digest,
-    index: Option<&(ImageIndex, Manifest)>,
+    image: &Resolved,
     tag: &str,
     digest: &Digest,
 ) -> Result<ImageConfig, Error> {
-    let registry_ref = registry;
+    let manifest = &image.image;
+    let manifest_bytes = &image.manifest.bytes;
+    let manifest_digest = &image.manifest.digest;
     let config_path = staging.join(manifest.config.digest.hex());
     registry
         .download_blob(
@@ -195,48 +181,14 @@ async fn fetch_and_write(
         manifest.config.digest.as_str().as_bytes(),
     )?;
 
-    // Layers: all downloads start now, bounded; extraction follows in order.
-    let semaphore = Arc::new(tokio::sync::Semaphore::new(
-        settings.max_concurrent_downloads,
-    ));
-    let unique: Vec<&crate::image::Descriptor> = {
-        let mut seen = HashSet::new();
-        manifest
-            .layers
-            .iter()
-            .filter(|l| seen.insert(l.digest.clone()))
-            .collect()
-    };
+    // Layers: all downloads start now, bounded; each is handed to the unpacker thread as
+    // soon as it and every layer before it are complete.
     let progress = Progress::start(
-        unique
+        pull::distinct(&manifest.layers)
             .iter()
-            .map(|l| (l.digest.hex()[..12].to_string(), l.size))
+            .map(|l| (l.digest.short().to_string(), l.size))
             .collect(),
     );
-    let mut downloads = Vec::new();
-    for (i, layer) in unique.iter().enumerate() {
-        let path = staging.join(layer.digest.hex());
-        let semaphore = semaphore.clone();
-        let report = progress.layer(i);
-        let layer = (*layer).clone();
-        downloads.push((layer.digest.clone(), async move {
-            let _permit = semaphore.acquire_owned().await.expect("never closed");
-            let reporter = report.clone();
-            registry_ref
-                .download_blob(
-                    repository,
-                    &layer.digest,
-                    Some(layer.size),
-                    &path,
-                    &move |n| reporter.set(n),
-                )
-                .await?;
-            report.finished();
-            Ok::<_, crate::registry::RegistryError>(path)
-        }));
-    }
-    // Drive all downloads concurrently; hand each finished layer (in manifest order) to the
-    // unpacker thread as soon as it and every layer before it are complete.
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<PathBuf>();
     let unpack = plan.rootfs_dir.then(|| {
         let target = dest.join(".rootfs.partial");
@@ -246,38 +198,24 @@ async fn fetch_and_write(
             rootfs::pipeline::unpack_layers(&target, ready_rx, layers).map(|s| (s, target))
         })
     });
-    {
-        use futures_util::stream::StreamExt as _;
-        let mut pending: futures_util::stream::FuturesUnordered<_> = downloads
-            .into_iter()
-            .map(|(d, f)| async move { (d, f.await) })
-            .collect();
-        let mut finished: std::collections::HashMap<Digest, PathBuf> = Default::default();
-        let mut next = 0;
-        while let Some((d, result)) = pending.next().await {
-            let path = result?;
-            finished.insert(d, path);
-            while next < manifest.layers.len() {
-                match finished.get(&manifest.layers[next].digest) {
-                    Some(p) => {
-                        if plan.rootfs_dir {
-                            let _ = ready_tx.send(p.clone());
-                        }
-                        next += 1;
-                    }
-                    None => break,
-                }
-            }
+    let mut ready = |i: usize| {
+        if plan.rootfs_dir {
+            let _ = ready_tx.send(staging.join(manifest.layers[i].digest.hex()));
         }
-    }
+    };
+    let layer_paths = pull::download(
+        registry,
+        repository,
+        &manifest.layers,
+        staging,
+        settings.max_concurrent_downloads,
+        Some(&progress),
+        &mut ready,
+    )
+    .await?;
     drop(ready_tx);
     progress.finish();
 
-    let layer_paths: Vec<PathBuf> = manifest
-        .layers
-        .iter()
-        .map(|l| staging.join(l.digest.hex()))
-        .collect();
     if let Some(unpack) = unpack {
         let (skipped, partial) = unpack
             .await
@@ -355,35 +293,42 @@ async fn fetch_and_write(
         let oci = dest.join("oci");
         let partial = dest.join(".oci.partial");
         let _ = std::fs::remove_dir_all(&partial);
-        match index {
-            None => layout::write_oci_layout(&archive, &partial, None)?,
-            Some((index, raw)) => {
+        match (&image.index, &image.top) {
+            (None, _) => layout::write_oci_layout(&archive, &partial, None)?,
+            (Some(index), top) => {
                 // Every platform, and the index bytes as the registry has them.
+                let others = index
+                    .manifests
+                    .iter()
+                    .filter(|c| &c.digest != manifest_digest);
                 let mut extra = Vec::new();
-                for child in &index.manifests {
-                    if &child.digest == manifest_digest {
-                        continue;
-                    }
-                    let m = fetch_manifest(registry, repository, &child.digest).await?;
-                    let mut blobs = vec![];
-                    if let Ok(parsed) = serde_json::from_slice::<ImageManifest>(&m.bytes) {
-                        blobs.push(parsed.config.clone());
-                        blobs.extend(parsed.layers.iter().cloned());
-                    }
+                for (m, parsed) in pull::children(registry, repository, others).await? {
+                    let blobs: Vec<Descriptor> = parsed
+                        .map(|p| std::iter::once(p.config).chain(p.layers).collect())
+                        .unwrap_or_default();
+                    let missing: Vec<Descriptor> = blobs
+                        .iter()
+                        .filter(|b| !staging.join(b.digest.hex()).exists())
+                        .cloned()
+                        .collect();
+                    pull::download(
+                        registry,
+                        repository,
+                        &missing,
+                        staging,
+                        settings.max_concurrent_downloads,
+                        None,
+                        &mut |_| {},
+                    )
+                    .await?;
                     for b in blobs {
-                        let p = staging.join(b.digest.hex());
-                        if !p.exists() {
-                            registry
-                                .download_blob(repository, &b.digest, Some(b.size), &p, &|_| {})
-                                .await?;
-                        }
-                        extra.push((b.digest.clone(), p));
+                        extra.push((b.digest.clone(), staging.join(b.digest.hex())));
                     }
                     let p = staging.join(m.digest.hex());
                     write_file(&p, &m.bytes)?;
                     extra.push((m.digest.clone(), p));
                 }
-                layout::write_oci_layout(&archive, &partial, Some((&raw.bytes, &extra)))?
+                layout::write_oci_layout(&archive, &partial, Some((&top.bytes, &extra)))?
             }
         }
         let _ = std::fs::remove_dir_all(&oci);
@@ -402,13 +347,6 @@ fn docker_name(repository: &Repository) -> String {
             .to_string()
     } else {
         repository.to_string()
-    }
-}
-
-fn bad_manifest(repository: &Repository, digest: &Digest, e: serde_json::Error) -> Error {
-    Error::Image {
-        reference: format!("{repository}@{digest}"),
-        reason: format!("its manifest is not valid: {e}"),
     }
 }
 

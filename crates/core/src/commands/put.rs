@@ -6,7 +6,6 @@
 //! rest upload in parallel (`max_concurrent_uploads`), manifests go last.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -14,8 +13,10 @@ use crate::build::{Build, BuildParams};
 use crate::error::Error;
 use crate::layout::read::{self as archive, Plan};
 use crate::protocol::{parse_params, MetadataField, Request, Response, Version};
-use crate::reference::{Digest, Repository, Tag};
-use crate::registry::{Mount, Registry};
+use crate::pull;
+use crate::push::push;
+use crate::reference::{Repository, Tag};
+use crate::registry::Registry;
 
 /// `params` of `out`: every docker-image-resource put param, and registry-image-resource's.
 #[derive(Debug, Default, Deserialize)]
@@ -161,7 +162,7 @@ pub async fn put(request: &Request, src: &Path) -> Result<Response, Error> {
 
     let mut metadata = Vec::new();
     if let Some(id) = &image_id {
-        metadata.push(field("image", &id.hex()[..12]));
+        metadata.push(field("image", id.short()));
         metadata.push(field("image_id", id.as_str()));
     }
     metadata.push(field(
@@ -391,7 +392,7 @@ async fn pull_plan(
     settings: &crate::source::Settings,
     staging: &Path,
 ) -> Result<(Plan, Option<Repository>), Error> {
-    use crate::image::{self, ImageIndex, ImageManifest};
+    use crate::image::{Descriptor, ImageIndex, ImageManifest};
     tracing::warn!("params.pull_repository is deprecated; prefer a get step and params.load");
     let text = params.pull_repository.as_deref().unwrap_or_default();
     let from: Repository = text
@@ -412,17 +413,10 @@ async fn pull_plan(
     };
     let mut children = Vec::new();
     let mut manifests = Vec::new();
-    if image::is_index(&top.media_type, &top.bytes) {
+    if top.is_index() {
         let index: ImageIndex = serde_json::from_slice(&top.bytes).map_err(bad)?;
-        for d in &index.manifests {
-            let m = registry
-                .manifest(&from, d.digest.as_str())
-                .await?
-                .ok_or_else(|| Error::Image {
-                    reference: format!("{from}@{}", d.digest),
-                    reason: "listed in the index but not in the registry".into(),
-                })?;
-            manifests.push(serde_json::from_slice::<ImageManifest>(&m.bytes).map_err(bad)?);
+        for (m, _) in pull::children(&registry, &from, &index.manifests).await? {
+            manifests.push(pull::parse_manifest(&from, &m)?);
             children.push(archive::ManifestBlob {
                 digest: m.digest,
                 media_type: m.media_type,
@@ -432,39 +426,35 @@ async fn pull_plan(
     } else {
         manifests.push(serde_json::from_slice::<ImageManifest>(&top.bytes).map_err(bad)?);
     }
-    let mut wanted: Vec<(Digest, u64)> = Vec::new();
-    for m in &manifests {
-        for d in std::iter::once(&m.config).chain(&m.layers) {
-            if !wanted.iter().any(|(w, _)| w == &d.digest) {
-                wanted.push((d.digest.clone(), d.size));
-            }
-        }
-    }
-    let semaphore = Arc::new(tokio::sync::Semaphore::new(
+    let wanted: Vec<Descriptor> = manifests
+        .iter()
+        .flat_map(|m| std::iter::once(&m.config).chain(&m.layers))
+        .cloned()
+        .collect();
+    let wanted: Vec<Descriptor> = pull::distinct(&wanted).into_iter().cloned().collect();
+    let paths = pull::download(
+        &registry,
+        &from,
+        &wanted,
+        staging,
         settings.max_concurrent_downloads,
-    ));
-    let downloads = wanted.iter().map(|(digest, size)| {
-        let semaphore = semaphore.clone();
-        let registry = &registry;
-        let from = &from;
-        async move {
-            let _permit = semaphore.acquire_owned().await.expect("never closed");
-            let path = staging.join(digest.hex());
-            registry
-                .download_blob(from, digest, Some(*size), &path, &|_| {})
-                .await?;
-            Ok::<_, Error>(archive::Blob {
-                digest: digest.clone(),
-                size: *size,
-                body: crate::blob::Body::File {
-                    path,
-                    offset: 0,
-                    len: *size,
-                },
-            })
-        }
-    });
-    let blobs = futures_util::future::try_join_all(downloads).await?;
+        None,
+        &mut |_| {},
+    )
+    .await?;
+    let blobs = wanted
+        .iter()
+        .zip(paths)
+        .map(|(d, path)| archive::Blob {
+            digest: d.digest.clone(),
+            size: d.size,
+            body: crate::blob::Body::File {
+                path,
+                offset: 0,
+                len: d.size,
+            },
+        })
+        .collect();
     let image_id =
         (manifests.len() == 1 && children.is_empty()).then(|| manifests[0].config.digest.clone());
     Ok((
@@ -510,76 +500,6 @@ fn read_text(src: &Path, file: &str, field: &str) -> Result<String, Error> {
         path: path.display().to_string(),
         reason: format!("{field}: {e}"),
     })
-}
-
-/// Makes sure the registry has every blob, then puts the manifests: an index's children by
-/// digest, then the top one under every tag. Returns the digest the registry stores.
-pub async fn push(
-    registry: &Registry,
-    repository: &Repository,
-    plan: &Plan,
-    tags: &[Tag],
-    concurrency: usize,
-    mount_from: Option<&Repository>,
-) -> Result<Digest, Error> {
-    let semaphore = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
-    let uploads = plan.blobs.iter().map(|blob| {
-        let semaphore = semaphore.clone();
-        async move {
-            let _permit = semaphore.acquire_owned().await.expect("never closed");
-            if registry.blob_exists(repository, &blob.digest).await? {
-                tracing::info!("blob {} exists", short(&blob.digest));
-                return Ok::<_, Error>(());
-            }
-            let mut session = None;
-            if let Some(from) = mount_from {
-                match registry.mount_blob(repository, &blob.digest, from).await? {
-                    Mount::Mounted => {
-                        tracing::info!("blob {} mounted from {}", short(&blob.digest), from.path());
-                        return Ok(());
-                    }
-                    Mount::Upload(location) => session = Some(location),
-                    Mount::NotMounted => {}
-                }
-            }
-            registry
-                .upload_blob(repository, &blob.digest, blob.body.clone(), session)
-                .await?;
-            tracing::info!(
-                "blob {} pushed ({})",
-                short(&blob.digest),
-                crate::progress::human(blob.size)
-            );
-            Ok(())
-        }
-    });
-    futures_util::future::try_join_all(uploads).await?;
-    for child in &plan.children {
-        registry
-            .put_manifest(
-                repository,
-                child.digest.as_str(),
-                &child.media_type,
-                &child.bytes,
-            )
-            .await?;
-    }
-    for tag in tags {
-        let digest = registry
-            .put_manifest(
-                repository,
-                tag.as_str(),
-                &plan.top.media_type,
-                &plan.top.bytes,
-            )
-            .await?;
-        tracing::info!("pushed {repository}:{tag} ({digest})");
-    }
-    Ok(plan.top.digest.clone())
-}
-
-fn short(d: &Digest) -> &str {
-    &d.hex()[..12]
 }
 
 fn field(name: &str, value: &str) -> MetadataField {
