@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::reference::Digest;
-use crate::source::Source;
+use crate::source::{Settings, Source};
 
 /// One request, for any of the three commands; each command checks what it needs.
 #[derive(Debug, Default, Deserialize)]
@@ -53,10 +53,12 @@ const TOP_FIELDS: &[&str] = &["source", "version", "params"];
 const VERSION_FIELDS: &[&str] = &["tag", "digest"];
 
 impl Request {
-    pub(crate) fn source(&self) -> Result<&Source, Error> {
+    /// The source, resolved: what the commands work from (they never see the raw form).
+    pub(crate) fn settings(&self) -> Result<Settings, Error> {
         self.source
             .as_ref()
-            .ok_or_else(|| Error::field("source", "missing from the request"))
+            .ok_or_else(|| Error::field("source", "missing from the request"))?
+            .resolve()
     }
 
     /// `source.debug`: whether the binaries log at debug level.

@@ -21,10 +21,26 @@ use std::cmp::Ordering;
 use regex::Regex;
 
 use crate::error::Error;
-use crate::source::Source;
 
 /// The prefixes a pre-release must start with when `pre_release_prefixes` is not set.
 pub const DEFAULT_PRE_RELEASE_PREFIXES: &[&str] = &["alpha", "beta", "rc"];
+
+/// A source's selection fields as the pipeline gave them (`source.rs` fills this in).
+#[derive(Debug, Default)]
+#[cfg_attr(test, derive(serde::Deserialize))]
+#[cfg_attr(test, serde(default))]
+pub struct Fields {
+    pub tag_regex: Option<String>,
+    pub tag_exclude_regex: Option<String>,
+    pub semver_constraint: Option<String>,
+    pub variant: Option<String>,
+    pub pre_releases: bool,
+    pub pre_release_prefixes: Vec<String>,
+    pub created_at_sort: bool,
+    /// Whether `source.tag` was given.
+    #[cfg_attr(test, serde(skip))]
+    pub tag_given: bool,
+}
 
 /// How a source selects versions among tags.
 #[derive(Debug)]
@@ -104,20 +120,23 @@ pub struct Plan {
 }
 
 impl Selection {
-    /// `None` when the source is in tag mode. Field errors name the field.
-    pub fn from_source(source: &Source) -> Result<Option<Selection>, Error> {
+    /// The selection of a source's fields; `None` in tag mode. With it come notes on what
+    /// the combination of fields leaves unused, for check to log. Field errors name the
+    /// field.
+    pub fn from_fields(source: &Fields) -> Result<(Option<Selection>, Vec<String>), Error> {
+        let mut notes = Vec::new();
         let selecting = source.tag_regex.is_some()
             || source.semver_constraint.is_some()
             || source.variant.is_some()
             || source.pre_releases;
         if !selecting {
             if source.tag_exclude_regex.is_some() {
-                tracing::warn!("source.tag_exclude_regex only applies with tag_regex, semver_constraint, variant or pre_releases; ignored");
+                notes.push("source.tag_exclude_regex only applies with tag_regex, semver_constraint, variant or pre_releases; ignored".to_string());
             }
             if source.created_at_sort {
-                tracing::warn!("source.created_at_sort only applies with tag_regex, semver_constraint, variant or pre_releases; ignored");
+                notes.push("source.created_at_sort only applies with tag_regex, semver_constraint, variant or pre_releases; ignored".to_string());
             }
-            return Ok(None);
+            return Ok((None, notes));
         }
         let regex = source
             .tag_regex
@@ -168,16 +187,18 @@ impl Selection {
             source.pre_release_prefixes.clone()
         };
         if regex.is_some() && (variant.is_some() || source.pre_releases) {
-            tracing::warn!(
+            notes.push(
                 "source.tag_regex decides which tags count; variant and pre_releases are ignored"
+                    .to_string(),
             );
         }
-        if source.tag.is_some() {
-            tracing::info!(
+        if source.tag_given {
+            notes.push(
                 "check selects among tags; source.tag is only out's default tag in this mode"
+                    .to_string(),
             );
         }
-        Ok(Some(Selection {
+        let selection = Selection {
             regex,
             exclude,
             signatures: Regex::new(r"^sha256-[0-9a-f]{64}(\.[A-Za-z0-9]+)*$")
@@ -187,7 +208,8 @@ impl Selection {
             pre_releases: source.pre_releases,
             prefixes,
             created_at_sort: source.created_at_sort,
-        }))
+        };
+        Ok((Some(selection), notes))
     }
 
     /// Which of `tags` count, oldest first.
@@ -512,8 +534,8 @@ mod tests {
     fn selection(v: serde_json::Value) -> Selection {
         let mut v = v;
         v["repository"] = json!("r");
-        let source: Source = serde_json::from_value(v).unwrap();
-        Selection::from_source(&source).unwrap().unwrap()
+        let fields: Fields = serde_json::from_value(v).unwrap();
+        Selection::from_fields(&fields).unwrap().0.unwrap()
     }
 
     fn tags(list: &[&str]) -> Vec<String> {
@@ -696,8 +718,8 @@ mod tests {
         let err = |v: serde_json::Value| {
             let mut v = v;
             v["repository"] = json!("r");
-            let source: Source = serde_json::from_value(v).unwrap();
-            let e = Selection::from_source(&source).unwrap_err().to_string();
+            let fields: Fields = serde_json::from_value(v).unwrap();
+            let e = Selection::from_fields(&fields).unwrap_err().to_string();
             assert!(!e.contains('\n'), "{e}");
             e
         };

@@ -16,6 +16,7 @@ use crate::image::Platform;
 use crate::reference::{Host, Repository, Tag};
 use crate::registry::config::{DomainPem, EcrConfig, HostCredentials, Insecure, RegistryConfig};
 use crate::secret::Secret;
+use crate::select::{self, Selection};
 
 /// Every key `source` understands, for "did you mean" on unknown ones. A unit test keeps it in
 /// step with [`Source`].
@@ -165,6 +166,22 @@ pub struct Settings {
     /// `registry_mirror`: tried first for Docker Hub repositories (check and in), and given
     /// to a dockerd that `out` starts. Its credentials are in `registries`.
     pub mirror: Option<MirrorSettings>,
+    /// `repository` as the pipeline wrote it (what `in` writes to its `repository` file).
+    pub repository_text: String,
+    /// Selection mode's rules; `None` in tag mode.
+    pub selection: Option<Selection>,
+    /// What the selection fields' combination leaves unused: check logs these.
+    pub selection_notes: Vec<String>,
+    /// `variant`, trimmed, when not empty: out's version tags end with it.
+    pub variant: Option<String>,
+    /// `git_repo`: the tag is the commit the repository's default branch is at.
+    pub git: Option<GitSource>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GitSource {
+    pub repo: String,
+    pub private_key: Option<Secret>,
 }
 
 #[derive(Debug, Clone)]
@@ -337,6 +354,7 @@ impl Source {
                 Some(Count(n)) => Ok(n.min(64) as usize),
             }
         };
+        let (selection, selection_notes) = Selection::from_fields(&self.selection_fields())?;
         Ok(Settings {
             tag,
             registries,
@@ -354,8 +372,34 @@ impl Source {
                 .startup_timeout
                 .map_or(DEFAULT_STARTUP_TIMEOUT, |Count(s)| Duration::from_secs(s)),
             mirror,
+            repository_text: self.repository.clone().unwrap_or_default(),
             repository,
+            selection,
+            selection_notes,
+            variant: self
+                .variant
+                .as_deref()
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_string),
+            git: self.git_repo.clone().map(|repo| GitSource {
+                repo,
+                private_key: self.git_private_key.clone(),
+            }),
         })
+    }
+
+    fn selection_fields(&self) -> select::Fields {
+        select::Fields {
+            tag_regex: self.tag_regex.clone(),
+            tag_exclude_regex: self.tag_exclude_regex.clone(),
+            semver_constraint: self.semver_constraint.clone(),
+            variant: self.variant.clone(),
+            pre_releases: self.pre_releases,
+            pre_release_prefixes: self.pre_release_prefixes.clone(),
+            created_at_sort: self.created_at_sort,
+            tag_given: self.tag.is_some(),
+        }
     }
 }
 
@@ -647,6 +691,30 @@ mod tests {
         );
         assert_eq!(s.max_concurrent_downloads, 3);
         assert_eq!(s.startup_timeout, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn resolve_gives_the_selection_the_variant_and_the_git_repo() {
+        let s = source(json!({"repository": "alpine", "tag": "3", "created_at_sort": true}))
+            .resolve()
+            .unwrap();
+        assert!(s.selection.is_none() && s.variant.is_none() && s.git.is_none());
+        assert_eq!(s.repository_text, "alpine");
+        assert!(s.selection_notes[0].starts_with("source.created_at_sort"));
+        let s = source(json!({
+            "repository": "alpine",
+            "variant": " slim ",
+            "git_repo": "https://example.com/r.git",
+        }))
+        .resolve()
+        .unwrap();
+        assert!(s.selection.is_some());
+        assert_eq!(s.variant.as_deref(), Some("slim"));
+        assert_eq!(s.git.unwrap().repo, "https://example.com/r.git");
+        let e = source(json!({"repository": "alpine", "tag_regex": "("}))
+            .resolve()
+            .unwrap_err();
+        assert!(e.to_string().starts_with("source.tag_regex:"), "{e}");
     }
 
     #[test]

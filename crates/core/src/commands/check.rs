@@ -28,16 +28,17 @@ pub const MAX_DIGEST_REQUESTS: usize = 100;
 const CONCURRENCY: usize = 8;
 
 pub async fn check(request: &Request) -> Result<Vec<Version>, Error> {
-    let source = request.source()?;
-    let mut settings = source.resolve()?;
-    let selection = Selection::from_source(source)?;
+    let mut settings = request.settings()?;
     let cursor = request.cursor()?;
-    if let Some(repo) = &source.git_repo {
-        if selection.is_some() {
+    for note in &settings.selection_notes {
+        tracing::warn!("{note}");
+    }
+    if let Some(git) = &settings.git {
+        if settings.selection.is_some() {
             tracing::warn!("source.git_repo decides the tag; the selection fields are ignored");
         }
-        let sha = crate::git::default_branch_sha(repo, source.git_private_key.as_ref()).await?;
-        tracing::info!("{repo}: the default branch is at {sha}");
+        let sha = crate::git::default_branch_sha(&git.repo, git.private_key.as_ref()).await?;
+        tracing::info!("{}: the default branch is at {sha}", git.repo);
         settings.tag = sha
             .parse::<Tag>()
             .map_err(|e| Error::field("source.git_repo", e))?;
@@ -48,7 +49,7 @@ pub async fn check(request: &Request) -> Result<Vec<Version>, Error> {
         .await;
     }
     let settings = &settings;
-    match &selection {
+    match &settings.selection {
         None => {
             across_endpoints(settings, async |registry, repository| {
                 tag_mode(registry, repository, settings, cursor.clone()).await

@@ -55,7 +55,7 @@ struct Plan {
 }
 
 pub async fn get(request: &Request, dest: &Path) -> Result<Response, Error> {
-    let settings = request.source()?.resolve()?;
+    let settings = request.settings()?;
     let params: Params = parse_params(request.params.as_ref())?;
     let format = match params.format.as_deref() {
         None | Some("rootfs") => Format::Rootfs,
@@ -77,7 +77,7 @@ pub async fn get(request: &Request, dest: &Path) -> Result<Response, Error> {
         .as_ref()
         .and_then(|v| v.tag.clone())
         .unwrap_or_else(|| settings.tag.to_string());
-    let source_repository = request.source()?.repository.clone().unwrap_or_default();
+    let source_repository = &settings.repository_text;
 
     std::fs::create_dir_all(dest).map_err(|e| io_error(dest, e))?;
     write_file(&dest.join("repository"), source_repository.as_bytes())?;
@@ -87,7 +87,7 @@ pub async fn get(request: &Request, dest: &Path) -> Result<Response, Error> {
         tag: request.version.as_ref().and_then(|v| v.tag.clone()),
         digest: digest.clone(),
     };
-    let mut metadata = vec![field("repository", &source_repository), field("tag", &tag)];
+    let mut metadata = vec![field("repository", source_repository), field("tag", &tag)];
     if params.skip_download {
         tracing::info!("skip_download: wrote repository, tag and digest only");
         return Ok(Response { version, metadata });

@@ -94,14 +94,9 @@ impl crate::protocol::Params for Params {
 }
 
 pub async fn put(request: &Request, src: &Path) -> Result<Response, Error> {
-    let source = request.source()?;
-    let settings = source.resolve()?;
+    let settings = request.settings()?;
     let params: Params = parse_params(request.params.as_ref())?;
-    let variant = source
-        .variant
-        .as_deref()
-        .map(str::trim)
-        .filter(|v| !v.is_empty());
+    let variant = settings.variant.as_deref();
     let repository = &settings.repository;
     let mut tags = tags(&params, &settings.tag, src, variant)?;
 
