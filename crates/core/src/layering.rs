@@ -18,7 +18,14 @@ const LAYERS: &[&[&str]] = &[
     &["registry"],
     &["image"],
     &["rootfs"],
-    &["compression", "fs", "progress", "time", "report"],
+    &[
+        "blocking",
+        "compression",
+        "fs",
+        "progress",
+        "time",
+        "report",
+    ],
     &["hash"],
     &["blob", "reference", "secret"],
 ];

@@ -10,6 +10,7 @@
 #![deny(clippy::print_stdout)]
 
 mod blob;
+mod blocking;
 mod build;
 pub mod commands;
 mod compression;

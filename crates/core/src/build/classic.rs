@@ -9,6 +9,7 @@ use bollard::query_parameters::BuildImageOptions;
 
 use super::stream::{drain, file_stream};
 use super::{dockerignore, input, Build, BuildParams};
+use crate::blocking::blocking;
 use crate::error::Error;
 
 impl Build {
@@ -29,21 +30,14 @@ impl Build {
             Ok(rel) => rel.to_string_lossy().into_owned(),
             Err(_) => ".dockhand.Dockerfile".to_string(),
         };
-        {
-            let file = std::fs::File::create(&context_tar).map_err(|e| input(&context_tar, e))?;
-            let mut tar = tar::Builder::new(std::io::BufWriter::new(file));
-            tar.follow_symlinks(false);
-            let ignore = dockerignore::Ignore::load(&self.context)?;
-            append_context(&mut tar, &self.context, "", &ignore, &dockerfile_in_context)
-                .map_err(|e| input(&self.context, e))?;
-            if dockerfile_in_context == ".dockhand.Dockerfile" {
-                tar.append_path_with_name(&self.dockerfile, &dockerfile_in_context)
-                    .map_err(|e| input(&self.dockerfile, e))?;
-            }
-            tar.into_inner()
-                .and_then(|mut w| std::io::Write::flush(&mut w))
-                .map_err(|e| input(&context_tar, e))?;
-        }
+        // Writing the context reads every file of it: long work, off the async threads.
+        let (context, dockerfile, tar_path, name) = (
+            self.context.clone(),
+            self.dockerfile.clone(),
+            context_tar.clone(),
+            dockerfile_in_context.clone(),
+        );
+        blocking(move || write_context(&context, &dockerfile, &tar_path, &name)).await?;
         let options = BuildImageOptions {
             dockerfile: dockerfile_in_context,
             t: Some(tag.to_string()),
@@ -107,5 +101,28 @@ fn append_context<W: std::io::Write>(
             tar.append_path_with_name(entry.path(), &path)?;
         }
     }
+    Ok(())
+}
+
+/// The build context at `context` as a tarball at `tar_path`, `.dockerignore` applied, with
+/// the Dockerfile added as `name` when it lies outside the context.
+fn write_context(
+    context: &Path,
+    dockerfile: &Path,
+    tar_path: &Path,
+    name: &str,
+) -> Result<(), Error> {
+    let file = std::fs::File::create(tar_path).map_err(|e| input(tar_path, e))?;
+    let mut tar = tar::Builder::new(std::io::BufWriter::new(file));
+    tar.follow_symlinks(false);
+    let ignore = dockerignore::Ignore::load(context)?;
+    append_context(&mut tar, context, "", &ignore, name).map_err(|e| input(context, e))?;
+    if name == ".dockhand.Dockerfile" {
+        tar.append_path_with_name(dockerfile, name)
+            .map_err(|e| input(dockerfile, e))?;
+    }
+    tar.into_inner()
+        .and_then(|mut w| std::io::Write::flush(&mut w))
+        .map_err(|e| input(tar_path, e))?;
     Ok(())
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::outputs;
+use crate::blocking::blocking;
 use crate::error::{io_error, write_output as write_file, Error};
 use crate::image::{Descriptor, ImageConfig, Platform};
 use crate::layout::write as layout;
@@ -194,7 +195,7 @@ async fn fetch_and_write(
         let target = dest.join(".rootfs.partial");
         let _ = std::fs::remove_dir_all(&target);
         let layers = manifest.layers.len();
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             rootfs::pipeline::unpack_layers(&target, ready_rx, layers).map(|s| (s, target))
         })
     });
@@ -217,16 +218,10 @@ async fn fetch_and_write(
     progress.finish();
 
     if let Some(unpack) = unpack {
-        let (skipped, partial) = unpack
-            .await
-            .map_err(|e| Error::Output {
-                path: dest.join("rootfs").display().to_string(),
-                reason: format!("unpacking stopped: {e}"),
-            })?
-            .map_err(|e| Error::Output {
-                path: dest.join("rootfs").display().to_string(),
-                reason: crate::report::chain(&e),
-            })?;
+        let (skipped, partial) = unpack.await.map_err(|e| Error::Output {
+            path: dest.join("rootfs").display().to_string(),
+            reason: crate::report::chain(&e),
+        })?;
         if skipped.devices > 0 {
             tracing::info!(
                 "skipped {} device files (not permitted here)",
@@ -245,7 +240,10 @@ async fn fetch_and_write(
         outputs::write_metadata_json(dest, &config, &rootfs)?;
         if plan.rootfs_tar {
             let tar = dest.join("rootfs.tar");
-            rootfs::export::write_rootfs_tar(&rootfs, &tar).map_err(|e| io_error(&tar, e))?;
+            let (from, to) = (rootfs.clone(), tar.clone());
+            blocking(move || rootfs::export::write_rootfs_tar(&from, &to))
+                .await
+                .map_err(|e| io_error(&tar, e))?;
         }
     }
     outputs::write_labels_json(dest, &config)?;
@@ -262,15 +260,15 @@ async fn fetch_and_write(
     let archive = layout::Archive {
         repo_tag: format!("{}:{tag}", docker_name(repository)),
         tag: tag.to_string(),
-        config: (&manifest.config.digest, config_path.as_path()),
+        config: (manifest.config.digest.clone(), config_path.clone()),
         layers: manifest
             .layers
             .iter()
-            .zip(&layer_paths)
-            .map(|(l, p)| (&l.digest, p.as_path()))
+            .map(|l| l.digest.clone())
+            .zip(layer_paths)
             .collect(),
-        manifest_bytes,
-        manifest_digest,
+        manifest_bytes: manifest_bytes.clone(),
+        manifest_digest: manifest_digest.clone(),
         manifest_media_type: manifest
             .media_type
             .clone()
@@ -282,7 +280,8 @@ async fn fetch_and_write(
         } else {
             dest.join("image.tar")
         };
-        layout::write_docker_archive(&archive, &first)?;
+        let (a, to) = (archive.clone(), first.clone());
+        blocking(move || layout::write_docker_archive(&a, &to)).await?;
         if plan.save && plan.oci_tar {
             let second = dest.join("image.tar");
             let _ = std::fs::remove_file(&second);
@@ -294,7 +293,10 @@ async fn fetch_and_write(
         let partial = dest.join(".oci.partial");
         let _ = std::fs::remove_dir_all(&partial);
         match (&image.index, &image.top) {
-            (None, _) => layout::write_oci_layout(&archive, &partial, None)?,
+            (None, _) => {
+                let (a, to) = (archive.clone(), partial.clone());
+                blocking(move || layout::write_oci_layout(&a, &to, None)).await?
+            }
             (Some(index), top) => {
                 // Every platform, and the index bytes as the registry has them.
                 let others = index
@@ -328,7 +330,8 @@ async fn fetch_and_write(
                     write_file(&p, &m.bytes)?;
                     extra.push((m.digest.clone(), p));
                 }
-                layout::write_oci_layout(&archive, &partial, Some((&top.bytes, &extra)))?
+                let (a, to, index) = (archive.clone(), partial.clone(), top.bytes.clone());
+                blocking(move || layout::write_oci_layout(&a, &to, Some((&index, &extra)))).await?
             }
         }
         let _ = std::fs::remove_dir_all(&oci);

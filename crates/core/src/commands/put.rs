@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::blocking::blocking;
 use crate::build::{Build, BuildParams};
 use crate::error::Error;
 use crate::layout::read::{self as archive, Plan};
@@ -19,7 +20,7 @@ use crate::reference::{Repository, Tag};
 use crate::registry::Registry;
 
 /// `params` of `out`: every docker-image-resource put param, and registry-image-resource's.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 pub struct Params {
     pub load: Option<String>,
     pub build: Option<String>,
@@ -113,7 +114,11 @@ pub async fn put(request: &Request, src: &Path) -> Result<Response, Error> {
                 .await;
             daemon.stop().await;
             result?;
-            (archive::read_image(&built, staging.path(), None)?, None)
+            let dir = staging.path().to_path_buf();
+            (
+                blocking(move || archive::read_image(&built, &dir, None)).await?,
+                None,
+            )
         } else if params.load.is_none()
             && params.load_file.is_none()
             && params.import_file.is_none()
@@ -121,7 +126,13 @@ pub async fn put(request: &Request, src: &Path) -> Result<Response, Error> {
         {
             pull_plan(&params, &settings, staging.path()).await?
         } else {
-            plan(&params, src, staging.path())?
+            // Reading an archive hashes every layer: long work, off the async threads.
+            let (params, src, dir) = (
+                params.clone(),
+                src.to_path_buf(),
+                staging.path().to_path_buf(),
+            );
+            blocking(move || plan(&params, &src, &dir)).await?
         };
         let registry = Registry::new(repository.host().clone(), &settings.registries).await;
         if params.bump_aliases {

@@ -14,13 +14,14 @@ use crate::image::OCI_INDEX;
 use crate::reference::Digest;
 
 /// The blobs of one image, as downloaded.
-pub struct Archive<'a> {
+#[derive(Clone)]
+pub struct Archive {
     pub repo_tag: String,
     pub tag: String,
-    pub config: (&'a Digest, &'a Path),
-    pub layers: Vec<(&'a Digest, &'a Path)>,
-    pub manifest_bytes: &'a [u8],
-    pub manifest_digest: &'a Digest,
+    pub config: (Digest, PathBuf),
+    pub layers: Vec<(Digest, PathBuf)>,
+    pub manifest_bytes: Vec<u8>,
+    pub manifest_digest: Digest,
     pub manifest_media_type: String,
 }
 
@@ -31,20 +32,20 @@ fn blob_name(d: &Digest) -> String {
 /// A tarball that `docker load` reads (manifest.json; the layers stay compressed, which the
 /// daemon accepts, and the config's digest is the image id), and that is also an OCI image
 /// layout (oci-layout, index.json, blobs/).
-pub fn write_docker_archive(a: &Archive<'_>, path: &Path) -> Result<(), Error> {
+pub fn write_docker_archive(a: &Archive, path: &Path) -> Result<(), Error> {
     let partial = path.with_extension("dockhand-partial");
     let file = std::fs::File::create(&partial).map_err(|e| io_error(path, e))?;
     let mut tar = tar::Builder::new(io::BufWriter::with_capacity(1 << 20, file));
     let result = (|| -> io::Result<()> {
         let mut added = std::collections::HashSet::new();
-        for (digest, blob) in std::iter::once(a.config).chain(a.layers.iter().copied()) {
+        for (digest, blob) in std::iter::once(&a.config).chain(&a.layers) {
             if added.insert(digest.clone()) {
                 append_file(&mut tar, &blob_name(digest), blob)?;
             }
         }
-        append_bytes(&mut tar, &blob_name(a.manifest_digest), a.manifest_bytes)?;
+        append_bytes(&mut tar, &blob_name(&a.manifest_digest), &a.manifest_bytes)?;
         let manifest_json = serde_json::json!([{
-            "Config": blob_name(a.config.0),
+            "Config": blob_name(&a.config.0),
             "RepoTags": [a.repo_tag],
             "Layers": a.layers.iter().map(|(d, _)| blob_name(d)).collect::<Vec<_>>(),
         }]);
@@ -65,7 +66,7 @@ pub fn write_docker_archive(a: &Archive<'_>, path: &Path) -> Result<(), Error> {
         })
 }
 
-fn index_json(a: &Archive<'_>) -> Vec<u8> {
+fn index_json(a: &Archive) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
         "mediaType": OCI_INDEX,
@@ -88,7 +89,7 @@ pub type IndexBlobs<'a> = (&'a [u8], &'a [(Digest, PathBuf)]);
 /// An OCI image layout directory. With `index`, index.json is the registry's index bytes
 /// (so its digest is the version's) and `extra` holds the other platforms' blobs.
 pub fn write_oci_layout(
-    a: &Archive<'_>,
+    a: &Archive,
     dir: &Path,
     index: Option<IndexBlobs<'_>>,
 ) -> Result<(), Error> {
@@ -101,11 +102,11 @@ pub fn write_oci_layout(
         }
         link_or_copy(from, &to).map_err(|e| io_error(&to, e))
     };
-    place(a.config.0, a.config.1)?;
+    place(&a.config.0, &a.config.1)?;
     for (d, p) in &a.layers {
         place(d, p)?;
     }
-    write_file(&blobs.join(a.manifest_digest.hex()), a.manifest_bytes)?;
+    write_file(&blobs.join(a.manifest_digest.hex()), &a.manifest_bytes)?;
     write_file(
         &dir.join("oci-layout"),
         br#"{"imageLayoutVersion":"1.0.0"}"#,

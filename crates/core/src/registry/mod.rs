@@ -213,11 +213,10 @@ impl Registry {
             return failure;
         }
         let host = self.host.clone();
-        match tokio::task::spawn_blocking(move || transport::asks_for_client_certificate(&host))
-            .await
-        {
-            Ok(true) => Failure::ClientCertificate,
-            _ => failure,
+        if crate::blocking::blocking(move || transport::asks_for_client_certificate(&host)).await {
+            Failure::ClientCertificate
+        } else {
+            failure
         }
     }
 

@@ -1,6 +1,6 @@
 //! The rootfs `in` writes: layers applied safely ([`unpack`]), in order while the next ones
 //! decompress ([`pipeline`]), and exported as `rootfs.tar` ([`export`]). Everything here is
-//! synchronous; async code reaches it through `spawn_blocking`.
+//! synchronous; async code reaches it through [`crate::blocking`].
 
 pub mod export;
 pub mod pipeline;
