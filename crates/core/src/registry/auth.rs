@@ -15,6 +15,7 @@ use crate::reference::Host;
 use crate::secret::Secret;
 
 use super::body::read_limited;
+use super::error::TokenProblem;
 use super::retry::{exchange, Answer, RetryPolicy};
 use super::RegistryError;
 
@@ -217,11 +218,13 @@ impl Auth {
         scope: &str,
         policy: &RetryPolicy,
     ) -> Result<Token, RegistryError> {
-        let mut url = url::Url::parse(realm).map_err(|_| RegistryError::Token {
+        let token_error = |problem: TokenProblem| RegistryError::Token {
             host: self.host.to_string(),
             realm: realm.to_string(),
-            reason: "the realm is not a URL".into(),
-        })?;
+            problem,
+        };
+        let mut url =
+            url::Url::parse(realm).map_err(|e| token_error(TokenProblem::RealmNotUrl(e)))?;
         {
             let mut q = url.query_pairs_mut();
             if let Some(service) = service {
@@ -231,11 +234,6 @@ impl Auth {
                 q.append_pair("scope", s);
             }
         }
-        let token_error = |reason: String| RegistryError::Token {
-            host: self.host.to_string(),
-            realm: realm.to_string(),
-            reason,
-        };
         let what = format!("a token from {realm}");
         let answer: Result<Answer, std::convert::Infallible> =
             exchange(policy, &self.host, &what, async || {
@@ -262,19 +260,19 @@ impl Auth {
             });
         }
         if !status.is_success() {
-            return Err(token_error(format!("answered {status}")));
+            return Err(token_error(TokenProblem::Status(status)));
         }
         let body = read_limited(response, 1 << 20)
             .await
-            .map_err(|e| token_error(format!("reading the answer failed: {e}")))?;
+            .map_err(|e| token_error(TokenProblem::Read(e)))?;
         let parsed: TokenResponse = serde_json::from_slice(&body)
-            .map_err(|_| token_error("the answer is not a token response".into()))?;
+            .map_err(|e| token_error(TokenProblem::NotTokenResponse(e)))?;
         let value = parsed
             .token
             .filter(|t| !t.is_empty())
             .or(parsed.access_token)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| token_error("the answer has no token".into()))?;
+            .ok_or_else(|| token_error(TokenProblem::NoToken))?;
         // The spec's default lifetime is 60 s; renew a little early.
         let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(60).max(60));
         Ok(Token {

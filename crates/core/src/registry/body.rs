@@ -52,7 +52,7 @@ pub(super) async fn read_limited(
 }
 
 #[derive(Debug, thiserror::Error)]
-pub(super) enum ReadError {
+pub enum ReadError {
     #[error("body too large")]
     TooLarge,
     #[error(transparent)]

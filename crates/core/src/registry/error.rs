@@ -44,11 +44,12 @@ pub enum RegistryError {
         region: String,
         reason: String,
     },
-    #[error("cannot get a token for registry {host} from {realm}: {reason}")]
+    #[error("cannot get a token for registry {host} from {realm}")]
     Token {
         host: String,
         realm: String,
-        reason: String,
+        #[source]
+        problem: TokenProblem,
     },
     #[error("registry {host} answered {status} for {what}{detail}")]
     Status {
@@ -91,6 +92,21 @@ pub enum RegistryError {
     },
 }
 
+/// What was wrong with a token server's answer.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenProblem {
+    #[error("the realm is not a URL")]
+    RealmNotUrl(#[source] url::ParseError),
+    #[error("answered {0}")]
+    Status(StatusCode),
+    #[error("reading the answer failed")]
+    Read(#[source] super::body::ReadError),
+    #[error("the answer is not a token response")]
+    NotTokenResponse(#[source] serde_json::Error),
+    #[error("the answer has no token")]
+    NoToken,
+}
+
 /// The registry's error body: `{"errors":[{"code":"MANIFEST_UNKNOWN","message":"..."}]}`.
 #[derive(Debug, Default, Deserialize)]
 pub struct ErrorBody {
@@ -101,9 +117,84 @@ pub struct ErrorBody {
 #[derive(Debug, Deserialize)]
 pub struct ErrorEntry {
     #[serde(default)]
-    pub code: String,
+    pub code: ErrorCode,
     #[serde(default)]
     pub message: String,
+}
+
+/// The error codes of the distribution spec
+/// (<https://github.com/opencontainers/distribution-spec/blob/main/spec.md#error-codes>), and
+/// Docker Hub's `TOOMANYREQUESTS`; any other as the registry wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ErrorCode {
+    BlobUnknown,
+    BlobUploadInvalid,
+    BlobUploadUnknown,
+    DigestInvalid,
+    ManifestBlobUnknown,
+    ManifestInvalid,
+    ManifestUnknown,
+    NameInvalid,
+    NameUnknown,
+    SizeInvalid,
+    Unauthorized,
+    Denied,
+    Unsupported,
+    TooManyRequests,
+    Other(String),
+    /// No code given.
+    #[default]
+    None,
+}
+
+const CODES: &[(&str, ErrorCode)] = &[
+    ("BLOB_UNKNOWN", ErrorCode::BlobUnknown),
+    ("BLOB_UPLOAD_INVALID", ErrorCode::BlobUploadInvalid),
+    ("BLOB_UPLOAD_UNKNOWN", ErrorCode::BlobUploadUnknown),
+    ("DIGEST_INVALID", ErrorCode::DigestInvalid),
+    ("MANIFEST_BLOB_UNKNOWN", ErrorCode::ManifestBlobUnknown),
+    ("MANIFEST_INVALID", ErrorCode::ManifestInvalid),
+    ("MANIFEST_UNKNOWN", ErrorCode::ManifestUnknown),
+    ("NAME_INVALID", ErrorCode::NameInvalid),
+    ("NAME_UNKNOWN", ErrorCode::NameUnknown),
+    ("SIZE_INVALID", ErrorCode::SizeInvalid),
+    ("UNAUTHORIZED", ErrorCode::Unauthorized),
+    ("DENIED", ErrorCode::Denied),
+    ("UNSUPPORTED", ErrorCode::Unsupported),
+    ("TOOMANYREQUESTS", ErrorCode::TooManyRequests),
+];
+
+impl ErrorCode {
+    fn parse(code: &str) -> ErrorCode {
+        match CODES.iter().find(|(text, _)| *text == code) {
+            Some((_, c)) => c.clone(),
+            None if code.is_empty() => ErrorCode::None,
+            None => ErrorCode::Other(code.to_string()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            ErrorCode::Other(code) => code,
+            ErrorCode::None => "",
+            known => CODES
+                .iter()
+                .find(|(_, c)| c == known)
+                .map_or("", |(text, _)| text),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ErrorCode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ErrorCode, D::Error> {
+        // A code that is not a string (some proxies send numbers) is kept as its JSON text.
+        let value = serde_json::Value::deserialize(d)?;
+        Ok(match value {
+            serde_json::Value::String(s) => ErrorCode::parse(&s),
+            serde_json::Value::Null => ErrorCode::None,
+            other => ErrorCode::Other(other.to_string()),
+        })
+    }
 }
 
 impl ErrorBody {
@@ -112,13 +203,20 @@ impl ErrorBody {
             .iter()
             .map(|e| {
                 if e.message.is_empty() {
-                    e.code.clone()
+                    e.code.as_str().to_string()
                 } else {
-                    format!("{} {}", e.code, e.message)
+                    format!("{} {}", e.code.as_str(), e.message)
                 }
+                .trim()
+                .to_string()
             })
             .collect::<Vec<_>>()
             .join("; ")
+    }
+
+    /// Whether the registry gave `code` among its errors.
+    pub(super) fn has(&self, code: &ErrorCode) -> bool {
+        self.errors.iter().any(|e| &e.code == code)
     }
 }
 
@@ -133,5 +231,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(b.summary(), "UNAUTHORIZED authentication required");
+        assert!(b.has(&ErrorCode::Unauthorized));
+        let b: ErrorBody = serde_json::from_str(
+            r#"{"errors":[{"code":"MANIFEST_UNKNOWN"},{"code":"QUOTA_EXCEEDED","message":"full"},{"code":7},{"message":"no code"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(b.errors[0].code, ErrorCode::ManifestUnknown);
+        assert_eq!(b.errors[1].code, ErrorCode::Other("QUOTA_EXCEEDED".into()));
+        assert_eq!(
+            b.summary(),
+            "MANIFEST_UNKNOWN; QUOTA_EXCEEDED full; 7; no code"
+        );
     }
 }

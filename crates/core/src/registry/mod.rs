@@ -30,7 +30,7 @@ use crate::blob::Body;
 use crate::reference::{Host, Repository};
 use body::read_limited;
 use config::RegistryConfig;
-use error::ErrorBody;
+use error::{ErrorBody, ErrorCode};
 use retry::Answer;
 
 pub use auth::{parse_challenge, Challenge};
@@ -361,7 +361,9 @@ impl Registry {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
         let summary = body.summary();
-        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        // Some registries refuse with another status (400, 404) but say why in the body.
+        let refused = body.has(&ErrorCode::Unauthorized) || body.has(&ErrorCode::Denied);
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN || refused {
             return RegistryError::Unauthorized {
                 host: self.host.to_string(),
                 repository: repository.path().to_string(),
