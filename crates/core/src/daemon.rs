@@ -23,9 +23,9 @@ struct Started {
     dir: PathBuf,
 }
 
-fn daemon_error(reason: impl std::fmt::Display) -> Error {
+fn daemon_error(reason: impl Into<crate::error::Cause>) -> Error {
     Error::Daemon {
-        reason: reason.to_string(),
+        source: reason.into(),
     }
 }
 

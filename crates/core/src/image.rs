@@ -4,6 +4,7 @@
 
 use serde::Deserialize;
 
+use crate::blob::Body;
 use crate::reference::Digest;
 
 /// Media types of manifests and indexes, all four accepted on every manifest request.
@@ -21,6 +22,26 @@ pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json"
 pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+
+/// One image as every source gives it (an archive, an OCI layout, a rootfs, a registry) and
+/// every sink takes it (a push): its blobs, the manifests of an index's children, and the
+/// top manifest, which the tags name.
+#[derive(Debug)]
+pub struct Image {
+    pub top: RawManifest,
+    pub children: Vec<RawManifest>,
+    pub blobs: Vec<Blob>,
+    /// The config digest (image id) of a single-platform image.
+    pub image_id: Option<Digest>,
+}
+
+/// One blob of an image, and where its bytes are.
+#[derive(Debug, Clone)]
+pub struct Blob {
+    pub digest: Digest,
+    pub size: u64,
+    pub body: Body,
+}
 
 /// A manifest or index as stored: its bytes, media type and digest.
 #[derive(Debug, Clone)]

@@ -5,8 +5,10 @@
 //! `tracing`.
 //!
 //! The modules form layers, each importing only from those below it (pinned by the
-//! `layering` test): `commands` → `build` → `pull`, `push` → `select` → `layout` → `daemon`, `git`,
-//! `protocol` → `source` → `error` → `registry` → `image` → `rootfs` → the leaves.
+//! `layering` test): `commands` → `build` → `pull`, `push` → `layout` → `daemon`, `git`,
+//! `protocol` → `source` → `select` → `error` → `registry` → `image` → `rootfs` → the
+//! leaves. To fetch an image, read `pull.rs`; credentials are attached in
+//! `registry/mod.rs` (`Registry::send`).
 #![deny(clippy::print_stdout)]
 
 mod blob;

@@ -125,7 +125,7 @@ fn deserialize_reporting<T: serde::de::DeserializeOwned>(
         field: format!("{prefix}{}", track.path())
             .trim_end_matches('.')
             .to_string(),
-        reason: e.to_string(),
+        source: e.into(),
     })?;
     for path in unknown {
         // serde_ignored marks the inside of an Option with `?`.
@@ -211,16 +211,17 @@ mod tests {
             ),
         ];
         for (input, want) in cases {
-            let err = parse_request(input.as_bytes()).unwrap_err().to_string();
+            let err = crate::report::chain(&parse_request(input.as_bytes()).unwrap_err());
             assert!(err.contains(want), "{input:?}: {err}");
         }
     }
 
     #[test]
     fn password_type_errors_do_not_echo() {
-        let err = parse_request(br#"{"source": {"repository": "a", "password": 987654321}}"#)
-            .unwrap_err()
-            .to_string();
+        let err = crate::report::chain(
+            &parse_request(br#"{"source": {"repository": "a", "password": 987654321}}"#)
+                .unwrap_err(),
+        );
         assert!(err.starts_with("source.password:"), "{err}");
         assert!(!err.contains("987654321"), "{err}");
     }

@@ -125,7 +125,7 @@ pub async fn fetch_manifest(
         Some(m) => Ok(m),
         None => Err(Error::Image {
             reference: format!("{repository}@{digest}"),
-            reason: "not found in the registry".into(),
+            source: "not found in the registry".into(),
         }),
     }
 }
@@ -170,7 +170,7 @@ pub fn choose(
         Err(reason) if missing == Missing::Fail => {
             return Err(Error::Image {
                 reference: reference.to_string(),
-                reason,
+                source: reason.into(),
             })
         }
         Err(_) if missing == Missing::Skip => {
@@ -256,7 +256,7 @@ pub fn parse_manifest(repository: &Repository, m: &Manifest) -> Result<ImageMani
 fn invalid_manifest(reference: &str, e: serde_json::Error) -> Error {
     Error::Image {
         reference: reference.to_string(),
-        reason: format!("its manifest is not valid: {e}"),
+        source: format!("its manifest is not valid: {e}").into(),
     }
 }
 

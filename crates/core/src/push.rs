@@ -3,7 +3,7 @@
 //! index's children by digest, then the top manifest under every tag.
 
 use crate::error::Error;
-use crate::layout::read::Plan;
+use crate::image::Image;
 use crate::reference::{Digest, Repository, Tag};
 use crate::registry::{Mount, Registry};
 
@@ -12,13 +12,13 @@ use crate::registry::{Mount, Registry};
 pub async fn push(
     registry: &Registry,
     repository: &Repository,
-    plan: &Plan,
+    image: &Image,
     tags: &[Tag],
     concurrency: usize,
     mount_from: Option<&Repository>,
 ) -> Result<Digest, Error> {
     let semaphore = tokio::sync::Semaphore::new(concurrency.max(1));
-    let uploads = plan.blobs.iter().map(|blob| {
+    let uploads = image.blobs.iter().map(|blob| {
         let semaphore = &semaphore;
         async move {
             let _permit = semaphore.acquire().await.expect("never closed");
@@ -49,7 +49,7 @@ pub async fn push(
         }
     });
     futures_util::future::try_join_all(uploads).await?;
-    for child in &plan.children {
+    for child in &image.children {
         registry
             .put_manifest(
                 repository,
@@ -64,11 +64,11 @@ pub async fn push(
             .put_manifest(
                 repository,
                 tag.as_str(),
-                &plan.top.media_type,
-                &plan.top.bytes,
+                &image.top.media_type,
+                &image.top.bytes,
             )
             .await?;
         tracing::info!("pushed {repository}:{tag} ({digest})");
     }
-    Ok(plan.top.digest.clone())
+    Ok(image.top.digest.clone())
 }

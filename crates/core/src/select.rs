@@ -719,7 +719,7 @@ mod tests {
             let mut v = v;
             v["repository"] = json!("r");
             let fields: Fields = serde_json::from_value(v).unwrap();
-            let e = Selection::from_fields(&fields).unwrap_err().to_string();
+            let e = crate::report::chain(&Selection::from_fields(&fields).unwrap_err());
             assert!(!e.contains('\n'), "{e}");
             e
         };

@@ -191,10 +191,10 @@ pub struct MirrorSettings {
     pub url: String,
 }
 
-fn field_error(field: impl Into<String>, reason: impl fmt::Display) -> Error {
+fn field_error(field: impl Into<String>, reason: impl Into<crate::error::Cause>) -> Error {
     Error::Field {
         field: field.into(),
-        reason: reason.to_string(),
+        source: reason.into(),
     }
 }
 
@@ -652,7 +652,7 @@ mod tests {
     }
 
     fn resolve_err(v: serde_json::Value) -> String {
-        source(v).resolve().unwrap_err().to_string()
+        crate::report::chain(&source(v).resolve().unwrap_err())
     }
 
     #[test]
@@ -714,7 +714,10 @@ mod tests {
         let e = source(json!({"repository": "alpine", "tag_regex": "("}))
             .resolve()
             .unwrap_err();
-        assert!(e.to_string().starts_with("source.tag_regex:"), "{e}");
+        assert!(
+            crate::report::chain(&e).starts_with("source.tag_regex:"),
+            "{e}"
+        );
     }
 
     #[test]

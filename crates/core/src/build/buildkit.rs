@@ -44,14 +44,14 @@ impl Build {
         }
         tracing::info!("building with BuildKit (docker build through the docker CLI)");
         let mut child = command.spawn().map_err(|e| Error::Build {
-            reason: format!("BuildKit builds run the docker CLI, which cannot be run: {e}"),
+            source: format!("BuildKit builds run the docker CLI, which cannot be run: {e}").into(),
         })?;
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
         let (_, last_lines, status) =
             tokio::join!(copy_lines(stdout), copy_lines(stderr), child.wait());
         let status = status.map_err(|e| Error::Build {
-            reason: format!("docker CLI: {e}"),
+            source: format!("docker CLI: {e}").into(),
         })?;
         if status.success() {
             return Ok(());
@@ -65,10 +65,12 @@ impl Build {
             .unwrap_or_else(|| format!("docker build exited with {status}"));
         if reason.contains("buildx component is missing") {
             return Err(Error::Build {
-                reason: "BuildKit needs a docker CLI that can drive it (docker 20.10, or a newer one with the buildx plugin); the docker on PATH has neither".into(),
+                source: "BuildKit needs a docker CLI that can drive it (docker 20.10, or a newer one with the buildx plugin); the docker on PATH has neither".into(),
             });
         }
-        Err(Error::Build { reason })
+        Err(Error::Build {
+            source: reason.into(),
+        })
     }
 
     /// The CLI's arguments: no build arg values (they come from the environment, unless the

@@ -57,9 +57,9 @@ impl Build {
             Some(registry_auth),
             Some(bollard::body_stream(body)),
         );
-        drain(stream)
-            .await
-            .map_err(|reason| Error::Build { reason })
+        drain(stream).await.map_err(|reason| Error::Build {
+            source: reason.into(),
+        })
     }
 }
 

@@ -116,7 +116,7 @@ pub(super) fn docker_config(
         .and_then(|mut f| f.write_all(serde_json::json!({ "auths": auths }).to_string().as_bytes()))
         .map_err(|e| Error::Output {
             path: path.display().to_string(),
-            reason: e.to_string(),
+            source: e.into(),
         })?;
     Ok(dir)
 }

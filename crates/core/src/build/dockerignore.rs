@@ -29,13 +29,13 @@ impl Ignore {
             Err(e) => {
                 return Err(Error::Input {
                     path: path.display().to_string(),
-                    reason: e.to_string(),
+                    source: e.into(),
                 })
             }
         };
         Ignore::parse(&text).map_err(|reason| Error::Input {
             path: path.display().to_string(),
-            reason,
+            source: reason.into(),
         })
     }
 

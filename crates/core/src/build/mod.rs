@@ -36,17 +36,15 @@ use saved::Saved;
 use secrets::{secrets, SecretSource};
 use stream::drain;
 
-fn input(path: &Path, reason: impl std::fmt::Display) -> Error {
+fn input(path: &Path, reason: impl Into<crate::error::Cause>) -> Error {
     Error::Input {
         path: path.display().to_string(),
-        reason: reason.to_string(),
+        source: reason.into(),
     }
 }
 
 fn daemon_error(e: bollard::errors::Error) -> Error {
-    Error::Daemon {
-        reason: e.to_string(),
-    }
+    Error::Daemon { source: e.into() }
 }
 
 /// Everything `params.build` needs, read and checked before a daemon is asked for: a typo

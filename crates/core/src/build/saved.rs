@@ -58,7 +58,7 @@ impl Saved {
             None,
         );
         drain(load).await.map_err(|reason| Error::Daemon {
-            reason: format!("cannot load {}: {reason}", self.image.display()),
+            source: format!("cannot load {}: {reason}", self.image.display()).into(),
         })?;
         docker
             .tag_image(

@@ -125,7 +125,7 @@ async fn select_mode(
         if settings.fail_when_missing {
             return Err(Error::Image {
                 reference: settings.repository.to_string(),
-                reason: "repository not found".into(),
+                source: "repository not found".into(),
             });
         }
         tracing::info!("repository {repository} not found");
@@ -252,7 +252,7 @@ async fn select_mode(
     if out.is_empty() && settings.fail_when_missing {
         return Err(Error::Image {
             reference: settings.repository.to_string(),
-            reason: "no tag matches the selection".into(),
+            source: "no tag matches the selection".into(),
         });
     }
     let Some(cursor_tag) = cursor_tag else {
@@ -343,7 +343,7 @@ async fn inspect(
     )
     .map_err(|e| Error::Image {
         reference: reference.clone(),
-        reason: format!("the config is not valid: {e}"),
+        source: format!("the config is not valid: {e}").into(),
     })?;
     if let Some(p) = platform {
         if !config_matches(&config, p) {

@@ -109,7 +109,7 @@ pub async fn get(request: &Request, dest: &Path) -> Result<Response, Error> {
     .await?
     .ok_or_else(|| Error::Image {
         reference: reference.clone(),
-        reason: format!("no {wanted} image"),
+        source: format!("no {wanted} image").into(),
     })?;
     if image.index.is_some() {
         tracing::info!(
@@ -173,7 +173,7 @@ async fn fetch_and_write(
     let config_bytes = std::fs::read(&config_path).map_err(|e| io_error(&config_path, e))?;
     let config: ImageConfig = serde_json::from_slice(&config_bytes).map_err(|e| Error::Image {
         reference: format!("{repository}@{digest}"),
-        reason: format!("its config {} is not valid: {e}", manifest.config.digest),
+        source: format!("its config {} is not valid: {e}", manifest.config.digest).into(),
     })?;
     let config_raw: serde_json::Value =
         serde_json::from_slice(&config_bytes).unwrap_or(serde_json::Value::Null);
@@ -220,7 +220,7 @@ async fn fetch_and_write(
     if let Some(unpack) = unpack {
         let (skipped, partial) = unpack.await.map_err(|e| Error::Output {
             path: dest.join("rootfs").display().to_string(),
-            reason: crate::report::chain(&e),
+            source: e.into(),
         })?;
         if skipped.devices > 0 {
             tracing::info!(

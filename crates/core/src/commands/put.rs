@@ -12,7 +12,8 @@ use serde::Deserialize;
 use crate::blocking::blocking;
 use crate::build::{Build, BuildParams};
 use crate::error::Error;
-use crate::layout::read::{self as archive, Plan};
+use crate::image::{Blob, Image, RawManifest};
+use crate::layout::read as archive;
 use crate::protocol::{parse_params, MetadataField, Request, Response, Version};
 use crate::pull;
 use crate::push::push;
@@ -192,7 +193,7 @@ fn staging_dir() -> Result<TempDir, Error> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| Error::Output {
         path: dir.display().to_string(),
-        reason: e.to_string(),
+        source: e.into(),
     })?;
     Ok(TempDir(dir))
 }
@@ -213,14 +214,14 @@ impl Drop for TempDir {
 
 /// The image to push, from the first source param given (docker-image-resource's order,
 /// then `image`), and the repository it came from when known (for mounts).
-fn plan(params: &Params, src: &Path, staging: &Path) -> Result<(Plan, Option<Repository>), Error> {
+fn plan(params: &Params, src: &Path, staging: &Path) -> Result<(Image, Option<Repository>), Error> {
     if let Some(load) = &params.load {
         let dir = src.join(load);
         let image = dir.join("image");
         if !image.is_file() {
             return Err(Error::Input {
                 path: image.display().to_string(),
-                reason: "params.load names a directory without an image file (get it with params.save: true)".into(),
+                source: "params.load names a directory without an image file (get it with params.save: true)".into(),
             });
         }
         let from = std::fs::read_to_string(dir.join("repository"))
@@ -233,7 +234,7 @@ fn plan(params: &Params, src: &Path, staging: &Path) -> Result<(Plan, Option<Rep
         if !path.exists() {
             return Err(Error::Input {
                 path: path.display().to_string(),
-                reason: "params.load_file: no such file".into(),
+                source: "params.load_file: no such file".into(),
             });
         }
         // docker-image-resource loads the file and pushes `load_repository:load_tag` from it.
@@ -251,7 +252,7 @@ fn plan(params: &Params, src: &Path, staging: &Path) -> Result<(Plan, Option<Rep
         if !path.is_file() {
             return Err(Error::Input {
                 path: path.display().to_string(),
-                reason: "params.import_file: no such file".into(),
+                source: "params.import_file: no such file".into(),
             });
         }
         return Ok((archive::import_rootfs(&path, staging)?, None));
@@ -283,7 +284,7 @@ fn glob_one(src: &Path, pattern: &str) -> Result<PathBuf, Error> {
         [one] => Ok(one.clone()),
         [] => Err(Error::Input {
             path: text.into_owned(),
-            reason: "params.image matches nothing".into(),
+            source: "params.image matches nothing".into(),
         }),
         many => Err(Error::field(
             "params.image",
@@ -397,7 +398,7 @@ async fn pull_plan(
     params: &Params,
     settings: &crate::source::Settings,
     staging: &Path,
-) -> Result<(Plan, Option<Repository>), Error> {
+) -> Result<(Image, Option<Repository>), Error> {
     use crate::image::{Descriptor, ImageIndex, ImageManifest};
     tracing::warn!("params.pull_repository is deprecated; prefer a get step and params.load");
     let text = params.pull_repository.as_deref().unwrap_or_default();
@@ -415,7 +416,7 @@ async fn pull_plan(
         })?;
     let bad = |e: serde_json::Error| Error::Image {
         reference: format!("{from}:{tag}"),
-        reason: format!("the manifest is not valid: {e}"),
+        source: format!("the manifest is not valid: {e}").into(),
     };
     let mut children = Vec::new();
     let mut manifests = Vec::new();
@@ -423,7 +424,7 @@ async fn pull_plan(
         let index: ImageIndex = serde_json::from_slice(&top.bytes).map_err(bad)?;
         for (m, _) in pull::children(&registry, &from, &index.manifests).await? {
             manifests.push(pull::parse_manifest(&from, &m)?);
-            children.push(archive::ManifestBlob {
+            children.push(RawManifest {
                 digest: m.digest,
                 media_type: m.media_type,
                 bytes: m.bytes,
@@ -451,7 +452,7 @@ async fn pull_plan(
     let blobs = wanted
         .iter()
         .zip(paths)
-        .map(|(d, path)| archive::Blob {
+        .map(|(d, path)| Blob {
             digest: d.digest.clone(),
             size: d.size,
             body: crate::blob::Body::File {
@@ -464,10 +465,10 @@ async fn pull_plan(
     let image_id =
         (manifests.len() == 1 && children.is_empty()).then(|| manifests[0].config.digest.clone());
     Ok((
-        Plan {
+        Image {
             blobs,
             children,
-            top: archive::ManifestBlob {
+            top: RawManifest {
                 digest: top.digest,
                 media_type: top.media_type,
                 bytes: top.bytes,
@@ -504,7 +505,7 @@ fn read_text(src: &Path, file: &str, field: &str) -> Result<String, Error> {
     let path = src.join(file);
     std::fs::read_to_string(&path).map_err(|e| Error::Input {
         path: path.display().to_string(),
-        reason: format!("{field}: {e}"),
+        source: format!("{field}: {e}").into(),
     })
 }
 

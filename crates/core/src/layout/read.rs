@@ -17,7 +17,7 @@ use crate::blob::Body;
 use crate::compression::{gzip_to, open_layer, sniff, Compression};
 use crate::error::Error;
 use crate::hash::HashingReader;
-use crate::image::{is_index, ImageIndex, ImageManifest};
+use crate::image::{is_index, Blob, Image, ImageIndex, ImageManifest, RawManifest};
 use crate::image::{
     DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_MANIFEST, OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP,
     OCI_LAYER_ZSTD, OCI_MANIFEST,
@@ -25,36 +25,10 @@ use crate::image::{
 use crate::reference::Digest;
 use crate::time::format_rfc3339;
 
-/// One blob to make sure the registry has.
-#[derive(Debug, Clone)]
-pub struct Blob {
-    pub digest: Digest,
-    pub size: u64,
-    pub body: Body,
-}
-
-/// A manifest or index, as bytes.
-#[derive(Debug, Clone)]
-pub struct ManifestBlob {
-    pub digest: Digest,
-    pub media_type: String,
-    pub bytes: Vec<u8>,
-}
-
-/// Everything a push sends: blobs, then the manifests of an index's children, then the top.
-#[derive(Debug)]
-pub struct Plan {
-    pub blobs: Vec<Blob>,
-    pub children: Vec<ManifestBlob>,
-    pub top: ManifestBlob,
-    /// The config digest (image id) of a single-platform image.
-    pub image_id: Option<Digest>,
-}
-
-fn bad(path: &Path, reason: impl std::fmt::Display) -> Error {
+fn bad(path: &Path, reason: impl Into<crate::error::Cause>) -> Error {
     Error::Input {
         path: path.display().to_string(),
-        reason: reason.to_string(),
+        source: reason.into(),
     }
 }
 
@@ -181,7 +155,7 @@ fn blob_name(d: &Digest) -> String {
 /// `name` (`repository:tag`, from `load_repository`/`load_tag`) picks the image of a `docker
 /// save` archive whose `RepoTags` has it, as `docker load` + `docker tag` would; without it the
 /// first image is taken.
-pub fn read_image(path: &Path, staging: &Path, name: Option<&str>) -> Result<Plan, Error> {
+pub fn read_image(path: &Path, staging: &Path, name: Option<&str>) -> Result<Image, Error> {
     let files = Files::open(path)?;
     if files.has("index.json") && files.has("oci-layout") {
         return read_oci_layout(&files);
@@ -195,7 +169,7 @@ pub fn read_image(path: &Path, staging: &Path, name: Option<&str>) -> Result<Pla
     ))
 }
 
-fn read_oci_layout(files: &Files) -> Result<Plan, Error> {
+fn read_oci_layout(files: &Files) -> Result<Image, Error> {
     let index_bytes = files.read_small("index.json")?;
     let index: ImageIndex = serde_json::from_slice(&index_bytes).map_err(|e| {
         bad(
@@ -209,19 +183,19 @@ fn read_oci_layout(files: &Files) -> Result<Plan, Error> {
         [] => return Err(bad(files.describe(), "index.json lists no image")),
         [one] => {
             let bytes = read_verified(files, &one.digest)?;
-            ManifestBlob {
+            RawManifest {
                 digest: one.digest.clone(),
                 media_type: media_type_of(&one.media_type, &bytes),
                 bytes,
             }
         }
-        _ => ManifestBlob {
+        _ => RawManifest {
             digest: Digest::of(&index_bytes),
             media_type: OCI_INDEX.to_string(),
             bytes: index_bytes,
         },
     };
-    let mut plan = Plan {
+    let mut image = Image {
         blobs: Vec::new(),
         children: Vec::new(),
         image_id: None,
@@ -236,26 +210,26 @@ fn read_oci_layout(files: &Files) -> Result<Plan, Error> {
         })?;
         for child in &idx.manifests {
             let bytes = read_verified(files, &child.digest)?;
-            add_manifest_blobs(files, &bytes, &child.digest, &mut plan)?;
-            plan.children.push(ManifestBlob {
+            add_manifest_blobs(files, &bytes, &child.digest, &mut image)?;
+            image.children.push(RawManifest {
                 digest: child.digest.clone(),
                 media_type: media_type_of(&child.media_type, &bytes),
                 bytes,
             });
         }
     } else {
-        let id = add_manifest_blobs(files, &top.bytes, &top.digest, &mut plan)?;
-        plan.image_id = Some(id);
+        let id = add_manifest_blobs(files, &top.bytes, &top.digest, &mut image)?;
+        image.image_id = Some(id);
     }
-    Ok(plan)
+    Ok(image)
 }
 
-/// Adds a manifest's config and layers to the plan; returns the config digest.
+/// Adds a manifest's config and layers to the image; returns the config digest.
 fn add_manifest_blobs(
     files: &Files,
     bytes: &[u8],
     digest: &Digest,
-    plan: &mut Plan,
+    image: &mut Image,
 ) -> Result<Digest, Error> {
     let manifest: ImageManifest = serde_json::from_slice(bytes).map_err(|e| {
         bad(
@@ -264,7 +238,7 @@ fn add_manifest_blobs(
         )
     })?;
     for d in std::iter::once(&manifest.config).chain(&manifest.layers) {
-        if plan.blobs.iter().any(|b| b.digest == d.digest) {
+        if image.blobs.iter().any(|b| b.digest == d.digest) {
             continue;
         }
         let (body, size) = files.body(&blob_name(&d.digest))?;
@@ -277,7 +251,7 @@ fn add_manifest_blobs(
                 ),
             ));
         }
-        plan.blobs.push(Blob {
+        image.blobs.push(Blob {
             digest: d.digest.clone(),
             size,
             body,
@@ -379,7 +353,7 @@ struct PreparedLayer {
     zstd: bool,
 }
 
-fn read_docker_archive(files: &Files, staging: &Path, name: Option<&str>) -> Result<Plan, Error> {
+fn read_docker_archive(files: &Files, staging: &Path, name: Option<&str>) -> Result<Image, Error> {
     let entries: Vec<SaveEntry> = serde_json::from_slice(&files.read_small("manifest.json")?)
         .map_err(|e| {
             bad(
@@ -459,10 +433,10 @@ fn read_docker_archive(files: &Files, staging: &Path, name: Option<&str>) -> Res
             });
         }
     }
-    Ok(Plan {
+    Ok(Image {
         blobs,
         children: Vec::new(),
-        top: ManifestBlob {
+        top: RawManifest {
             digest: Digest::of(&bytes),
             media_type: manifest_type.to_string(),
             bytes,
@@ -508,7 +482,7 @@ fn prepare_layer(files: &Files, name: &str, out: &Path) -> Result<PreparedLayer,
 
 /// `import_file`: a rootfs tarball (plain or compressed) as a one-layer image, as
 /// `docker import` makes it.
-pub fn import_rootfs(path: &Path, staging: &Path) -> Result<Plan, Error> {
+pub fn import_rootfs(path: &Path, staging: &Path) -> Result<Image, Error> {
     std::fs::create_dir_all(staging).map_err(|e| bad(staging, e))?;
     let layer_path = staging.join("import.tar.gz");
     let input = open_layer(path).map_err(|e| bad(path, e))?;
@@ -538,7 +512,7 @@ pub fn import_rootfs(path: &Path, staging: &Path) -> Result<Plan, Error> {
         "layers": [{"mediaType": DOCKER_LAYER_GZIP, "size": size, "digest": digest}],
     }))
     .expect("serialisable");
-    Ok(Plan {
+    Ok(Image {
         blobs: vec![
             Blob {
                 digest: config_digest.clone(),
@@ -559,7 +533,7 @@ pub fn import_rootfs(path: &Path, staging: &Path) -> Result<Plan, Error> {
             },
         ],
         children: Vec::new(),
-        top: ManifestBlob {
+        top: RawManifest {
             digest: Digest::of(&manifest),
             media_type: DOCKER_MANIFEST.to_string(),
             bytes: manifest,
