@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 #[derive(Debug, Clone)]
-pub enum Body {
+pub(crate) enum Body {
     Bytes {
         bytes: Vec<u8>,
         content_type: String,
@@ -18,14 +18,14 @@ pub enum Body {
 }
 
 impl Body {
-    pub fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         match self {
             Body::Bytes { bytes, .. } => bytes.len() as u64,
             Body::File { len, .. } => *len,
         }
     }
 
-    pub fn content_type(&self) -> &str {
+    pub(crate) fn content_type(&self) -> &str {
         match self {
             Body::Bytes { content_type, .. } => content_type,
             Body::File { .. } => "application/octet-stream",

@@ -6,7 +6,7 @@ use std::future::Future;
 /// Starts `work` on a blocking thread now (not when first polled, so it can run alongside
 /// what the caller does next) and gives its result when awaited. A panic in `work` goes on
 /// in the caller, as if it had run there.
-pub fn blocking<T, F>(work: F) -> impl Future<Output = T>
+pub(crate) fn blocking<T, F>(work: F) -> impl Future<Output = T>
 where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,

@@ -10,13 +10,13 @@ use crate::reference::Digest;
 /// What a layer blob is compressed with, by its first bytes (BuildKit mislabels zstd, so
 /// the media type is not trusted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
+pub(crate) enum Compression {
     Gzip,
     Zstd,
     None,
 }
 
-pub fn sniff(head: &[u8]) -> Compression {
+pub(crate) fn sniff(head: &[u8]) -> Compression {
     if head.starts_with(&[0x1f, 0x8b]) {
         Compression::Gzip
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
@@ -27,7 +27,7 @@ pub fn sniff(head: &[u8]) -> Compression {
 }
 
 /// A reader of the uncompressed layer in `path`.
-pub fn open_layer(path: &Path) -> io::Result<Box<dyn Read + Send>> {
+pub(crate) fn open_layer(path: &Path) -> io::Result<Box<dyn Read + Send>> {
     let mut file = std::fs::File::open(path)?;
     let mut head = [0u8; 4];
     let n = read_up_to(&mut file, &mut head)?;
@@ -52,7 +52,7 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Writes `input` gzipped to `out`; returns the digest and size of what was written.
-pub fn gzip_to(mut input: impl Read, out: &Path) -> io::Result<(Digest, u64)> {
+pub(crate) fn gzip_to(mut input: impl Read, out: &Path) -> io::Result<(Digest, u64)> {
     let file = std::fs::File::create(out)?;
     let tee = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, file));
     let mut gz = flate2::write::GzEncoder::new(tee, flate2::Compression::new(3));

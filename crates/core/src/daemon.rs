@@ -11,7 +11,7 @@ use bollard::Docker;
 use crate::error::Error;
 use crate::source::Settings;
 
-pub struct Daemon {
+pub(crate) struct Daemon {
     pub docker: Docker,
     /// Where it listens, as DOCKER_HOST spells it (for the docker CLI's BuildKit builds).
     pub host: String,
@@ -31,7 +31,7 @@ fn daemon_error(reason: impl Into<crate::error::Cause>) -> Error {
 
 impl Daemon {
     /// Connects to a daemon that answers, or starts one and waits up to `startup_timeout`.
-    pub async fn connect_or_start(settings: &Settings) -> Result<Daemon, Error> {
+    pub(crate) async fn connect_or_start(settings: &Settings) -> Result<Daemon, Error> {
         if let Ok(docker) = Docker::connect_with_local_defaults() {
             if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(5), docker.ping()).await {
                 let docker = docker.negotiate_version().await.map_err(daemon_error)?;
@@ -149,7 +149,7 @@ impl Daemon {
     }
 
     /// Stops a daemon started here (and waits for it); a borrowed one is left running.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(mut started) = self.started.take() {
             if let Some(pid) = started.child.id() {
                 let _ = rustix::process::kill_process(

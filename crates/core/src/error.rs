@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::registry::RegistryError;
 
 /// Why something failed: the error underneath, or a finding in words (`"required"`).
-pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+pub(crate) type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

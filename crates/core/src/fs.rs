@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A file being written to a temporary name beside `path`; removed unless committed.
-pub struct PartialFile {
+pub(crate) struct PartialFile {
     file: Option<File>,
     tmp: PathBuf,
     path: PathBuf,
@@ -27,7 +27,7 @@ fn temp_name(path: &Path) -> PathBuf {
 }
 
 impl PartialFile {
-    pub fn create(path: &Path) -> io::Result<PartialFile> {
+    pub(crate) fn create(path: &Path) -> io::Result<PartialFile> {
         let tmp = temp_name(path);
         let file = std::fs::OpenOptions::new()
             .write(true)
@@ -40,12 +40,12 @@ impl PartialFile {
         })
     }
 
-    pub fn file(&mut self) -> &mut File {
+    pub(crate) fn file(&mut self) -> &mut File {
         self.file.as_mut().expect("open until committed")
     }
 
     /// Renames the file to its final name.
-    pub fn commit(mut self) -> io::Result<()> {
+    pub(crate) fn commit(mut self) -> io::Result<()> {
         let mut file = self.file.take().expect("open until committed");
         file.flush()?;
         drop(file);
@@ -62,14 +62,14 @@ impl Drop for PartialFile {
 }
 
 /// Writes a file through a temporary name, so a half-written file is never there.
-pub fn write_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut f = PartialFile::create(path)?;
     f.file().write_all(bytes)?;
     f.commit()
 }
 
 /// A hard link to `from` at `to`, else a copy (another filesystem).
-pub fn link_or_copy(from: &Path, to: &Path) -> io::Result<()> {
+pub(crate) fn link_or_copy(from: &Path, to: &Path) -> io::Result<()> {
     std::fs::hard_link(from, to).or_else(|_| std::fs::copy(from, to).map(|_| ()))
 }
 

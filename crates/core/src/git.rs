@@ -13,7 +13,7 @@ use crate::secret::Secret;
 const TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The sha the remote's `HEAD` points at.
-pub async fn default_branch_sha(repo: &str, key: Option<&Secret>) -> Result<String, Error> {
+pub(crate) async fn default_branch_sha(repo: &str, key: Option<&Secret>) -> Result<String, Error> {
     let field = |reason: String| Error::field("source.git_repo", reason);
     if repo.trim().is_empty() || repo.starts_with('-') {
         return Err(field(format!("{repo:?} is not a git repository url")));

@@ -7,14 +7,14 @@ use sha2::Digest as _;
 use crate::reference::Digest;
 
 /// A writer that hashes and counts what passes through it to `inner`.
-pub struct HashingWriter<W> {
+pub(crate) struct HashingWriter<W> {
     inner: W,
     hasher: sha2::Sha256,
     written: u64,
 }
 
 impl<W: Write> HashingWriter<W> {
-    pub fn new(inner: W) -> HashingWriter<W> {
+    pub(crate) fn new(inner: W) -> HashingWriter<W> {
         HashingWriter {
             inner,
             hasher: sha2::Sha256::new(),
@@ -23,7 +23,7 @@ impl<W: Write> HashingWriter<W> {
     }
 
     /// The digest and size of everything written.
-    pub fn finish(self) -> (Digest, u64) {
+    pub(crate) fn finish(self) -> (Digest, u64) {
         (Digest::from_sha256(&self.hasher.finalize()), self.written)
     }
 }
@@ -41,20 +41,20 @@ impl<W: Write> Write for HashingWriter<W> {
 }
 
 /// A reader that hashes what is read through it.
-pub struct HashingReader<R> {
+pub(crate) struct HashingReader<R> {
     inner: R,
     hasher: sha2::Sha256,
 }
 
 impl<R: Read> HashingReader<R> {
-    pub fn new(inner: R) -> HashingReader<R> {
+    pub(crate) fn new(inner: R) -> HashingReader<R> {
         HashingReader {
             inner,
             hasher: sha2::Sha256::new(),
         }
     }
 
-    pub fn digest(self) -> Digest {
+    pub(crate) fn digest(self) -> Digest {
         Digest::from_sha256(&self.hasher.finalize())
     }
 }
@@ -68,7 +68,7 @@ impl<R: Read> Read for HashingReader<R> {
 }
 
 /// The digest and size of everything `reader` yields.
-pub fn digest_of(reader: impl Read) -> io::Result<(Digest, u64)> {
+pub(crate) fn digest_of(reader: impl Read) -> io::Result<(Digest, u64)> {
     let mut w = HashingWriter::new(io::sink());
     io::copy(&mut { reader }, &mut w)?;
     Ok(w.finish())

@@ -8,26 +8,26 @@ use crate::blob::Body;
 use crate::reference::Digest;
 
 /// Media types of manifests and indexes, all four accepted on every manifest request.
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub(crate) const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub(crate) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub(crate) const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub(crate) const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 /// The `Accept` header of manifest requests: every type above.
-pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+pub(crate) const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
     application/vnd.oci.image.manifest.v1+json, \
     application/vnd.docker.distribution.manifest.list.v2+json, \
     application/vnd.docker.distribution.manifest.v2+json";
-pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
-pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
-pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+pub(crate) const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub(crate) const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+pub(crate) const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub(crate) const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+pub(crate) const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 
 /// One image as every source gives it (an archive, an OCI layout, a rootfs, a registry) and
 /// every sink takes it (a push): its blobs, the manifests of an index's children, and the
 /// top manifest, which the tags name.
 #[derive(Debug)]
-pub struct Image {
+pub(crate) struct Image {
     pub top: RawManifest,
     pub children: Vec<RawManifest>,
     pub blobs: Vec<Blob>,
@@ -37,7 +37,7 @@ pub struct Image {
 
 /// One blob of an image, and where its bytes are.
 #[derive(Debug, Clone)]
-pub struct Blob {
+pub(crate) struct Blob {
     pub digest: Digest,
     pub size: u64,
     pub body: Body,
@@ -45,21 +45,21 @@ pub struct Blob {
 
 /// A manifest or index as stored: its bytes, media type and digest.
 #[derive(Debug, Clone)]
-pub struct RawManifest {
+pub(crate) struct RawManifest {
     pub digest: Digest,
     pub media_type: String,
     pub bytes: Vec<u8>,
 }
 
 impl RawManifest {
-    pub fn is_index(&self) -> bool {
+    pub(crate) fn is_index(&self) -> bool {
         is_index(&self.media_type, &self.bytes)
     }
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Descriptor {
+pub(crate) struct Descriptor {
     #[serde(default)]
     pub media_type: String,
     pub digest: Digest,
@@ -82,7 +82,7 @@ pub struct Platform {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ImageManifest {
+pub(crate) struct ImageManifest {
     #[serde(default)]
     pub media_type: Option<String>,
     pub config: Descriptor,
@@ -92,7 +92,7 @@ pub struct ImageManifest {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ImageIndex {
+pub(crate) struct ImageIndex {
     pub manifests: Vec<Descriptor>,
 }
 
@@ -135,7 +135,7 @@ pub struct RootFs {
 }
 
 /// Is this manifest (by media type, or by shape when the type is missing) an index?
-pub fn is_index(media_type: &str, bytes: &[u8]) -> bool {
+pub(crate) fn is_index(media_type: &str, bytes: &[u8]) -> bool {
     if media_type == OCI_INDEX || media_type == DOCKER_LIST {
         return true;
     }
@@ -218,7 +218,7 @@ fn normalise_variant(arch: &str, v: Option<&str>) -> String {
 }
 
 /// The child of `index` for `wanted`; the error lists what the index has.
-pub fn choose_platform<'a>(
+pub(crate) fn choose_platform<'a>(
     index: &'a ImageIndex,
     wanted: &Platform,
 ) -> Result<&'a Descriptor, String> {

@@ -10,6 +10,7 @@
 //! leaves. To fetch an image, read `pull.rs`; credentials are attached in
 //! `registry/mod.rs` (`Registry::send`).
 #![deny(clippy::print_stdout)]
+#![warn(unreachable_pub)]
 
 mod blob;
 mod blocking;

@@ -31,21 +31,21 @@ struct Shared {
 }
 
 /// Progress of a set of blob downloads; dropping it stops the reporter.
-pub struct Progress {
+pub(crate) struct Progress {
     shared: Arc<Shared>,
     reporter: Option<std::thread::JoinHandle<()>>,
 }
 
 /// The handle a download reports to.
 #[derive(Clone)]
-pub struct LayerProgress {
+pub(crate) struct LayerProgress {
     shared: Arc<Shared>,
     index: usize,
 }
 
 impl Progress {
     /// `layers`: a display name (short digest) and size for each blob.
-    pub fn start(layers: Vec<(String, u64)>) -> Progress {
+    pub(crate) fn start(layers: Vec<(String, u64)>) -> Progress {
         let terminal = std::io::stderr().is_terminal() && std::env::var_os("CI").is_none();
         let total: u64 = layers.iter().map(|l| l.1).sum();
         let count = layers.len();
@@ -75,7 +75,7 @@ impl Progress {
         }
     }
 
-    pub fn layer(&self, index: usize) -> LayerProgress {
+    pub(crate) fn layer(&self, index: usize) -> LayerProgress {
         LayerProgress {
             shared: self.shared.clone(),
             index,
@@ -83,7 +83,7 @@ impl Progress {
     }
 
     /// Stops the reporter and prints the summary line.
-    pub fn finish(mut self) {
+    pub(crate) fn finish(mut self) {
         self.stop();
         let s = &self.shared;
         let done: u64 = s
@@ -115,13 +115,13 @@ impl Drop for Progress {
 
 impl LayerProgress {
     /// Bytes of this blob received so far (a restarted download reports less again).
-    pub fn set(&self, bytes: u64) {
+    pub(crate) fn set(&self, bytes: u64) {
         self.shared.layers[self.index]
             .done
             .store(bytes, Ordering::Relaxed);
     }
 
-    pub fn finished(&self) {
+    pub(crate) fn finished(&self) {
         let s = &self.shared;
         let layer = &s.layers[self.index];
         *layer.finished.lock().expect("not poisoned") = Some(Instant::now());
@@ -219,7 +219,7 @@ fn draw_bars(s: &Shared) {
     let _ = err.flush();
 }
 
-pub fn human(bytes: u64) -> String {
+pub(crate) fn human(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
     let mut v = bytes as f64;
     let mut unit = 0;

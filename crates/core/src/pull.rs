@@ -20,7 +20,7 @@ use crate::registry::Registry;
 use crate::source::Settings;
 
 /// Where to look: the mirror first for Docker Hub repositories, then the repository itself.
-pub async fn endpoints(settings: &Settings) -> Vec<(Registry, Repository)> {
+pub(crate) async fn endpoints(settings: &Settings) -> Vec<(Registry, Repository)> {
     let origin = &settings.repository;
     let mut list = Vec::new();
     if let Some(mirror) = &settings.mirror {
@@ -47,7 +47,7 @@ pub async fn endpoints(settings: &Settings) -> Vec<(Registry, Repository)> {
 }
 
 /// Runs `f` on the mirror, then on the origin when the mirror failed or found nothing.
-pub async fn across_endpoints<F>(settings: &Settings, f: F) -> Result<Vec<Version>, Error>
+pub(crate) async fn across_endpoints<F>(settings: &Settings, f: F) -> Result<Vec<Version>, Error>
 where
     F: AsyncFn(&Registry, &Repository) -> Result<Vec<Version>, Error>,
 {
@@ -77,7 +77,7 @@ where
 
 /// The image on the mirror when there is one and it has the image, else on the repository's
 /// own registry.
-pub async fn find_image(
+pub(crate) async fn find_image(
     settings: &Settings,
     digest: &Digest,
 ) -> Result<(Registry, Repository, Manifest), Error> {
@@ -109,7 +109,7 @@ pub async fn find_image(
 
 /// A manifest by digest; a 404 is retried a few times (a get right after a put can race an
 /// eventually consistent registry).
-pub async fn fetch_manifest(
+pub(crate) async fn fetch_manifest(
     registry: &Registry,
     repository: &Repository,
     digest: &Digest,
@@ -132,7 +132,7 @@ pub async fn fetch_manifest(
 
 /// What it means when a multi-platform image has nothing for the wanted platform.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Missing {
+pub(crate) enum Missing {
     /// An error naming the platform (`in`); a child that does not appear after the 404
     /// retries is an error too.
     Fail,
@@ -144,7 +144,7 @@ pub enum Missing {
 }
 
 /// Which manifest of a top-level manifest is the platform's.
-pub enum Choice {
+pub(crate) enum Choice {
     /// The top is a single-platform manifest.
     Itself,
     /// The top is an index; this child.
@@ -154,7 +154,7 @@ pub enum Choice {
 }
 
 /// The choice for `top` (named `reference` in errors), without a request.
-pub fn choose(
+pub(crate) fn choose(
     top: &Manifest,
     reference: &str,
     wanted: &Platform,
@@ -186,7 +186,7 @@ pub fn choose(
 }
 
 /// An image resolved for one platform.
-pub struct Resolved {
+pub(crate) struct Resolved {
     /// What the tag or digest names, as the registry has it.
     pub top: Manifest,
     /// The index, when the top is one.
@@ -198,7 +198,7 @@ pub struct Resolved {
 
 /// `top` resolved for `wanted`: the index's child for the platform fetched and parsed.
 /// `None` when [`choose`] found nothing, or (unless [`Missing::Fail`]) the child is gone.
-pub async fn resolve(
+pub(crate) async fn resolve(
     registry: &Registry,
     repository: &Repository,
     top: Manifest,
@@ -233,7 +233,7 @@ pub async fn resolve(
 
 /// The child manifests an index lists (`children`), in order, each with the 404 retry, and
 /// parsed where they are image manifests.
-pub async fn children(
+pub(crate) async fn children(
     registry: &Registry,
     repository: &Repository,
     children: impl IntoIterator<Item = &Descriptor>,
@@ -248,7 +248,10 @@ pub async fn children(
 }
 
 /// A manifest's JSON as an image manifest.
-pub fn parse_manifest(repository: &Repository, m: &Manifest) -> Result<ImageManifest, Error> {
+pub(crate) fn parse_manifest(
+    repository: &Repository,
+    m: &Manifest,
+) -> Result<ImageManifest, Error> {
     serde_json::from_slice(&m.bytes)
         .map_err(|e| invalid_manifest(&format!("{repository}@{}", m.digest), e))
 }
@@ -265,7 +268,7 @@ fn invalid_manifest(reference: &str, e: serde_json::Error) -> Error {
 /// the order of `wanted`. `ready` gets the position of each blob in `wanted` in order, as
 /// soon as it and every one before it are done: what a layer unpacker waits for.
 /// `progress` has one line per distinct blob, in order.
-pub async fn download(
+pub(crate) async fn download(
     registry: &Registry,
     repository: &Repository,
     wanted: &[Descriptor],
@@ -317,7 +320,7 @@ pub async fn download(
 }
 
 /// The distinct blobs of `wanted`, in order: what [`download`] shows progress for.
-pub fn distinct(wanted: &[Descriptor]) -> Vec<&Descriptor> {
+pub(crate) fn distinct(wanted: &[Descriptor]) -> Vec<&Descriptor> {
     let mut seen = HashSet::new();
     wanted
         .iter()

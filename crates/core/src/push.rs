@@ -9,7 +9,7 @@ use crate::registry::{Mount, Registry};
 
 /// Makes sure the registry has every blob, then puts the manifests: an index's children by
 /// digest, then the top one under every tag. Returns the digest the registry stores.
-pub async fn push(
+pub(crate) async fn push(
     registry: &Registry,
     repository: &Repository,
     image: &Image,

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::str::FromStr;
 
 /// Where Docker Hub's registry API really lives.
-pub const DOCKER_HUB: &str = "registry-1.docker.io";
+pub(crate) const DOCKER_HUB: &str = "registry-1.docker.io";
 const DOCKER_HUB_ALIASES: [&str; 3] = ["docker.io", "index.docker.io", "registry-1.docker.io"];
 
 /// Why a name was refused; the caller adds which field it came from.
@@ -36,10 +36,10 @@ pub enum NameError {
 
 /// A registry host, with its port when one was given (`registry.example.com:5000`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Host(String);
+pub(crate) struct Host(String);
 
 impl Host {
-    pub fn parse(s: &str) -> Result<Host, NameError> {
+    pub(crate) fn parse(s: &str) -> Result<Host, NameError> {
         let bad = || NameError::Host {
             host: s.to_string(),
         };
@@ -72,21 +72,21 @@ impl Host {
         Ok(Host(lowered))
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 
     /// The host name without the port (brackets of an IPv6 literal kept).
-    pub fn hostname(&self) -> &str {
+    pub(crate) fn hostname(&self) -> &str {
         split_host_port(&self.0).0
     }
 
-    pub fn is_docker_hub(&self) -> bool {
+    pub(crate) fn is_docker_hub(&self) -> bool {
         self.0 == DOCKER_HUB
     }
 
     /// The IP address when the host is a literal one.
-    pub fn ip(&self) -> Option<IpAddr> {
+    pub(crate) fn ip(&self) -> Option<IpAddr> {
         let name = self.hostname();
         let name = name
             .strip_prefix('[')
@@ -96,7 +96,7 @@ impl Host {
     }
 
     /// Loopback registries speak plain HTTP without configuration, as with the Docker daemon.
-    pub fn is_loopback(&self) -> bool {
+    pub(crate) fn is_loopback(&self) -> bool {
         self.hostname() == "localhost" || self.ip().is_some_and(|ip| ip.is_loopback())
     }
 }
@@ -125,23 +125,23 @@ fn split_host_port(s: &str) -> (&str, Option<&str>) {
 
 /// A repository on a registry: `registry-1.docker.io` + `library/alpine`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Repository {
+pub(crate) struct Repository {
     host: Host,
     path: String,
 }
 
 impl Repository {
-    pub fn host(&self) -> &Host {
+    pub(crate) fn host(&self) -> &Host {
         &self.host
     }
 
     /// The path inside the registry (`library/alpine`), as used in `/v2/<path>/...`.
-    pub fn path(&self) -> &str {
+    pub(crate) fn path(&self) -> &str {
         &self.path
     }
 
     /// The same path on another registry (a mirror).
-    pub fn on_host(&self, host: Host) -> Repository {
+    pub(crate) fn on_host(&self, host: Host) -> Repository {
         Repository {
             host,
             path: self.path.clone(),
@@ -248,10 +248,10 @@ fn valid_component(c: &str) -> bool {
 
 /// A tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Tag(String);
+pub(crate) struct Tag(String);
 
 impl Tag {
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }

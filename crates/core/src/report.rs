@@ -1,7 +1,7 @@
 //! Errors as text: an error and its sources on one line.
 
 /// An error and its sources on one line, for errors folded into another's message.
-pub fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -13,6 +13,6 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 }
 
 /// `chain` with runs of white space (newlines from SDKs and daemons) folded to one space.
-pub fn one_line(e: &dyn std::error::Error) -> String {
+pub(crate) fn one_line(e: &dyn std::error::Error) -> String {
     chain(e).split_whitespace().collect::<Vec<_>>().join(" ")
 }

@@ -23,13 +23,13 @@ use regex::Regex;
 use crate::error::Error;
 
 /// The prefixes a pre-release must start with when `pre_release_prefixes` is not set.
-pub const DEFAULT_PRE_RELEASE_PREFIXES: &[&str] = &["alpha", "beta", "rc"];
+pub(crate) const DEFAULT_PRE_RELEASE_PREFIXES: &[&str] = &["alpha", "beta", "rc"];
 
 /// A source's selection fields as the pipeline gave them (`source.rs` fills this in).
 #[derive(Debug, Default)]
 #[cfg_attr(test, derive(serde::Deserialize))]
 #[cfg_attr(test, serde(default))]
-pub struct Fields {
+pub(crate) struct Fields {
     pub tag_regex: Option<String>,
     pub tag_exclude_regex: Option<String>,
     pub semver_constraint: Option<String>,
@@ -44,7 +44,7 @@ pub struct Fields {
 
 /// How a source selects versions among tags.
 #[derive(Debug)]
-pub struct Selection {
+pub(crate) struct Selection {
     regex: Option<Regex>,
     exclude: Option<Regex>,
     signatures: Regex,
@@ -57,7 +57,7 @@ pub struct Selection {
 
 /// A tag that may become a version.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Candidate {
+pub(crate) struct Candidate {
     pub tag: String,
     pub key: Key,
     /// How many of major.minor.patch the tag spelt out (`1.2` → 2): the most specific tag
@@ -67,13 +67,13 @@ pub struct Candidate {
 
 /// A sort key: all keys of one selection are of the same kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Key {
+pub(crate) enum Key {
     Semver(semver::Version),
     Text(String),
 }
 
 impl Key {
-    pub fn is_pre_release(&self) -> bool {
+    pub(crate) fn is_pre_release(&self) -> bool {
         matches!(self, Key::Semver(v) if !v.pre.is_empty())
     }
 }
@@ -112,7 +112,7 @@ impl PartialOrd for Candidate {
 
 /// The tags of a repository sorted into candidates, oldest first.
 #[derive(Debug, Default)]
-pub struct Plan {
+pub(crate) struct Plan {
     pub candidates: Vec<Candidate>,
     /// `latest` (or the bare variant) when it exists and may be appended: semver mode, no
     /// constraint.
@@ -123,7 +123,7 @@ impl Selection {
     /// The selection of a source's fields; `None` in tag mode. With it come notes on what
     /// the combination of fields leaves unused, for check to log. Field errors name the
     /// field.
-    pub fn from_fields(source: &Fields) -> Result<(Option<Selection>, Vec<String>), Error> {
+    pub(crate) fn from_fields(source: &Fields) -> Result<(Option<Selection>, Vec<String>), Error> {
         let mut notes = Vec::new();
         let selecting = source.tag_regex.is_some()
             || source.semver_constraint.is_some()
@@ -213,7 +213,7 @@ impl Selection {
     }
 
     /// Which of `tags` count, oldest first.
-    pub fn plan(&self, tags: &[String]) -> Plan {
+    pub(crate) fn plan(&self, tags: &[String]) -> Plan {
         let tags: Vec<&str> = tags
             .iter()
             .map(String::as_str)
@@ -240,7 +240,7 @@ impl Selection {
     }
 
     /// The key `tag` would have, for placing a cursor whose tag is gone.
-    pub fn key_of(&self, tag: &str, like: Option<&Key>) -> Option<Key> {
+    pub(crate) fn key_of(&self, tag: &str, like: Option<&Key>) -> Option<Key> {
         match &self.regex {
             None => self.semver_candidate(tag).map(|c| c.key),
             Some(regex) => {
@@ -357,7 +357,7 @@ fn anchored(pattern: &str, field: &str) -> Result<Regex, Error> {
 }
 
 /// `v1.2.3`, `1.2`, `1`, `1.2.3-rc.1`: the version and how many numbers were given.
-pub fn lenient_semver(text: &str) -> Option<(semver::Version, u8)> {
+pub(crate) fn lenient_semver(text: &str) -> Option<(semver::Version, u8)> {
     let text = text.strip_prefix(['v', 'V']).unwrap_or(text);
     let (core, pre) = match text.find(['-', '+']) {
         Some(i) if text.as_bytes()[i] == b'-' => {
@@ -389,7 +389,7 @@ pub fn lenient_semver(text: &str) -> Option<(semver::Version, u8)> {
 
 /// Runs of digits compare as numbers of any length (`9` < `10`, no overflow), everything
 /// else byte by byte; equal texts under that order are ordered by their bytes.
-pub fn natural_cmp(a: &str, b: &str) -> Ordering {
+pub(crate) fn natural_cmp(a: &str, b: &str) -> Ordering {
     let (mut x, mut y) = (a.as_bytes(), b.as_bytes());
     loop {
         match (x.first(), y.first()) {
@@ -435,13 +435,13 @@ fn trim_zeros(s: &[u8]) -> &[u8] {
 /// by commas or spaces (`>= 1.2, < 2`, `~1.4`, `^2`, `1.x`, `1.2 - 1.4`); `*` matches every
 /// version, pre-releases included.
 #[derive(Debug)]
-pub struct Constraint {
+pub(crate) struct Constraint {
     any: bool,
     alternatives: Vec<semver::VersionReq>,
 }
 
 impl Constraint {
-    pub fn parse(text: &str) -> Result<Constraint, String> {
+    pub(crate) fn parse(text: &str) -> Result<Constraint, String> {
         let text = text.trim();
         if text.is_empty() {
             return Err("must not be empty (use \"*\" for every version)".into());
@@ -468,7 +468,7 @@ impl Constraint {
 
     /// With `pre_releases`, a pre-release also matches when its release would (`>=1.2` takes
     /// `1.3.0-rc.1`).
-    pub fn matches(&self, v: &semver::Version, pre_releases: bool) -> bool {
+    pub(crate) fn matches(&self, v: &semver::Version, pre_releases: bool) -> bool {
         if self.any {
             return true;
         }

@@ -20,7 +20,7 @@ use crate::select::{self, Selection};
 
 /// Every key `source` understands, for "did you mean" on unknown ones. A unit test keeps it in
 /// step with [`Source`].
-pub const FIELDS: &[&str] = &[
+pub(crate) const FIELDS: &[&str] = &[
     "repository",
     "tag",
     "username",
@@ -57,7 +57,7 @@ pub const FIELDS: &[&str] = &[
 
 /// The `source` object as the pipeline wrote it.
 #[derive(Debug, Default, Deserialize)]
-pub struct Source {
+pub(crate) struct Source {
     pub repository: Option<String>,
     pub tag: Option<TagText>,
     pub username: Option<String>,
@@ -109,7 +109,7 @@ pub struct Source {
 }
 
 #[derive(Debug, Default, Deserialize)]
-pub struct PrivateRegistry {
+pub(crate) struct PrivateRegistry {
     pub registry: Option<String>,
     pub username: Option<String>,
     pub password: Option<Secret>,
@@ -118,7 +118,7 @@ pub struct PrivateRegistry {
 /// `registry_mirror`: a URL string (docker-image-resource) or `{host, username, password}`
 /// (registry-image-resource).
 #[derive(Debug, Default)]
-pub struct Mirror {
+pub(crate) struct Mirror {
     pub host: String,
     pub username: Option<String>,
     pub password: Option<Secret>,
@@ -127,13 +127,13 @@ pub struct Mirror {
 /// A `ca_certs` entry: `{domain, cert}` (docker-image-resource) or a bare PEM string
 /// (registry-image-resource), which applies to every registry.
 #[derive(Debug, Default)]
-pub struct CaCert {
+pub(crate) struct CaCert {
     pub domain: Option<String>,
     pub cert: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-pub struct ClientCert {
+pub(crate) struct ClientCert {
     pub domain: Option<String>,
     pub cert: Option<String>,
     pub key: Option<Secret>,
@@ -141,20 +141,20 @@ pub struct ClientCert {
 
 /// A tag as the pipeline gave it: a string, or a number whose text is kept (`3.7` → "3.7").
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TagText(pub String);
+pub(crate) struct TagText(pub String);
 
 /// A non-negative count, also accepted as a numeric string (YAML users quote numbers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Count(pub u64);
+pub(crate) struct Count(pub u64);
 
 /// Defaults that docker-image-resource documents.
-pub const DEFAULT_TAG: &str = "latest";
-pub const DEFAULT_CONCURRENCY: usize = 3;
-pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const DEFAULT_TAG: &str = "latest";
+pub(crate) const DEFAULT_CONCURRENCY: usize = 3;
+pub(crate) const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What a `source` means, checked and typed; no network was used to make it.
 #[derive(Debug)]
-pub struct Settings {
+pub(crate) struct Settings {
     pub repository: Repository,
     pub tag: Tag,
     pub registries: RegistryConfig,
@@ -179,13 +179,13 @@ pub struct Settings {
 }
 
 #[derive(Debug, Clone)]
-pub struct GitSource {
+pub(crate) struct GitSource {
     pub repo: String,
     pub private_key: Option<Secret>,
 }
 
 #[derive(Debug, Clone)]
-pub struct MirrorSettings {
+pub(crate) struct MirrorSettings {
     pub host: Host,
     /// As dockerd's `--registry-mirror` wants it: `https://host[:port]` (or `http://`).
     pub url: String,
@@ -200,7 +200,7 @@ fn field_error(field: impl Into<String>, reason: impl Into<crate::error::Cause>)
 
 impl Source {
     /// Checks every field and builds [`Settings`]. Field errors name the field.
-    pub fn resolve(&self) -> Result<Settings, Error> {
+    pub(crate) fn resolve(&self) -> Result<Settings, Error> {
         let repository = match self.repository.as_deref() {
             None => return Err(field_error("source.repository", "required")),
             Some(r) => r

@@ -2,7 +2,7 @@
 //! without a date crate.
 
 /// `2024-01-02T03:04:05.123456789Z` or with an offset → (seconds since the epoch, nanos).
-pub fn parse_rfc3339(s: &str) -> Option<(i64, u32)> {
+pub(crate) fn parse_rfc3339(s: &str) -> Option<(i64, u32)> {
     let s = s.trim();
     let b = s.as_bytes();
     if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
@@ -56,7 +56,7 @@ pub fn parse_rfc3339(s: &str) -> Option<(i64, u32)> {
 }
 
 /// RFC 3339 in UTC, seconds precision, without a date crate.
-pub fn format_rfc3339(t: std::time::SystemTime) -> String {
+pub(crate) fn format_rfc3339(t: std::time::SystemTime) -> String {
     let secs = t
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -9,7 +9,7 @@ use glob::{MatchOptions, Pattern};
 
 use crate::error::Error;
 
-pub struct Ignore {
+pub(super) struct Ignore {
     rules: Vec<(Pattern, bool)>,
 }
 
@@ -21,7 +21,7 @@ const OPTIONS: MatchOptions = MatchOptions {
 
 impl Ignore {
     /// The rules of `<context>/.dockerignore`; none when there is no such file.
-    pub fn load(context: &Path) -> Result<Ignore, Error> {
+    pub(super) fn load(context: &Path) -> Result<Ignore, Error> {
         let path = context.join(".dockerignore");
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
@@ -39,7 +39,7 @@ impl Ignore {
         })
     }
 
-    pub fn parse(text: &str) -> Result<Ignore, String> {
+    pub(super) fn parse(text: &str) -> Result<Ignore, String> {
         let mut rules = Vec::new();
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -62,12 +62,12 @@ impl Ignore {
     }
 
     /// Whether any rule takes paths back (then an ignored directory must still be walked).
-    pub fn has_exceptions(&self) -> bool {
+    pub(super) fn has_exceptions(&self) -> bool {
         self.rules.iter().any(|(_, keep)| *keep)
     }
 
     /// `rel` is a `/`-separated path inside the context.
-    pub fn is_ignored(&self, rel: &str) -> bool {
+    pub(super) fn is_ignored(&self, rel: &str) -> bool {
         let mut ignored = false;
         for (pattern, keep) in &self.rules {
             if matches_or_parent(pattern, rel) {

@@ -28,7 +28,7 @@ use bollard::query_parameters::CreateImageOptions;
 use crate::daemon::Daemon;
 use crate::error::Error;
 use crate::source::Settings;
-pub use params::BuildParams;
+pub(crate) use params::BuildParams;
 
 use args::{build_args, labels};
 use credentials::{add_ecr_credentials, auth_key, credentials};
@@ -49,7 +49,7 @@ fn daemon_error(e: bollard::errors::Error) -> Error {
 
 /// Everything `params.build` needs, read and checked before a daemon is asked for: a typo
 /// in a path fails the put at once instead of after dockerd's start-up.
-pub struct Build {
+pub(crate) struct Build {
     context: PathBuf,
     dockerfile: PathBuf,
     build_args: BTreeMap<String, String>,
@@ -61,7 +61,7 @@ pub struct Build {
 }
 
 impl Build {
-    pub fn prepare(params: &BuildParams, src: &Path) -> Result<Build, Error> {
+    pub(crate) fn prepare(params: &BuildParams, src: &Path) -> Result<Build, Error> {
         let build = params.build.as_deref().expect("called for params.build");
         let context = src.join(build);
         if !context.is_dir() {
@@ -105,7 +105,7 @@ impl Build {
     }
 
     /// Builds the image and writes it as a `docker save` tarball to `out`.
-    pub async fn run(
+    pub(crate) async fn run(
         &self,
         daemon: &Daemon,
         params: &BuildParams,

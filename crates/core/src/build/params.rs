@@ -3,7 +3,7 @@
 
 /// `params.build` and what goes with it (docker-image-resource's names and types).
 #[derive(Debug, Default, Clone)]
-pub struct BuildParams {
+pub(crate) struct BuildParams {
     pub build: Option<String>,
     pub dockerfile: Option<String>,
     pub build_args: Option<serde_json::Value>,

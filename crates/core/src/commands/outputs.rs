@@ -9,7 +9,11 @@ use crate::image::ImageConfig;
 use crate::reference::{Digest, Repository};
 
 /// `metadata.json`: what Concourse needs to run the rootfs as a task image.
-pub fn write_metadata_json(dest: &Path, config: &ImageConfig, rootfs: &Path) -> Result<(), Error> {
+pub(super) fn write_metadata_json(
+    dest: &Path,
+    config: &ImageConfig,
+    rootfs: &Path,
+) -> Result<(), Error> {
     let run = config.config.clone().unwrap_or_default();
     let mut meta = serde_json::Map::new();
     meta.insert(
@@ -60,7 +64,7 @@ fn user_name(user: &str, rootfs: &Path) -> String {
     user.to_string()
 }
 
-pub fn write_labels_json(dest: &Path, config: &ImageConfig) -> Result<(), Error> {
+pub(super) fn write_labels_json(dest: &Path, config: &ImageConfig) -> Result<(), Error> {
     let labels = config
         .config
         .as_ref()
@@ -73,7 +77,7 @@ pub fn write_labels_json(dest: &Path, config: &ImageConfig) -> Result<(), Error>
 }
 
 /// `docker_inspect.json` as `docker inspect` would print it for the pulled image.
-pub fn write_docker_inspect(
+pub(super) fn write_docker_inspect(
     dest: &Path,
     config: &ImageConfig,
     raw: &serde_json::Value,

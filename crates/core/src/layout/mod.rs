@@ -2,5 +2,5 @@
 //! `import_file` rootfs tarballs) and written by `in` ([`write`]: `docker load`-able archives
 //! and OCI layouts). Synchronous.
 
-pub mod read;
-pub mod write;
+pub(crate) mod read;
+pub(crate) mod write;

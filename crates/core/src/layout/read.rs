@@ -155,7 +155,7 @@ fn blob_name(d: &Digest) -> String {
 /// `name` (`repository:tag`, from `load_repository`/`load_tag`) picks the image of a `docker
 /// save` archive whose `RepoTags` has it, as `docker load` + `docker tag` would; without it the
 /// first image is taken.
-pub fn read_image(path: &Path, staging: &Path, name: Option<&str>) -> Result<Image, Error> {
+pub(crate) fn read_image(path: &Path, staging: &Path, name: Option<&str>) -> Result<Image, Error> {
     let files = Files::open(path)?;
     if files.has("index.json") && files.has("oci-layout") {
         return read_oci_layout(&files);
@@ -482,7 +482,7 @@ fn prepare_layer(files: &Files, name: &str, out: &Path) -> Result<PreparedLayer,
 
 /// `import_file`: a rootfs tarball (plain or compressed) as a one-layer image, as
 /// `docker import` makes it.
-pub fn import_rootfs(path: &Path, staging: &Path) -> Result<Image, Error> {
+pub(crate) fn import_rootfs(path: &Path, staging: &Path) -> Result<Image, Error> {
     std::fs::create_dir_all(staging).map_err(|e| bad(staging, e))?;
     let layer_path = staging.join("import.tar.gz");
     let input = open_layer(path).map_err(|e| bad(path, e))?;

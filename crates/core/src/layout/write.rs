@@ -15,7 +15,7 @@ use crate::reference::Digest;
 
 /// The blobs of one image, as downloaded.
 #[derive(Clone)]
-pub struct Archive {
+pub(crate) struct Archive {
     pub repo_tag: String,
     pub tag: String,
     pub config: (Digest, PathBuf),
@@ -32,7 +32,7 @@ fn blob_name(d: &Digest) -> String {
 /// A tarball that `docker load` reads (manifest.json; the layers stay compressed, which the
 /// daemon accepts, and the config's digest is the image id), and that is also an OCI image
 /// layout (oci-layout, index.json, blobs/).
-pub fn write_docker_archive(a: &Archive, path: &Path) -> Result<(), Error> {
+pub(crate) fn write_docker_archive(a: &Archive, path: &Path) -> Result<(), Error> {
     let partial = path.with_extension("dockhand-partial");
     let file = std::fs::File::create(&partial).map_err(|e| io_error(path, e))?;
     let mut tar = tar::Builder::new(io::BufWriter::with_capacity(1 << 20, file));
@@ -84,11 +84,11 @@ fn index_json(a: &Archive) -> Vec<u8> {
 }
 
 /// The registry's index bytes and the other platforms' blobs, for an OCI layout.
-pub type IndexBlobs<'a> = (&'a [u8], &'a [(Digest, PathBuf)]);
+pub(crate) type IndexBlobs<'a> = (&'a [u8], &'a [(Digest, PathBuf)]);
 
 /// An OCI image layout directory. With `index`, index.json is the registry's index bytes
 /// (so its digest is the version's) and `extra` holds the other platforms' blobs.
-pub fn write_oci_layout(
+pub(crate) fn write_oci_layout(
     a: &Archive,
     dir: &Path,
     index: Option<IndexBlobs<'_>>,

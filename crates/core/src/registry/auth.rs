@@ -21,7 +21,7 @@ use super::RegistryError;
 
 /// Username and password for one registry, with where they came from.
 #[derive(Debug, Clone)]
-pub struct Credentials {
+pub(super) struct Credentials {
     pub username: String,
     pub password: Secret,
     pub origin: String,
@@ -42,7 +42,7 @@ impl Credentials {
 
 /// What the registry asked for.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum Challenge {
+pub(crate) enum Challenge {
     #[default]
     None,
     Basic,
@@ -54,7 +54,7 @@ pub enum Challenge {
 
 /// Parses a `WWW-Authenticate` value: `Bearer realm="...",service="...",scope="..."` or
 /// `Basic realm="..."`. Unknown schemes read as no challenge.
-pub fn parse_challenge(header: &str) -> Challenge {
+pub(crate) fn parse_challenge(header: &str) -> Challenge {
     let header = header.trim();
     let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
     let params = parse_params(rest);
@@ -129,7 +129,7 @@ struct TokenResponse {
 }
 
 /// Authentication state for one registry host, shared by concurrent requests.
-pub struct Auth {
+pub(super) struct Auth {
     host: Host,
     credentials: Option<Credentials>,
     state: Mutex<State>,
@@ -142,7 +142,7 @@ struct State {
 }
 
 impl Auth {
-    pub fn new(host: Host, credentials: Option<Credentials>) -> Auth {
+    pub(super) fn new(host: Host, credentials: Option<Credentials>) -> Auth {
         Auth {
             host,
             credentials,
@@ -151,19 +151,19 @@ impl Auth {
     }
 
     /// How the requests were authenticated, for an unauthorized message.
-    pub fn describe(&self) -> String {
+    pub(super) fn describe(&self) -> String {
         match &self.credentials {
             Some(c) => format!("as {:?} with credentials from {}", c.username, c.origin),
             None => "anonymously (no credentials: set source.username and source.password)".into(),
         }
     }
 
-    pub async fn set_challenge(&self, challenge: Challenge) {
+    pub(super) async fn set_challenge(&self, challenge: Challenge) {
         self.state.lock().await.challenge = challenge;
     }
 
     /// The `Authorization` header for a request in `scope`, fetching a token when needed.
-    pub async fn header(
+    pub(super) async fn header(
         &self,
         http: &reqwest::Client,
         scope: &str,
@@ -191,7 +191,7 @@ impl Auth {
 
     /// After a 401: take the challenge of the response and drop the cached token for the
     /// scope. True when another try could succeed.
-    pub async fn refresh(&self, response: &reqwest::Response, scope: &str) -> bool {
+    pub(super) async fn refresh(&self, response: &reqwest::Response, scope: &str) -> bool {
         let Some(challenge) = response
             .headers()
             .get(WWW_AUTHENTICATE)
@@ -302,7 +302,7 @@ fn scope_repository(scope: &str) -> String {
 
 /// Credentials for `host`: the pipeline's first, then an ECR token, then the Docker CLI's
 /// configuration. An ECR failure is `(region, reason)`.
-pub async fn credentials_for(
+pub(super) async fn credentials_for(
     host: &Host,
     config: &RegistryConfig,
 ) -> Result<Option<Credentials>, (String, String)> {

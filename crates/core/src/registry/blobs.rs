@@ -34,7 +34,7 @@ impl Registry {
     /// returns Ok (digest and size verified). A body that breaks off is resumed with `Range`
     /// where the registry honours it, else restarted. `progress` gets the bytes received so
     /// far.
-    pub async fn download_blob(
+    pub(crate) async fn download_blob(
         &self,
         repository: &Repository,
         digest: &Digest,
@@ -148,7 +148,7 @@ impl Registry {
     }
 
     /// A blob read into memory (at most `CONFIG_LIMIT` bytes) and checked against `digest`.
-    pub async fn blob_bytes(
+    pub(crate) async fn blob_bytes(
         &self,
         repository: &Repository,
         digest: &Digest,

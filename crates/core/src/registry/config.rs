@@ -7,7 +7,7 @@ use crate::secret::Secret;
 
 /// Everything needed to talk to any registry: credentials and TLS material by host.
 #[derive(Debug, Default, Clone)]
-pub struct RegistryConfig {
+pub(crate) struct RegistryConfig {
     pub credentials: Vec<HostCredentials>,
     pub ca_certs: Vec<DomainPem>,
     pub client_certs: Vec<DomainPem>,
@@ -18,7 +18,7 @@ pub struct RegistryConfig {
 
 /// `source.aws_*`: ECR applies to ECR hostnames, and to `repository_host` when `region` is set.
 #[derive(Debug, Clone)]
-pub struct EcrConfig {
+pub(crate) struct EcrConfig {
     pub region: Option<String>,
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<Secret>,
@@ -30,7 +30,7 @@ pub struct EcrConfig {
 }
 
 #[derive(Debug, Clone)]
-pub struct HostCredentials {
+pub(crate) struct HostCredentials {
     pub host: Host,
     pub username: String,
     pub password: Secret,
@@ -40,7 +40,7 @@ pub struct HostCredentials {
 
 /// PEM material for a domain; `domain` `None` applies to every registry.
 #[derive(Debug, Clone)]
-pub struct DomainPem {
+pub(crate) struct DomainPem {
     pub domain: Option<String>,
     /// Certificate chain (and for client certificates, the key after it).
     pub pem: Secret,
@@ -48,14 +48,14 @@ pub struct DomainPem {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Insecure {
+pub(crate) enum Insecure {
     Host(String),
     Net(ipnet::IpNet),
 }
 
 impl DomainPem {
     /// `domain` matches a registry when equal to its `host:port` or to its bare host name.
-    pub fn applies_to(&self, host: &Host) -> bool {
+    pub(crate) fn applies_to(&self, host: &Host) -> bool {
         match &self.domain {
             None => true,
             Some(d) => {
@@ -67,14 +67,14 @@ impl DomainPem {
 }
 
 impl RegistryConfig {
-    pub fn is_insecure(&self, host: &Host) -> bool {
+    pub(crate) fn is_insecure(&self, host: &Host) -> bool {
         self.insecure.iter().any(|entry| match entry {
             Insecure::Host(h) => h == host.as_str() || h == host.hostname(),
             Insecure::Net(net) => host.ip().is_some_and(|ip| net.contains(&ip)),
         })
     }
 
-    pub fn credentials_for(&self, host: &Host) -> Option<&HostCredentials> {
+    pub(crate) fn credentials_for(&self, host: &Host) -> Option<&HostCredentials> {
         self.credentials.iter().find(|c| &c.host == host)
     }
 }

@@ -22,7 +22,7 @@ use crate::reference::Host;
 use crate::secret::Secret;
 
 /// `(account, region)` of an ECR registry host.
-pub fn parse_host(host: &str) -> Option<(String, String)> {
+pub(super) fn parse_host(host: &str) -> Option<(String, String)> {
     let name = host.split(':').next()?.to_ascii_lowercase();
     let (account, rest) = name.split_once('.')?;
     if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
@@ -67,7 +67,7 @@ fn cache() -> &'static Cache {
 
 /// The registry credentials ECR issues for `host`; `Ok(None)` when ECR does not apply.
 /// Errors are one line, name ECR and the region, and hold no secret.
-pub async fn credentials_for(
+pub(super) async fn credentials_for(
     host: &Host,
     ecr: Option<&EcrConfig>,
 ) -> Result<Option<Credentials>, (String, String)> {

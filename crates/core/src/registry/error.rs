@@ -109,13 +109,13 @@ pub enum TokenProblem {
 
 /// The registry's error body: `{"errors":[{"code":"MANIFEST_UNKNOWN","message":"..."}]}`.
 #[derive(Debug, Default, Deserialize)]
-pub struct ErrorBody {
+pub(super) struct ErrorBody {
     #[serde(default)]
     pub errors: Vec<ErrorEntry>,
 }
 
 #[derive(Debug, Deserialize)]
-pub struct ErrorEntry {
+pub(super) struct ErrorEntry {
     #[serde(default)]
     pub code: ErrorCode,
     #[serde(default)]
@@ -126,7 +126,7 @@ pub struct ErrorEntry {
 /// (<https://github.com/opencontainers/distribution-spec/blob/main/spec.md#error-codes>), and
 /// Docker Hub's `TOOMANYREQUESTS`; any other as the registry wrote it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum ErrorCode {
+pub(super) enum ErrorCode {
     BlobUnknown,
     BlobUploadInvalid,
     BlobUploadUnknown,
@@ -173,7 +173,7 @@ impl ErrorCode {
         }
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(super) fn as_str(&self) -> &str {
         match self {
             ErrorCode::Other(code) => code,
             ErrorCode::None => "",

@@ -29,7 +29,7 @@ impl Registry {
     /// The digest of a manifest by tag or digest, `None` when the registry has none. HEAD
     /// first (no rate-limit cost on Docker Hub); GET and hash when the registry sends no
     /// `Docker-Content-Digest`.
-    pub async fn manifest_digest(
+    pub(crate) async fn manifest_digest(
         &self,
         repository: &Repository,
         reference: &str,
@@ -64,7 +64,7 @@ impl Registry {
 
     /// GET a manifest or index; the digest is computed from the bytes and, when fetched by
     /// digest, checked against it.
-    pub async fn manifest(
+    pub(crate) async fn manifest(
         &self,
         repository: &Repository,
         reference: &str,
@@ -111,7 +111,7 @@ impl Registry {
 
     /// PUTs a manifest or index under `reference` (a tag or its digest); returns the digest
     /// the registry reports (checked against the bytes).
-    pub async fn put_manifest(
+    pub(crate) async fn put_manifest(
         &self,
         repository: &Repository,
         reference: &str,

@@ -12,7 +12,7 @@
 mod auth;
 mod blobs;
 mod body;
-pub mod config;
+pub(crate) mod config;
 mod docker_config;
 mod ecr;
 mod error;
@@ -33,16 +33,16 @@ use config::RegistryConfig;
 use error::{ErrorBody, ErrorCode};
 use retry::Answer;
 
-pub use auth::{parse_challenge, Challenge};
-pub use error::RegistryError;
-pub use retry::RetryPolicy;
-pub use tags::MAX_TAG_PAGES;
-pub use transport::check_tls_material;
-pub use upload::Mount;
+pub(crate) use auth::{parse_challenge, Challenge};
+pub(crate) use error::RegistryError;
+pub(crate) use retry::RetryPolicy;
+pub(crate) use tags::MAX_TAG_PAGES;
+pub(crate) use transport::check_tls_material;
+pub(crate) use upload::Mount;
 
 /// ECR credentials for `host` when ECR applies to it (an ECR hostname, or the repository's
 /// registry with `aws_region`), as `(username, password)`; for a daemon that pulls.
-pub async fn ecr_credentials(
+pub(crate) async fn ecr_credentials(
     host: &Host,
     config: &RegistryConfig,
 ) -> Result<Option<(String, crate::secret::Secret)>, RegistryError> {
@@ -74,7 +74,7 @@ pub async fn ecr_credentials(
 }
 
 /// Whether `host` is an Amazon ECR registry.
-pub fn ecr_host(host: &str) -> bool {
+pub(crate) fn ecr_host(host: &str) -> bool {
     ecr::parse_host(host).is_some()
 }
 use transport::{build_client, Failure, Verify};
@@ -86,7 +86,7 @@ struct Connection {
 }
 
 /// The client for one registry host.
-pub struct Registry {
+pub(crate) struct Registry {
     host: Host,
     config: RegistryConfig,
     auth: auth::Auth,
@@ -112,7 +112,7 @@ struct Call<'a> {
 impl Registry {
     /// A client for `host`; credentials come from the pipeline, else `~/.docker/config.json`.
     /// Nothing is sent until the first request.
-    pub async fn new(host: Host, config: &RegistryConfig) -> Registry {
+    pub(crate) async fn new(host: Host, config: &RegistryConfig) -> Registry {
         let (credentials, credentials_error) = match auth::credentials_for(&host, config).await {
             Ok(c) => (c, None),
             Err(e) => (None, Some(e)),
@@ -127,11 +127,11 @@ impl Registry {
         }
     }
 
-    pub fn host(&self) -> &Host {
+    pub(crate) fn host(&self) -> &Host {
         &self.host
     }
 
-    pub fn with_retry(mut self, retry: RetryPolicy) -> Registry {
+    pub(crate) fn with_retry(mut self, retry: RetryPolicy) -> Registry {
         self.retry = retry;
         self
     }

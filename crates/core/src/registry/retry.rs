@@ -14,7 +14,7 @@ use crate::report::chain;
 
 /// How often and how patiently to retry.
 #[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
+pub(crate) struct RetryPolicy {
     pub attempts: u32,
     pub base: Duration,
     pub max_delay: Duration,
@@ -32,7 +32,7 @@ impl Default for RetryPolicy {
 
 impl RetryPolicy {
     /// One try and no more.
-    pub fn once() -> RetryPolicy {
+    pub(crate) fn once() -> RetryPolicy {
         RetryPolicy {
             attempts: 1,
             ..Default::default()
@@ -40,7 +40,7 @@ impl RetryPolicy {
     }
 
     /// Exponential backoff with a little jitter; a `Retry-After` wins (capped at a minute).
-    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+    pub(crate) fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
         if let Some(wait) = retry_after {
             return wait.min(Duration::from_secs(60));
         }

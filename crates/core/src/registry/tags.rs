@@ -13,14 +13,14 @@ const PAGE_SIZES: [Option<u32>; 3] = [Some(1000), Some(100), None];
 
 /// Pages of the tag list read in one request budget (1000 tags each where the registry
 /// allows).
-pub const MAX_TAG_PAGES: usize = 100;
+pub(crate) const MAX_TAG_PAGES: usize = 100;
 
 /// A page of tags is JSON text; refuse to read one without bound.
 const TAG_PAGE_LIMIT: usize = 64 << 20;
 
 /// Every tag of a repository as far as the page budget reached.
 #[derive(Debug, Default)]
-pub struct TagList {
+pub(crate) struct TagList {
     /// In the registry's order (which is not always sorted).
     pub tags: Vec<String>,
     /// False when the page budget ran out before the last page.
@@ -43,7 +43,7 @@ fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, 
 
 impl Registry {
     /// Lists tags, following `Link: <…>; rel="next"` for at most `max_pages` pages.
-    pub async fn list_tags(
+    pub(crate) async fn list_tags(
         &self,
         repository: &Repository,
         max_pages: usize,

@@ -11,18 +11,18 @@ use super::RegistryError;
 
 /// How TLS is verified for a host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verify {
+pub(super) enum Verify {
     /// System roots plus the `ca_certs` for the host.
     Roots,
     /// `insecure_registries`: any certificate is accepted.
     Nothing,
 }
 
-pub const USER_AGENT: &str = concat!("dockhand/", env!("CARGO_PKG_VERSION"));
+pub(super) const USER_AGENT: &str = concat!("dockhand/", env!("CARGO_PKG_VERSION"));
 
 /// A client for `host`: the system roots plus every `ca_certs` entry for it (added, never
 /// replacing them), the `client_certs` identity for it, and no verification when insecure.
-pub fn build_client(
+pub(super) fn build_client(
     host: &Host,
     config: &RegistryConfig,
     verify: Verify,
@@ -64,7 +64,7 @@ pub fn build_client(
 /// Builds a throwaway client with each `ca_certs` and `client_certs` entry alone, so that
 /// unusable material (a v1 certificate, a key that does not match) is reported against its
 /// field before any request. Returns the field and the reason.
-pub fn check_tls_material(config: &RegistryConfig) -> Result<(), (String, String)> {
+pub(crate) fn check_tls_material(config: &RegistryConfig) -> Result<(), (String, String)> {
     let bare = || {
         reqwest::Client::builder()
             .tls_built_in_root_certs(false)
@@ -101,7 +101,7 @@ pub fn check_tls_material(config: &RegistryConfig) -> Result<(), (String, String
 
 /// What a failed request says about the connection.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Failure {
+pub(super) enum Failure {
     /// The peer does not speak TLS (a plain-HTTP registry on an https URL).
     NotTls,
     /// The server's certificate did not verify; the reason from rustls.
@@ -116,7 +116,7 @@ pub enum Failure {
 
 /// Reads the error chain of a reqwest error. `io::Error` hides its inner error from
 /// `source()` (it returns the inner error's source), so io errors are opened by hand.
-pub fn classify(err: &reqwest::Error) -> Failure {
+pub(super) fn classify(err: &reqwest::Error) -> Failure {
     let mut transient = err.is_timeout() || err.is_connect();
     let mut current: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(e) = current {
@@ -173,7 +173,7 @@ fn classify_tls(e: &rustls::Error) -> Failure {
 /// broken connection. The server's CertificateRequest comes in its first flight, before the
 /// client has sent anything, so this handshake (which verifies nothing and sends nothing
 /// after it) tells the two apart without a race. Blocking: run it off the async threads.
-pub fn asks_for_client_certificate(host: &Host) -> bool {
+pub(super) fn asks_for_client_certificate(host: &Host) -> bool {
     use std::net::{TcpStream, ToSocketAddrs};
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
@@ -231,7 +231,7 @@ mod probe {
 
     /// Accepts any server certificate: the probe only watches the handshake.
     #[derive(Debug)]
-    pub struct AnyCertificate;
+    pub(super) struct AnyCertificate;
 
     impl ServerCertVerifier for AnyCertificate {
         fn verify_server_cert(
@@ -272,7 +272,7 @@ mod probe {
 
     /// Notes that the server asked for a client certificate, and offers none.
     #[derive(Debug)]
-    pub struct Recorder(pub Arc<AtomicBool>);
+    pub(super) struct Recorder(pub Arc<AtomicBool>);
 
     impl rustls::client::ResolvesClientCert for Recorder {
         fn resolve(

@@ -10,7 +10,7 @@ use crate::blob::Body;
 use crate::reference::{Digest, Repository};
 
 /// What a mount request did.
-pub enum Mount {
+pub(crate) enum Mount {
     Mounted,
     /// The registry could not mount and opened an upload session instead (its location).
     Upload(String),
@@ -42,7 +42,7 @@ impl Registry {
     }
 
     /// Does the repository already have this blob? (HEAD; a skipped upload costs nothing.)
-    pub async fn blob_exists(
+    pub(crate) async fn blob_exists(
         &self,
         repository: &Repository,
         digest: &Digest,
@@ -64,7 +64,7 @@ impl Registry {
     }
 
     /// Asks the registry to link a blob it has in `from` into `repository`.
-    pub async fn mount_blob(
+    pub(crate) async fn mount_blob(
         &self,
         repository: &Repository,
         digest: &Digest,
@@ -103,7 +103,7 @@ impl Registry {
 
     /// Uploads a blob in one PUT; `session` is an upload location already opened (by a
     /// mount that fell back), else one is opened. A failed session is started again.
-    pub async fn upload_blob(
+    pub(crate) async fn upload_blob(
         &self,
         repository: &Repository,
         digest: &Digest,

@@ -49,7 +49,7 @@ impl XattrBuffers {
 
 /// `rootfs.tar`: the unpacked rootfs as one tarball, as `docker export` writes it (hardlinks
 /// as links, symlinks not followed), without unpacking anything twice.
-pub fn write_rootfs_tar(rootfs: &Path, path: &Path) -> io::Result<()> {
+pub(crate) fn write_rootfs_tar(rootfs: &Path, path: &Path) -> io::Result<()> {
     let mut partial = PartialFile::create(path)?;
     let mut tar = tar::Builder::new(io::BufWriter::with_capacity(1 << 20, partial.file()));
     tar.follow_symlinks(false);

@@ -2,13 +2,13 @@
 //! decompress ([`pipeline`]), and exported as `rootfs.tar` ([`export`]). Everything here is
 //! synchronous; async code reaches it through [`crate::blocking`].
 
-pub mod export;
-pub mod pipeline;
-pub mod unpack;
+pub(crate) mod export;
+pub(crate) mod pipeline;
+pub(crate) mod unpack;
 
 /// What went wrong while writing a rootfs.
 #[derive(Debug, thiserror::Error)]
-pub enum RootfsError {
+pub(crate) enum RootfsError {
     #[error("the layer downloads stopped")]
     Stopped,
     #[error(transparent)]

@@ -17,7 +17,7 @@ const CHUNK: usize = 256 << 10;
 /// Applies the layers that arrive on `ready` (in order) to `target`: each layer decompresses
 /// on its own thread into a small bounded queue while the previous one is being written, so
 /// memory stays flat and both cores work.
-pub fn unpack_layers(
+pub(crate) fn unpack_layers(
     target: &Path,
     ready: Receiver<PathBuf>,
     layers: usize,

@@ -27,7 +27,7 @@ const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OPAQUE: &[u8] = b".wh..wh..opq";
 
 #[derive(Debug, thiserror::Error)]
-pub enum UnpackError {
+pub(crate) enum UnpackError {
     #[error("cannot read the layer archive")]
     Archive(#[source] io::Error),
     #[error("cannot apply {path:?}")]
@@ -40,7 +40,7 @@ pub enum UnpackError {
 
 /// Counts of what was skipped, for the log.
 #[derive(Debug, Default)]
-pub struct Skipped {
+pub(crate) struct Skipped {
     pub devices: usize,
     /// Extended attributes the filesystem or our privileges refused.
     pub xattrs: usize,
@@ -51,7 +51,7 @@ pub struct Skipped {
 /// left out on purpose: `trusted.*` (`trusted.overlay.*` would change how overlayfs reads the
 /// rootfs when it serves as a lower directory) and `security.selinux` (the host's policy, not
 /// the image's, labels files).
-pub fn xattr_wanted(name: &[u8]) -> bool {
+pub(crate) fn xattr_wanted(name: &[u8]) -> bool {
     name == b"security.capability" || (name.starts_with(b"user.") && name.len() > 5)
 }
 
@@ -82,7 +82,7 @@ struct DirMeta {
 }
 
 /// Applies layers, in order, to one root directory.
-pub struct Unpacker {
+pub(crate) struct Unpacker {
     root: OwnedFd,
     as_root: bool,
     dirs: HashMap<Vec<u8>, DirMeta>,
@@ -91,7 +91,7 @@ pub struct Unpacker {
 
 impl Unpacker {
     /// `root` must exist and should be empty.
-    pub fn new(root: &Path) -> io::Result<Unpacker> {
+    pub(crate) fn new(root: &Path) -> io::Result<Unpacker> {
         let fd = rustix::fs::open(
             root,
             OFlags::DIRECTORY | OFlags::PATH | OFlags::CLOEXEC,
@@ -106,7 +106,7 @@ impl Unpacker {
     }
 
     /// Applies one uncompressed layer tar stream.
-    pub fn apply_layer<R: Read>(&mut self, layer: R) -> Result<(), UnpackError> {
+    pub(crate) fn apply_layer<R: Read>(&mut self, layer: R) -> Result<(), UnpackError> {
         let mut archive = tar::Archive::new(layer);
         // Paths written by this layer (and their parents): an opaque marker clears only what
         // lower layers put in its directory.
@@ -146,7 +146,7 @@ impl Unpacker {
     }
 
     /// Sets the recorded directory modes, owners and times. Call once, after the last layer.
-    pub fn finish(mut self) -> io::Result<Skipped> {
+    pub(crate) fn finish(mut self) -> io::Result<Skipped> {
         let mut dirs: Vec<_> = self.dirs.drain().collect();
         // Deepest first, so setting a parent's mtime is the last change inside it.
         dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.iter().filter(|b| **b == b'/').count()));
