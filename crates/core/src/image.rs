@@ -23,6 +23,16 @@ pub(crate) const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+
 pub(crate) const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 pub(crate) const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 
+/// `null` as the type's default (`"tags": null`, `"RepoTags": null`, an optional list or
+/// flag in a request): what the JSON that registries, archives and pipelines write needs.
+pub(crate) fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 /// One image as every source gives it (an archive, an OCI layout, a rootfs, a registry) and
 /// every sink takes it (a push): its blobs, the manifests of an index's children, and the
 /// top manifest, which the tags name.

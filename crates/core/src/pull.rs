@@ -46,65 +46,78 @@ pub(crate) async fn endpoints(settings: &Settings) -> Vec<(Registry, Repository)
     list
 }
 
-/// Runs `f` on the mirror, then on the origin when the mirror failed or found nothing.
+/// Runs `f` on the mirror, then on the origin when the mirror failed or found nothing
+/// (`None`); the origin's answer is final. `missing` says what the mirror lacked, for the
+/// log. Gives the answer and where it came from. The only mirror fallback: check and in
+/// both go through it.
+pub(crate) async fn mirror_then_origin<T, F>(
+    settings: &Settings,
+    missing: &str,
+    f: F,
+) -> Result<(Option<T>, Registry, Repository), Error>
+where
+    F: AsyncFn(&Registry, &Repository, bool) -> Result<Option<T>, Error>,
+{
+    let mut list = endpoints(settings).await;
+    let (origin, origin_repository) = list.pop().expect("the origin is always listed");
+    for (registry, repository) in list {
+        match f(&registry, &repository, false).await {
+            Ok(Some(found)) => {
+                tracing::info!("using mirror {}", registry.host());
+                return Ok((Some(found), registry, repository));
+            }
+            Ok(None) => tracing::warn!(
+                "mirror {} {missing}; asking {} itself",
+                registry.host(),
+                origin.host()
+            ),
+            Err(e) => tracing::warn!(
+                "mirror {} failed ({}); asking {} itself",
+                registry.host(),
+                crate::report::chain(&e),
+                origin.host()
+            ),
+        }
+    }
+    let found = f(&origin, &origin_repository, true).await?;
+    Ok((found, origin, origin_repository))
+}
+
+/// The versions `f` finds, on the mirror first (see [`mirror_then_origin`]).
 pub(crate) async fn across_endpoints<F>(settings: &Settings, f: F) -> Result<Vec<Version>, Error>
 where
     F: AsyncFn(&Registry, &Repository) -> Result<Vec<Version>, Error>,
 {
-    let list = endpoints(settings).await;
-    let count = list.len();
-    for (i, (registry, repository)) in list.iter().enumerate() {
-        let last = i + 1 == count;
-        match f(registry, repository).await {
-            Ok(versions) if !versions.is_empty() || last => return Ok(versions),
-            Ok(_) => tracing::warn!(
-                "mirror {} has nothing for {}; asking {} itself",
-                registry.host(),
-                repository.path(),
-                settings.repository.host()
-            ),
-            Err(e) if !last => tracing::warn!(
-                "mirror {} failed ({}); asking {} itself",
-                registry.host(),
-                crate::report::chain(&e),
-                settings.repository.host()
-            ),
-            Err(e) => return Err(e),
-        }
-    }
-    unreachable!("the origin is always the last endpoint")
+    let missing = format!("has nothing for {}", settings.repository.path());
+    let (found, _, _) = mirror_then_origin(settings, &missing, async |registry, repository, _| {
+        let versions = f(registry, repository).await?;
+        Ok((!versions.is_empty()).then_some(versions))
+    })
+    .await?;
+    Ok(found.unwrap_or_default())
 }
 
 /// The image on the mirror when there is one and it has the image, else on the repository's
-/// own registry.
+/// own registry (with the 404 retry there).
 pub(crate) async fn find_image(
     settings: &Settings,
     digest: &Digest,
 ) -> Result<(Registry, Repository, Manifest), Error> {
-    let mut endpoints = endpoints(settings).await;
-    let (origin, origin_repository) = endpoints.pop().expect("the origin is always listed");
-    for (registry, repository) in endpoints {
-        match registry.manifest(&repository, digest.as_str()).await {
-            Ok(Some(m)) => {
-                tracing::info!("using mirror {}", registry.host());
-                return Ok((registry, repository, m));
+    let missing = format!("does not have {}@{digest}", settings.repository.path());
+    let (found, registry, repository) =
+        mirror_then_origin(settings, &missing, async |registry, repository, origin| {
+            if origin {
+                Ok(Some(fetch_manifest(registry, repository, digest).await?))
+            } else {
+                Ok(registry.manifest(repository, digest.as_str()).await?)
             }
-            Ok(None) => tracing::warn!(
-                "mirror {} does not have {}@{digest}; using {}",
-                registry.host(),
-                repository.path(),
-                origin.host()
-            ),
-            Err(e) => tracing::warn!(
-                "mirror {} failed ({}); using {}",
-                registry.host(),
-                crate::report::chain(&e),
-                origin.host()
-            ),
-        }
-    }
-    let top = fetch_manifest(&origin, &origin_repository, digest).await?;
-    Ok((origin, origin_repository, top))
+        })
+        .await?;
+    let top = found.ok_or_else(|| Error::Image {
+        reference: format!("{}@{digest}", settings.repository),
+        source: "not found in the registry".into(),
+    })?;
+    Ok((registry, repository, top))
 }
 
 /// A manifest by digest; a 404 is retried a few times (a get right after a put can race an

@@ -12,7 +12,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
 use crate::error::Error;
-use crate::image::Platform;
+use crate::image::{null_as_default, Platform};
 use crate::reference::{Host, Repository, Tag};
 use crate::registry::config::{DomainPem, EcrConfig, HostCredentials, Insecure, RegistryConfig};
 use crate::secret::Secret;
@@ -62,7 +62,7 @@ pub(crate) struct Source {
     pub tag: Option<TagText>,
     pub username: Option<String>,
     pub password: Option<Secret>,
-    #[serde(default, deserialize_with = "nullable")]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub additional_private_registries: Vec<PrivateRegistry>,
 
     pub aws_access_key_id: Option<String>,
@@ -70,25 +70,25 @@ pub(crate) struct Source {
     pub aws_session_token: Option<Secret>,
     pub aws_region: Option<String>,
     pub aws_role_arn: Option<String>,
-    #[serde(default, deserialize_with = "nullable")]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub aws_role_arns: Vec<String>,
     pub aws_account_id: Option<TagText>,
 
-    #[serde(default, deserialize_with = "nullable")]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub insecure_registries: Vec<String>,
     /// registry-image-resource's spelling: the repository's own registry is insecure.
-    #[serde(default, deserialize_with = "nullable")]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub insecure: bool,
     pub registry_mirror: Option<Mirror>,
-    #[serde(default, deserialize_with = "nullable")]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub ca_certs: Vec<CaCert>,
-    #[serde(default, deserialize_with = "nullable")]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub client_certs: Vec<ClientCert>,
 
     pub max_concurrent_downloads: Option<Count>,
     pub max_concurrent_uploads: Option<Count>,
     pub startup_timeout: Option<Count>,
-    #[serde(default, deserialize_with = "nullable")]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub debug: bool,
 
     pub platform: Option<Platform>,
@@ -96,13 +96,13 @@ pub(crate) struct Source {
     pub tag_exclude_regex: Option<String>,
     pub semver_constraint: Option<String>,
     pub variant: Option<String>,
-    #[serde(default, deserialize_with = "nullable")]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub pre_releases: bool,
-    #[serde(default, deserialize_with = "nullable")]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub pre_release_prefixes: Vec<String>,
-    #[serde(default, deserialize_with = "nullable")]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub created_at_sort: bool,
-    #[serde(default, deserialize_with = "nullable")]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub fail_when_missing: bool,
     pub git_repo: Option<String>,
     pub git_private_key: Option<Secret>,
@@ -513,15 +513,6 @@ fn check_private_key(pem: &str) -> Result<(), String> {
         // the message generic anyway.
         _ => Err("no PEM private key found (expected -----BEGIN ... PRIVATE KEY-----)".into()),
     }
-}
-
-/// `null` as the type's default, for every optional list and flag.
-fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de> + Default,
-{
-    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 impl<'de> Deserialize<'de> for TagText {

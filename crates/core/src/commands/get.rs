@@ -9,13 +9,13 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::outputs;
+use super::{field, outputs};
 use crate::blocking::blocking;
 use crate::error::{io_error, write_output as write_file, Error};
 use crate::image::{Descriptor, ImageConfig, Platform};
 use crate::layout::write as layout;
 use crate::progress::Progress;
-use crate::protocol::{parse_params, MetadataField, Request, Response, Version};
+use crate::protocol::{parse_params, Request, Response, Version};
 use crate::pull::{self, find_image, Missing, Resolved};
 use crate::reference::{Digest, Repository};
 use crate::registry::Registry;
@@ -350,12 +350,5 @@ fn docker_name(repository: &Repository) -> String {
             .to_string()
     } else {
         repository.to_string()
-    }
-}
-
-fn field(name: &str, value: &str) -> MetadataField {
-    MetadataField {
-        name: name.to_string(),
-        value: value.to_string(),
     }
 }

@@ -10,3 +10,11 @@ pub mod put;
 pub use check::check;
 pub use get::get;
 pub use put::put;
+
+/// One entry of a response's metadata.
+fn field(name: &str, value: &str) -> crate::protocol::MetadataField {
+    crate::protocol::MetadataField {
+        name: name.to_string(),
+        value: value.to_string(),
+    }
+}

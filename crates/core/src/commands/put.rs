@@ -9,12 +9,13 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::field;
 use crate::blocking::blocking;
 use crate::build::{Build, BuildParams};
 use crate::error::Error;
 use crate::image::{Blob, Image, RawManifest};
 use crate::layout::read as archive;
-use crate::protocol::{parse_params, MetadataField, Request, Response, Version};
+use crate::protocol::{parse_params, Request, Response, Version};
 use crate::pull;
 use crate::push::push;
 use crate::reference::{Repository, Tag};
@@ -507,13 +508,6 @@ fn read_text(src: &Path, file: &str, field: &str) -> Result<String, Error> {
         path: path.display().to_string(),
         source: format!("{field}: {e}").into(),
     })
-}
-
-fn field(name: &str, value: &str) -> MetadataField {
-    MetadataField {
-        name: name.to_string(),
-        value: value.to_string(),
-    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,9 @@ use crate::blob::Body;
 use crate::compression::{gzip_to, open_layer, sniff, Compression};
 use crate::error::Error;
 use crate::hash::HashingReader;
-use crate::image::{is_index, Blob, Image, ImageIndex, ImageManifest, RawManifest};
+use crate::image::{
+    is_index, null_as_default, Blob, Image, ImageIndex, ImageManifest, RawManifest,
+};
 use crate::image::{
     DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_MANIFEST, OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP,
     OCI_LAYER_ZSTD, OCI_MANIFEST,
@@ -298,14 +300,10 @@ fn media_type_of(declared: &str, bytes: &[u8]) -> String {
 #[serde(rename_all = "PascalCase")]
 struct SaveEntry {
     config: String,
-    #[serde(default, rename = "RepoTags", deserialize_with = "null_as_empty")]
+    #[serde(default, rename = "RepoTags", deserialize_with = "null_as_default")]
     repo_tags: Vec<String>,
     #[serde(default)]
     layers: Vec<String>,
-}
-
-fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
 }
 
 fn no_image_named(entries: &[SaveEntry], name: &str) -> String {

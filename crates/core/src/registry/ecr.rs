@@ -19,6 +19,7 @@ use tokio::sync::Mutex;
 use super::auth::Credentials;
 use super::config::EcrConfig;
 use crate::reference::Host;
+use crate::report::one_line;
 use crate::secret::Secret;
 
 /// `(account, region)` of an ECR registry host.
@@ -155,11 +156,6 @@ pub(super) async fn credentials_for(
     tracing::debug!("ECR token for {host} ({region})");
     cache.insert(key, credentials.clone());
     Ok(Some(credentials))
-}
-
-/// The SDK's error with its causes, on one line.
-fn one_line<E: std::error::Error + 'static>(e: &E) -> String {
-    crate::report::one_line(e)
 }
 
 #[cfg(test)]

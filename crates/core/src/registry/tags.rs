@@ -5,6 +5,7 @@ use serde::Deserialize;
 
 use super::body::read_limited;
 use super::{Call, Registry, RegistryError};
+use crate::image::null_as_default;
 use crate::reference::Repository;
 
 /// Page sizes asked for, largest first; a registry that refuses one (400, as Quay and some
@@ -33,12 +34,8 @@ pub(crate) struct TagList {
 
 #[derive(Deserialize)]
 struct Page {
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "null_as_default")]
     tags: Vec<String>,
-}
-
-fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
 }
 
 impl Registry {
