@@ -1,4 +1,5 @@
-//! Errors as text: an error and its sources on one line.
+//! Errors as text: an error and its sources on one line (the binaries also fold white
+//! space).
 
 /// An error and its sources on one line, for errors folded into another's message.
 pub(crate) fn chain(e: &dyn std::error::Error) -> String {
@@ -10,9 +11,4 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
-}
-
-/// `chain` with runs of white space (newlines from SDKs and daemons) folded to one space.
-pub(crate) fn one_line(e: &dyn std::error::Error) -> String {
-    chain(e).split_whitespace().collect::<Vec<_>>().join(" ")
 }

@@ -301,11 +301,11 @@ fn scope_repository(scope: &str) -> String {
 }
 
 /// Credentials for `host`: the pipeline's first, then an ECR token, then the Docker CLI's
-/// configuration. An ECR failure is `(region, reason)`.
+/// configuration. An ECR failure comes with its region.
 pub(super) async fn credentials_for(
     host: &Host,
     config: &RegistryConfig,
-) -> Result<Option<Credentials>, (String, String)> {
+) -> Result<Option<Credentials>, (String, super::ecr::EcrProblem)> {
     if let Some(c) = config.credentials_for(host) {
         return Ok(Some(Credentials {
             username: c.username.clone(),

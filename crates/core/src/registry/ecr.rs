@@ -9,7 +9,7 @@
 //! are cached for the process.
 
 use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use aws_config::BehaviorVersion;
 use aws_sdk_ecr::config::{Credentials as AwsCredentials, Region, SharedCredentialsProvider};
@@ -19,7 +19,6 @@ use tokio::sync::Mutex;
 use super::auth::Credentials;
 use super::config::EcrConfig;
 use crate::reference::Host;
-use crate::report::one_line;
 use crate::secret::Secret;
 
 /// `(account, region)` of an ECR registry host.
@@ -59,6 +58,28 @@ fn target(host: &Host, ecr: &EcrConfig) -> Option<(String, Option<String>)> {
     None
 }
 
+/// Why ECR gave no registry credentials. The SDK's errors are kept whole (shared, because
+/// the failure is reported again on every request that needed them).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EcrProblem {
+    #[error("cannot assume role {role}")]
+    AssumeRole {
+        role: String,
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("assuming role {role} gave no credentials")]
+    NoRoleCredentials { role: String },
+    #[error("GetAuthorizationToken failed")]
+    GetToken(#[source] Arc<dyn std::error::Error + Send + Sync>),
+    #[error("GetAuthorizationToken returned no token")]
+    NoToken,
+    #[error("the token is not base64 text")]
+    NotBase64,
+    #[error("the token is not user:password")]
+    NotUserPassword,
+}
+
 type Cache = Mutex<HashMap<String, Credentials>>;
 
 fn cache() -> &'static Cache {
@@ -71,7 +92,7 @@ fn cache() -> &'static Cache {
 pub(super) async fn credentials_for(
     host: &Host,
     ecr: Option<&EcrConfig>,
-) -> Result<Option<Credentials>, (String, String)> {
+) -> Result<Option<Credentials>, (String, EcrProblem)> {
     let Some(ecr) = ecr else { return Ok(None) };
     let Some((region, account)) = target(host, ecr) else {
         return Ok(None);
@@ -86,7 +107,7 @@ pub(super) async fn credentials_for(
     if let Some(c) = cache.get(&key) {
         return Ok(Some(c.clone()));
     }
-    let fail = |reason: String| (region.clone(), reason);
+    let fail = |problem: EcrProblem| (region.clone(), problem);
     let mut loader =
         aws_config::defaults(BehaviorVersion::latest()).region(Region::new(region.clone()));
     if let (Some(id), Some(secret)) = (&ecr.access_key_id, &ecr.secret_access_key) {
@@ -107,10 +128,15 @@ pub(super) async fn credentials_for(
             .role_session_name("dockhand")
             .send()
             .await
-            .map_err(|e| fail(format!("cannot assume role {role}: {}", one_line(&e))))?;
+            .map_err(|e| {
+                fail(EcrProblem::AssumeRole {
+                    role: role.clone(),
+                    source: Arc::new(e),
+                })
+            })?;
         let c = assumed
             .credentials()
-            .ok_or_else(|| fail(format!("assuming role {role} gave no credentials")))?;
+            .ok_or_else(|| fail(EcrProblem::NoRoleCredentials { role: role.clone() }))?;
         config = config
             .into_builder()
             .credentials_provider(SharedCredentialsProvider::new(AwsCredentials::new(
@@ -134,20 +160,20 @@ pub(super) async fn credentials_for(
     let answer = request
         .send()
         .await
-        .map_err(|e| fail(format!("GetAuthorizationToken failed: {}", one_line(&e))))?;
+        .map_err(|e| fail(EcrProblem::GetToken(Arc::new(e))))?;
     let data = answer
         .authorization_data()
         .first()
         .and_then(|d| d.authorization_token())
-        .ok_or_else(|| fail("GetAuthorizationToken returned no token".into()))?;
+        .ok_or_else(|| fail(EcrProblem::NoToken))?;
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(data.trim())
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(|| fail("the token is not base64 text".into()))?;
+        .ok_or_else(|| fail(EcrProblem::NotBase64))?;
     let (username, password) = decoded
         .split_once(':')
-        .ok_or_else(|| fail("the token is not user:password".into()))?;
+        .ok_or_else(|| fail(EcrProblem::NotUserPassword))?;
     let credentials = Credentials {
         username: username.to_string(),
         password: Secret::new(password),

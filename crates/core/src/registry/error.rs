@@ -12,7 +12,10 @@ pub enum RegistryError {
         source: reqwest::Error,
     },
     #[error("tls certificate of registry {host} is not trusted ({reason}): add its CA to source.ca_certs, or list the registry in source.insecure_registries")]
-    Untrusted { host: String, reason: String },
+    Untrusted {
+        host: String,
+        reason: super::transport::CertificateProblem,
+    },
     #[error("registry {host} requires a client certificate: add one for its domain to source.client_certs")]
     ClientCertificateRequired { host: String },
     #[error("registry {host} refused the client certificate from {field}")]
@@ -38,11 +41,12 @@ pub enum RegistryError {
         detail: String,
         auth: String,
     },
-    #[error("cannot get ECR credentials for registry {host} (region {region}): {reason}")]
+    #[error("cannot get ECR credentials for registry {host} (region {region})")]
     Ecr {
         host: String,
         region: String,
-        reason: String,
+        #[source]
+        problem: super::ecr::EcrProblem,
     },
     #[error("cannot get a token for registry {host} from {realm}")]
     Token {

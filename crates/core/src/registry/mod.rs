@@ -65,10 +65,10 @@ pub(crate) async fn ecr_credentials(
     };
     match ecr::credentials_for(host, Some(ecr)).await {
         Ok(c) => Ok(c.map(|c| (c.username, c.password))),
-        Err((region, reason)) => Err(RegistryError::Ecr {
+        Err((region, problem)) => Err(RegistryError::Ecr {
             host: host.to_string(),
             region,
-            reason,
+            problem,
         }),
     }
 }
@@ -92,8 +92,8 @@ pub(crate) struct Registry {
     auth: auth::Auth,
     connection: OnceCell<Connection>,
     retry: RetryPolicy,
-    /// Credentials that could not be had (ECR: region, reason), reported on first use.
-    credentials_error: Option<(String, String)>,
+    /// Credentials that could not be had (ECR: region, why), reported on every use.
+    credentials_error: Option<(String, ecr::EcrProblem)>,
 }
 
 /// One request: where, what for (in messages), in which token scope.
@@ -137,11 +137,11 @@ impl Registry {
     }
 
     async fn connection(&self) -> Result<&Connection, RegistryError> {
-        if let Some((region, reason)) = &self.credentials_error {
+        if let Some((region, problem)) = &self.credentials_error {
             return Err(RegistryError::Ecr {
                 host: self.host.to_string(),
                 region: region.clone(),
-                reason: reason.clone(),
+                problem: problem.clone(),
             });
         }
         self.connection.get_or_try_init(|| self.connect()).await

@@ -99,13 +99,23 @@ pub(crate) fn check_tls_material(config: &RegistryConfig) -> Result<(), (String,
     Ok(())
 }
 
+/// Why rustls refused a server certificate, shown as rustls names it (`UnknownIssuer`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertificateProblem(pub rustls::CertificateError);
+
+impl std::fmt::Display for CertificateProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
 /// What a failed request says about the connection.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 pub(super) enum Failure {
     /// The peer does not speak TLS (a plain-HTTP registry on an https URL).
     NotTls,
-    /// The server's certificate did not verify; the reason from rustls.
-    Untrusted(String),
+    /// The server's certificate did not verify; why, from rustls.
+    Untrusted(CertificateProblem),
     /// The server asked for a client certificate, or refused ours.
     ClientCertificate,
     /// Refused, reset, timed out, cut short: worth another try.
@@ -157,7 +167,9 @@ fn classify_tls(e: &rustls::Error) -> Failure {
     use rustls::AlertDescription as A;
     match e {
         rustls::Error::InvalidMessage(_) => Failure::NotTls,
-        rustls::Error::InvalidCertificate(reason) => Failure::Untrusted(format!("{reason:?}")),
+        rustls::Error::InvalidCertificate(reason) => {
+            Failure::Untrusted(CertificateProblem(reason.clone()))
+        }
         rustls::Error::AlertReceived(
             A::CertificateRequired | A::BadCertificate | A::UnknownCA | A::HandshakeFailure,
         ) => Failure::ClientCertificate,
