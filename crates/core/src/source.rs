@@ -213,6 +213,62 @@ impl Source {
         };
 
         let mut registries = RegistryConfig::default();
+        self.credentials(&repository, &mut registries)?;
+        self.tls_material(&mut registries)?;
+        self.insecure_hosts(&repository, &mut registries)?;
+        let mirror = self.mirror(&mut registries)?;
+        registries.ecr = self.ecr(&repository)?;
+        crate::registry::check_tls_material(&registries)
+            .map_err(|(field, reason)| field_error(field, format!("cannot be used: {reason}")))?;
+        let concurrency = |c: Option<Count>, field: &str| -> Result<usize, Error> {
+            match c {
+                None => Ok(DEFAULT_CONCURRENCY),
+                Some(Count(0)) => Err(field_error(field, "must be at least 1")),
+                Some(Count(n)) => Ok(n.min(64) as usize),
+            }
+        };
+        let (selection, selection_notes) = Selection::from_fields(&self.selection_fields())?;
+        Ok(Settings {
+            tag,
+            registries,
+            fail_when_missing: self.fail_when_missing,
+            platform: self.platform.clone(),
+            max_concurrent_downloads: concurrency(
+                self.max_concurrent_downloads,
+                "source.max_concurrent_downloads",
+            )?,
+            max_concurrent_uploads: concurrency(
+                self.max_concurrent_uploads,
+                "source.max_concurrent_uploads",
+            )?,
+            startup_timeout: self
+                .startup_timeout
+                .map_or(DEFAULT_STARTUP_TIMEOUT, |Count(s)| Duration::from_secs(s)),
+            mirror,
+            repository_text: self.repository.clone().unwrap_or_default(),
+            repository,
+            selection,
+            selection_notes,
+            variant: self
+                .variant
+                .as_deref()
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_string),
+            git: self.git_repo.clone().map(|repo| GitSource {
+                repo,
+                private_key: self.git_private_key.clone(),
+            }),
+        })
+    }
+
+    /// `username`/`password` for the repository's registry, then
+    /// `additional_private_registries` (the first for a host wins).
+    fn credentials(
+        &self,
+        repository: &Repository,
+        registries: &mut RegistryConfig,
+    ) -> Result<(), Error> {
         if let Some(username) = self.username.as_deref().filter(|u| !u.is_empty()) {
             let password = self.password.clone().unwrap_or_default();
             registries.credentials.push(HostCredentials {
@@ -249,7 +305,12 @@ impl Source {
                 });
             }
         }
+        Ok(())
+    }
 
+    /// `ca_certs` (added to the system roots for their domain, or every registry) and
+    /// `client_certs`, each checked to be usable.
+    fn tls_material(&self, registries: &mut RegistryConfig) -> Result<(), Error> {
         for (i, entry) in self.ca_certs.iter().enumerate() {
             let field = format!("source.ca_certs[{i}]");
             let cert = entry
@@ -299,6 +360,15 @@ impl Source {
                 field,
             });
         }
+        Ok(())
+    }
+
+    /// `insecure_registries` (hosts or networks) and `insecure` for the repository's own.
+    fn insecure_hosts(
+        &self,
+        repository: &Repository,
+        registries: &mut RegistryConfig,
+    ) -> Result<(), Error> {
         for (i, entry) in self.insecure_registries.iter().enumerate() {
             let field = format!("source.insecure_registries[{i}]");
             let entry = entry.trim();
@@ -316,7 +386,12 @@ impl Source {
                 .insecure
                 .push(Insecure::Host(repository.host().as_str().to_string()));
         }
-        let mirror = match &self.registry_mirror {
+        Ok(())
+    }
+
+    /// `registry_mirror`: its host, scheme (a plain-HTTP mirror is insecure) and credentials.
+    fn mirror(&self, registries: &mut RegistryConfig) -> Result<Option<MirrorSettings>, Error> {
+        Ok(match &self.registry_mirror {
             None => None,
             Some(m) if m.host.trim().is_empty() => None,
             Some(m) => {
@@ -343,49 +418,6 @@ impl Source {
                     host,
                 })
             }
-        };
-        registries.ecr = self.ecr(&repository)?;
-        crate::registry::check_tls_material(&registries)
-            .map_err(|(field, reason)| field_error(field, format!("cannot be used: {reason}")))?;
-        let concurrency = |c: Option<Count>, field: &str| -> Result<usize, Error> {
-            match c {
-                None => Ok(DEFAULT_CONCURRENCY),
-                Some(Count(0)) => Err(field_error(field, "must be at least 1")),
-                Some(Count(n)) => Ok(n.min(64) as usize),
-            }
-        };
-        let (selection, selection_notes) = Selection::from_fields(&self.selection_fields())?;
-        Ok(Settings {
-            tag,
-            registries,
-            fail_when_missing: self.fail_when_missing,
-            platform: self.platform.clone(),
-            max_concurrent_downloads: concurrency(
-                self.max_concurrent_downloads,
-                "source.max_concurrent_downloads",
-            )?,
-            max_concurrent_uploads: concurrency(
-                self.max_concurrent_uploads,
-                "source.max_concurrent_uploads",
-            )?,
-            startup_timeout: self
-                .startup_timeout
-                .map_or(DEFAULT_STARTUP_TIMEOUT, |Count(s)| Duration::from_secs(s)),
-            mirror,
-            repository_text: self.repository.clone().unwrap_or_default(),
-            repository,
-            selection,
-            selection_notes,
-            variant: self
-                .variant
-                .as_deref()
-                .map(str::trim)
-                .filter(|v| !v.is_empty())
-                .map(str::to_string),
-            git: self.git_repo.clone().map(|repo| GitSource {
-                repo,
-                private_key: self.git_private_key.clone(),
-            }),
         })
     }
 
