@@ -12,7 +12,7 @@ use serde::Deserialize;
 use super::{field, outputs};
 use crate::blocking::blocking;
 use crate::error::{io_error, write_output as write_file, Error};
-use crate::image::{Descriptor, ImageConfig, Platform};
+use crate::image::{Descriptor, ImageConfig, ImageIndex, Platform};
 use crate::layout::write as layout;
 use crate::progress::Progress;
 use crate::protocol::{parse_params, Request, Response, Version};
@@ -20,6 +20,7 @@ use crate::pull::{self, find_image, Missing, Resolved};
 use crate::reference::{Digest, Repository};
 use crate::registry::Registry;
 use crate::rootfs;
+use crate::source::Settings;
 
 /// `params` of `in`.
 #[derive(Debug, Default, Deserialize)]
@@ -129,9 +130,18 @@ pub async fn get(request: &Request, dest: &Path) -> Result<Response, Error> {
     let staging = dest.join(".dockhand-staging");
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).map_err(|e| io_error(&staging, e))?;
-    let result = fetch_and_write(
-        &registry, repository, &settings, &plan, &staging, dest, &image, &tag, &digest,
-    )
+    let result = Fetch {
+        registry: &registry,
+        repository,
+        settings: &settings,
+        plan: &plan,
+        staging: &staging,
+        dest,
+        image: &image,
+        tag: &tag,
+        digest: &digest,
+    }
+    .run()
     .await;
     let _ = std::fs::remove_dir_all(&staging);
     let config = result?;
@@ -145,83 +155,134 @@ pub async fn get(request: &Request, dest: &Path) -> Result<Response, Error> {
     Ok(Response { version, metadata })
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn fetch_and_write(
-    registry: &Registry,
-    repository: &Repository,
-    settings: &crate::source::Settings,
-    plan: &Plan,
-    staging: &Path,
-    dest: &Path,
-    image: &Resolved,
-    tag: &str,
-    digest: &Digest,
-) -> Result<ImageConfig, Error> {
-    let manifest = &image.image;
-    let manifest_bytes = &image.manifest.bytes;
-    let manifest_digest = &image.manifest.digest;
-    let config_path = staging.join(manifest.config.digest.hex());
-    registry
-        .download_blob(
-            repository,
+/// One `in`: the resolved image, where it comes from, and what to write where.
+struct Fetch<'a> {
+    registry: &'a Registry,
+    repository: &'a Repository,
+    settings: &'a Settings,
+    plan: &'a Plan,
+    staging: &'a Path,
+    dest: &'a Path,
+    image: &'a Resolved,
+    tag: &'a str,
+    digest: &'a Digest,
+}
+
+impl Fetch<'_> {
+    /// Downloads what the plan needs and writes every output; the image's config.
+    async fn run(&self) -> Result<ImageConfig, Error> {
+        let manifest = &self.image.image;
+        let (config, config_raw, config_path) = self.config().await?;
+        write_file(
+            &self.dest.join("image-id"),
+            manifest.config.digest.as_str().as_bytes(),
+        )?;
+        let layer_paths = self.layers(&config).await?;
+        outputs::write_labels_json(self.dest, &config)?;
+        outputs::write_docker_inspect(
+            self.dest,
+            &config,
+            &config_raw,
+            self.repository,
+            self.tag,
+            self.digest,
             &manifest.config.digest,
-            Some(manifest.config.size),
-            &config_path,
-            &|_| {},
+        )?;
+        let archive = layout::Archive {
+            repo_tag: format!("{}:{}", docker_name(self.repository), self.tag),
+            tag: self.tag.to_string(),
+            config: (manifest.config.digest.clone(), config_path),
+            layers: manifest
+                .layers
+                .iter()
+                .map(|l| l.digest.clone())
+                .zip(layer_paths)
+                .collect(),
+            manifest_bytes: self.image.manifest.bytes.clone(),
+            manifest_digest: self.image.manifest.digest.clone(),
+            manifest_media_type: manifest
+                .media_type
+                .clone()
+                .unwrap_or_else(|| crate::image::OCI_MANIFEST.to_string()),
+        };
+        self.archives(&archive).await?;
+        Ok(config)
+    }
+
+    /// The config blob, parsed and as JSON, and where it was downloaded to.
+    async fn config(&self) -> Result<(ImageConfig, serde_json::Value, PathBuf), Error> {
+        let descriptor = &self.image.image.config;
+        let path = self.staging.join(descriptor.digest.hex());
+        self.registry
+            .download_blob(
+                self.repository,
+                &descriptor.digest,
+                Some(descriptor.size),
+                &path,
+                &|_| {},
+            )
+            .await?;
+        let bytes = std::fs::read(&path).map_err(|e| io_error(&path, e))?;
+        let config: ImageConfig = serde_json::from_slice(&bytes).map_err(|e| Error::Image {
+            reference: format!("{}@{}", self.repository, self.digest),
+            source: format!("its config {} is not valid: {e}", descriptor.digest).into(),
+        })?;
+        let raw = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        Ok((config, raw, path))
+    }
+
+    /// All layer downloads start now, bounded; each is handed to the unpacker thread as soon
+    /// as it and every layer before it are complete. The layers' paths, in order.
+    async fn layers(&self, config: &ImageConfig) -> Result<Vec<PathBuf>, Error> {
+        let layers = &self.image.image.layers;
+        let progress = Progress::start(
+            pull::distinct(layers)
+                .iter()
+                .map(|l| (l.digest.short().to_string(), l.size))
+                .collect(),
+        );
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<PathBuf>();
+        let unpack = self.plan.rootfs_dir.then(|| {
+            let target = self.dest.join(".rootfs.partial");
+            let _ = std::fs::remove_dir_all(&target);
+            let count = layers.len();
+            blocking(move || {
+                rootfs::pipeline::unpack_layers(&target, ready_rx, count).map(|s| (s, target))
+            })
+        });
+        let mut ready = |i: usize| {
+            if self.plan.rootfs_dir {
+                let _ = ready_tx.send(self.staging.join(layers[i].digest.hex()));
+            }
+        };
+        let paths = pull::download(
+            self.registry,
+            self.repository,
+            layers,
+            self.staging,
+            self.settings.max_concurrent_downloads,
+            Some(&progress),
+            &mut ready,
         )
         .await?;
-    let config_bytes = std::fs::read(&config_path).map_err(|e| io_error(&config_path, e))?;
-    let config: ImageConfig = serde_json::from_slice(&config_bytes).map_err(|e| Error::Image {
-        reference: format!("{repository}@{digest}"),
-        source: format!("its config {} is not valid: {e}", manifest.config.digest).into(),
-    })?;
-    let config_raw: serde_json::Value =
-        serde_json::from_slice(&config_bytes).unwrap_or(serde_json::Value::Null);
-    write_file(
-        &dest.join("image-id"),
-        manifest.config.digest.as_str().as_bytes(),
-    )?;
-
-    // Layers: all downloads start now, bounded; each is handed to the unpacker thread as
-    // soon as it and every layer before it are complete.
-    let progress = Progress::start(
-        pull::distinct(&manifest.layers)
-            .iter()
-            .map(|l| (l.digest.short().to_string(), l.size))
-            .collect(),
-    );
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<PathBuf>();
-    let unpack = plan.rootfs_dir.then(|| {
-        let target = dest.join(".rootfs.partial");
-        let _ = std::fs::remove_dir_all(&target);
-        let layers = manifest.layers.len();
-        blocking(move || {
-            rootfs::pipeline::unpack_layers(&target, ready_rx, layers).map(|s| (s, target))
-        })
-    });
-    let mut ready = |i: usize| {
-        if plan.rootfs_dir {
-            let _ = ready_tx.send(staging.join(manifest.layers[i].digest.hex()));
+        drop(ready_tx);
+        progress.finish();
+        if let Some(unpack) = unpack {
+            let unpacked = unpack.await.map_err(|e| Error::Output {
+                path: self.dest.join("rootfs").display().to_string(),
+                source: e.into(),
+            })?;
+            self.finish_rootfs(unpacked, config).await?;
         }
-    };
-    let layer_paths = pull::download(
-        registry,
-        repository,
-        &manifest.layers,
-        staging,
-        settings.max_concurrent_downloads,
-        Some(&progress),
-        &mut ready,
-    )
-    .await?;
-    drop(ready_tx);
-    progress.finish();
+        Ok(paths)
+    }
 
-    if let Some(unpack) = unpack {
-        let (skipped, partial) = unpack.await.map_err(|e| Error::Output {
-            path: dest.join("rootfs").display().to_string(),
-            source: e.into(),
-        })?;
+    /// The unpacked rootfs under its final name, its metadata.json, and rootfs.tar.
+    async fn finish_rootfs(
+        &self,
+        (skipped, partial): (rootfs::unpack::Skipped, PathBuf),
+        config: &ImageConfig,
+    ) -> Result<(), Error> {
         if skipped.devices > 0 {
             tracing::info!(
                 "skipped {} device files (not permitted here)",
@@ -234,110 +295,91 @@ async fn fetch_and_write(
                 skipped.xattrs
             );
         }
-        let rootfs = dest.join("rootfs");
+        let rootfs = self.dest.join("rootfs");
         let _ = std::fs::remove_dir_all(&rootfs);
         std::fs::rename(&partial, &rootfs).map_err(|e| io_error(&rootfs, e))?;
-        outputs::write_metadata_json(dest, &config, &rootfs)?;
-        if plan.rootfs_tar {
-            let tar = dest.join("rootfs.tar");
+        outputs::write_metadata_json(self.dest, config, &rootfs)?;
+        if self.plan.rootfs_tar {
+            let tar = self.dest.join("rootfs.tar");
             let (from, to) = (rootfs.clone(), tar.clone());
             blocking(move || rootfs::export::write_rootfs_tar(&from, &to))
                 .await
                 .map_err(|e| io_error(&tar, e))?;
         }
+        Ok(())
     }
-    outputs::write_labels_json(dest, &config)?;
-    outputs::write_docker_inspect(
-        dest,
-        &config,
-        &config_raw,
-        repository,
-        tag,
-        digest,
-        &manifest.config.digest,
-    )?;
 
-    let archive = layout::Archive {
-        repo_tag: format!("{}:{tag}", docker_name(repository)),
-        tag: tag.to_string(),
-        config: (manifest.config.digest.clone(), config_path.clone()),
-        layers: manifest
-            .layers
-            .iter()
-            .map(|l| l.digest.clone())
-            .zip(layer_paths)
-            .collect(),
-        manifest_bytes: manifest_bytes.clone(),
-        manifest_digest: manifest_digest.clone(),
-        manifest_media_type: manifest
-            .media_type
-            .clone()
-            .unwrap_or_else(|| crate::image::OCI_MANIFEST.to_string()),
-    };
-    if plan.save || plan.oci_tar {
-        let first = if plan.save {
-            dest.join("image")
-        } else {
-            dest.join("image.tar")
-        };
-        let (a, to) = (archive.clone(), first.clone());
-        blocking(move || layout::write_docker_archive(&a, &to)).await?;
-        if plan.save && plan.oci_tar {
-            let second = dest.join("image.tar");
-            let _ = std::fs::remove_file(&second);
-            crate::fs::link_or_copy(&first, &second).map_err(|e| io_error(&second, e))?;
-        }
-    }
-    if plan.oci_layout {
-        let oci = dest.join("oci");
-        let partial = dest.join(".oci.partial");
-        let _ = std::fs::remove_dir_all(&partial);
-        match (&image.index, &image.top) {
-            (None, _) => {
-                let (a, to) = (archive.clone(), partial.clone());
-                blocking(move || layout::write_oci_layout(&a, &to, None)).await?
+    /// `image` (save), `image.tar` (format: oci) and `oci/` (format: oci-layout).
+    async fn archives(&self, archive: &layout::Archive) -> Result<(), Error> {
+        let dest = self.dest;
+        if self.plan.save || self.plan.oci_tar {
+            let first = if self.plan.save {
+                dest.join("image")
+            } else {
+                dest.join("image.tar")
+            };
+            let (a, to) = (archive.clone(), first.clone());
+            blocking(move || layout::write_docker_archive(&a, &to)).await?;
+            if self.plan.save && self.plan.oci_tar {
+                let second = dest.join("image.tar");
+                let _ = std::fs::remove_file(&second);
+                crate::fs::link_or_copy(&first, &second).map_err(|e| io_error(&second, e))?;
             }
-            (Some(index), top) => {
-                // Every platform, and the index bytes as the registry has them.
-                let others = index
-                    .manifests
-                    .iter()
-                    .filter(|c| &c.digest != manifest_digest);
-                let mut extra = Vec::new();
-                for (m, parsed) in pull::children(registry, repository, others).await? {
-                    let blobs: Vec<Descriptor> = parsed
-                        .map(|p| std::iter::once(p.config).chain(p.layers).collect())
-                        .unwrap_or_default();
-                    let missing: Vec<Descriptor> = blobs
-                        .iter()
-                        .filter(|b| !staging.join(b.digest.hex()).exists())
-                        .cloned()
-                        .collect();
-                    pull::download(
-                        registry,
-                        repository,
-                        &missing,
-                        staging,
-                        settings.max_concurrent_downloads,
-                        None,
-                        &mut |_| {},
-                    )
-                    .await?;
-                    for b in blobs {
-                        extra.push((b.digest.clone(), staging.join(b.digest.hex())));
-                    }
-                    let p = staging.join(m.digest.hex());
-                    write_file(&p, &m.bytes)?;
-                    extra.push((m.digest.clone(), p));
+        }
+        if self.plan.oci_layout {
+            let oci = dest.join("oci");
+            let partial = dest.join(".oci.partial");
+            let _ = std::fs::remove_dir_all(&partial);
+            let (a, to) = (archive.clone(), partial.clone());
+            match &self.image.index {
+                None => blocking(move || layout::write_oci_layout(&a, &to, None)).await?,
+                Some(index) => {
+                    // Every platform, and the index bytes as the registry has them.
+                    let extra = self.other_platforms(index).await?;
+                    let top = self.image.top.bytes.clone();
+                    blocking(move || layout::write_oci_layout(&a, &to, Some((&top, &extra))))
+                        .await?
                 }
-                let (a, to, index) = (archive.clone(), partial.clone(), top.bytes.clone());
-                blocking(move || layout::write_oci_layout(&a, &to, Some((&index, &extra)))).await?
             }
+            let _ = std::fs::remove_dir_all(&oci);
+            std::fs::rename(&partial, &oci).map_err(|e| io_error(&oci, e))?;
         }
-        let _ = std::fs::remove_dir_all(&oci);
-        std::fs::rename(&partial, &oci).map_err(|e| io_error(&oci, e))?;
+        Ok(())
     }
-    Ok(config)
+
+    /// The manifests and blobs of the index's other platforms, downloaded into staging.
+    async fn other_platforms(&self, index: &ImageIndex) -> Result<Vec<(Digest, PathBuf)>, Error> {
+        let chosen = &self.image.manifest.digest;
+        let others = index.manifests.iter().filter(|c| &c.digest != chosen);
+        let mut extra = Vec::new();
+        for (m, parsed) in pull::children(self.registry, self.repository, others).await? {
+            let blobs: Vec<Descriptor> = parsed
+                .map(|p| std::iter::once(p.config).chain(p.layers).collect())
+                .unwrap_or_default();
+            let missing: Vec<Descriptor> = blobs
+                .iter()
+                .filter(|b| !self.staging.join(b.digest.hex()).exists())
+                .cloned()
+                .collect();
+            pull::download(
+                self.registry,
+                self.repository,
+                &missing,
+                self.staging,
+                self.settings.max_concurrent_downloads,
+                None,
+                &mut |_| {},
+            )
+            .await?;
+            for b in blobs {
+                extra.push((b.digest.clone(), self.staging.join(b.digest.hex())));
+            }
+            let p = self.staging.join(m.digest.hex());
+            write_file(&p, &m.bytes)?;
+            extra.push((m.digest.clone(), p));
+        }
+        Ok(extra)
+    }
 }
 
 /// The name `docker images` would show: Docker Hub's `library/` and host dropped.
