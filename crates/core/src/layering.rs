@@ -28,6 +28,7 @@ const LAYERS: &[&[&str]] = &[
     ],
     &["hash"],
     &["blob", "reference", "secret"],
+    &["redact"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

@@ -28,6 +28,7 @@ mod progress;
 pub mod protocol;
 mod pull;
 mod push;
+pub mod redact;
 mod reference;
 mod registry;
 mod report;

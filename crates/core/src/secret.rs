@@ -6,8 +6,12 @@ use std::fmt;
 pub(crate) struct Secret(String);
 
 impl Secret {
+    /// A secret, registered with the [redactor](crate::redact) so that no output line can
+    /// show it.
     pub(crate) fn new(s: impl Into<String>) -> Secret {
-        Secret(s.into())
+        let s = s.into();
+        crate::redact::register(&s);
+        Secret(s)
     }
 
     /// The secret itself, for the one place that sends it.
@@ -37,10 +41,10 @@ impl<'de> serde::Deserialize<'de> for Secret {
                 f.write_str("a string")
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
-                Ok(Secret(v.to_string()))
+                Ok(Secret::new(v))
             }
             fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Secret, E> {
-                Ok(Secret(v))
+                Ok(Secret::new(v))
             }
             fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
                 Err(E::custom("must be a string"))

@@ -255,9 +255,13 @@ impl Source {
                 .map(str::trim)
                 .filter(|v| !v.is_empty())
                 .map(str::to_string),
-            git: self.git_repo.clone().map(|repo| GitSource {
-                repo,
-                private_key: self.git_private_key.clone(),
+            git: self.git_repo.clone().map(|repo| {
+                // A token in the URL is registered as a secret; git gets the URL whole.
+                let _ = split_userinfo(&repo);
+                GitSource {
+                    repo,
+                    private_key: self.git_private_key.clone(),
+                }
             }),
         })
     }
@@ -395,9 +399,10 @@ impl Source {
             None => None,
             Some(m) if m.host.trim().is_empty() => None,
             Some(m) => {
-                let host = parse_registry_host(&m.host)
+                let (address, userinfo) = split_userinfo(m.host.trim());
+                let host = parse_registry_host(&address)
                     .map_err(|e| field_error("source.registry_mirror", e))?;
-                let plain = m.host.trim().starts_with("http://");
+                let plain = address.starts_with("http://");
                 if plain && !registries.is_insecure(&host) {
                     registries
                         .insecure
@@ -410,6 +415,14 @@ impl Source {
                         username: username.to_string(),
                         password: m.password.clone().unwrap_or_default(),
                         origin: "source.registry_mirror.username".into(),
+                    });
+                } else if let Some((username, password)) = userinfo {
+                    registries.credentials.retain(|c| c.host != host);
+                    registries.credentials.push(HostCredentials {
+                        host: host.clone(),
+                        username,
+                        password,
+                        origin: "the userinfo of source.registry_mirror".into(),
                     });
                 }
                 let scheme = if plain { "http" } else { "https" };
@@ -512,6 +525,28 @@ impl Source {
 }
 
 /// A registry given as `host[:port]`, or as a URL (`https://host:port/`) as people paste it.
+/// `https://user:token@host/` → (`https://host/`, the user and token, registered as a
+/// secret). The userinfo is percent-decoded, as URLs write it.
+fn split_userinfo(url: &str) -> (String, Option<(String, Secret)>) {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return (url.to_string(), None);
+    };
+    let decode = |s: &str| {
+        url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    let (user, password) = rest[..at].split_once(':').unwrap_or((&rest[..at], ""));
+    let credentials = (decode(user), Secret::new(decode(password)));
+    (format!("{scheme}{}", &rest[at + 1..]), Some(credentials))
+}
+
 fn parse_registry_host(s: &str) -> Result<Host, String> {
     let trimmed = s
         .trim()
@@ -810,6 +845,21 @@ mod tests {
         assert!(r.is_insecure(&Host::parse("other.reg:443").unwrap()));
         assert!(r.is_insecure(&Host::parse("10.1.2.3:5000").unwrap()));
         assert!(!r.is_insecure(&Host::parse("11.1.2.3:5000").unwrap()));
+    }
+
+    #[test]
+    fn mirror_userinfo_becomes_credentials_and_a_secret() {
+        let s = source(json!({"repository": "a", "registry_mirror": "https://me:t%40ken-9876@mirror.local:5000/"}))
+            .resolve()
+            .unwrap();
+        let mirror = s.mirror.unwrap();
+        assert_eq!(mirror.url, "https://mirror.local:5000");
+        let c = s.registries.credentials_for(&mirror.host).unwrap();
+        assert_eq!(
+            (c.username.as_str(), c.password.expose()),
+            ("me", "t@ken-9876")
+        );
+        assert_eq!(crate::redact::redact("pw t@ken-9876"), "pw ***");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! once, the command run, stdout written once, and any error turned into one line on stderr
 //! and exit code 1.
 
-use std::io::{IsTerminal as _, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -69,13 +69,16 @@ pub fn main(command: Command) -> ExitCode {
                 .write_all(json.as_bytes())
                 .and_then(|()| stdout.flush())
             {
-                eprintln!("error: cannot write the response to stdout: {e}");
+                eprintln!(
+                    "error: cannot write the response to stdout: {}",
+                    dockhand::redact::clean_line(&e.to_string())
+                );
                 return ExitCode::from(1);
             }
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {}", one_line(&format!("{e:#}")));
+            eprintln!("error: {}", dockhand::redact::clean_line(&format!("{e:#}")));
             ExitCode::from(1)
         }
     }
@@ -133,9 +136,9 @@ fn init_logging() -> FilterHandle {
         .with(layer)
         .with(
             tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
+                .with_writer(|| CleanStderr)
                 .with_target(false)
-                .with_ansi(std::io::stderr().is_terminal())
+                .with_ansi(false)
                 .without_time(),
         )
         .init();
@@ -177,7 +180,27 @@ fn run(command: Command, dir: Option<PathBuf>, filter: &FilterHandle) -> anyhow:
     Ok(json + "\n")
 }
 
-/// Errors are one line: a multi-line source (a registry's body) is folded.
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+/// Stderr through the redactor: every log event becomes one clean line (secrets masked,
+/// control characters escaped, length capped), however the message was made.
+struct CleanStderr;
+
+impl std::io::Write for CleanStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        let mut out = String::new();
+        for line in text.split_terminator('\n') {
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            out.push_str(line);
+        }
+        let mut line = dockhand::redact::clean_line(&out);
+        line.push('\n');
+        std::io::stderr().lock().write_all(line.as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }

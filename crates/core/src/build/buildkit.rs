@@ -136,7 +136,7 @@ async fn copy_lines(stream: impl tokio::io::AsyncRead + Unpin) -> Vec<String> {
             Ok(_) => {}
         }
         let line = String::from_utf8_lossy(&buf).trim_end().to_string();
-        eprintln!("{line}");
+        eprintln!("{}", crate::redact::redact(&line));
         if last.len() == 20 {
             last.pop_front();
         }

@@ -37,7 +37,7 @@ impl Message for bollard::models::BuildInfo {
     }
     fn show(&self) {
         if let Some(text) = &self.stream {
-            eprint!("{text}");
+            eprint!("{}", crate::redact::redact(text));
         } else if let Some(status) = &self.status {
             tracing::debug!("{status}");
         }

@@ -29,6 +29,7 @@ pub(super) struct Credentials {
 
 impl Credentials {
     fn basic_header(&self) -> HeaderValue {
+        crate::redact::register_pair(&self.username, self.password.expose());
         let raw = format!("{}:{}", self.username, self.password.expose());
         let mut v = HeaderValue::from_str(&format!(
             "Basic {}",
