@@ -88,7 +88,9 @@ impl Daemon {
         }
         write_certs_d(settings);
         let timeout = settings.startup_timeout;
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now()
+            .checked_add(timeout)
+            .unwrap_or_else(Instant::now);
         let mut restarted = false;
         let log_path = dir.join("dockerd.log");
         loop {

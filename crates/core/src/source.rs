@@ -151,6 +151,8 @@ pub(crate) struct Count(pub u64);
 pub(crate) const DEFAULT_TAG: &str = "latest";
 pub(crate) const DEFAULT_CONCURRENCY: usize = 3;
 pub(crate) const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
+/// The longest `startup_timeout` accepted.
+pub(crate) const MAX_STARTUP_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// What a `source` means, checked and typed; no network was used to make it.
 #[derive(Debug)]
@@ -241,9 +243,16 @@ impl Source {
                 self.max_concurrent_uploads,
                 "source.max_concurrent_uploads",
             )?,
-            startup_timeout: self
-                .startup_timeout
-                .map_or(DEFAULT_STARTUP_TIMEOUT, |Count(s)| Duration::from_secs(s)),
+            startup_timeout: match self.startup_timeout {
+                None => DEFAULT_STARTUP_TIMEOUT,
+                Some(Count(s)) if s <= MAX_STARTUP_TIMEOUT.as_secs() => Duration::from_secs(s),
+                Some(_) => {
+                    return Err(field_error(
+                        "source.startup_timeout",
+                        format!("at most {} seconds", MAX_STARTUP_TIMEOUT.as_secs()),
+                    ))
+                }
+            },
             mirror,
             repository_text: self.repository.clone().unwrap_or_default(),
             repository,
@@ -783,6 +792,10 @@ mod tests {
         let cases = [
             (json!({}), "source.repository: required"),
             (json!({"repository": "Bad"}), "source.repository:"),
+            (
+                json!({"repository": "a", "startup_timeout": 18446744073709551615u64}),
+                "source.startup_timeout: at most 3600 seconds",
+            ),
             (json!({"repository": "a", "tag": "a b"}), "source.tag:"),
             (
                 json!({"repository": "a", "password": "p"}),

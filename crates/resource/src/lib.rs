@@ -28,6 +28,15 @@ impl Command {
         }
     }
 
+    /// The longest the whole command may run. Each request has its own, shorter, budgets
+    /// (see the README's Security model); this bounds the sum of them.
+    fn deadline(self) -> std::time::Duration {
+        match self {
+            Command::Check => CHECK_DEADLINE,
+            Command::In | Command::Out => TRANSFER_DEADLINE,
+        }
+    }
+
     fn about(self) -> &'static str {
         match self {
             Command::Check => "Emit the versions of a container image, as JSON on stdout, for a Concourse request on stdin",
@@ -36,6 +45,11 @@ impl Command {
         }
     }
 }
+
+/// `check` lists tags and reads a few manifests.
+pub const CHECK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+/// `in` and `out` move images of many gigabytes (and `out` may build one).
+pub const TRANSFER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
 
 type FilterHandle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
 
@@ -159,7 +173,8 @@ fn run(command: Command, dir: Option<PathBuf>, filter: &FilterHandle) -> anyhow:
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let json = runtime.block_on(async {
+    let deadline = command.deadline();
+    let work = async {
         match command {
             Command::Check => {
                 let versions = dockhand::commands::check(&request).await?;
@@ -176,6 +191,17 @@ fn run(command: Command, dir: Option<PathBuf>, filter: &FilterHandle) -> anyhow:
                 Ok(serde_json::to_string(&response)?)
             }
         }
+    };
+    let json = runtime.block_on(async {
+        tokio::time::timeout(deadline, work)
+            .await
+            .unwrap_or_else(|_| {
+                Err(anyhow::anyhow!(
+                    "{} did not finish within its deadline of {} minutes",
+                    command.name(),
+                    deadline.as_secs() / 60
+                ))
+            })
     })?;
     Ok(json + "\n")
 }
