@@ -117,6 +117,12 @@ fn parse_params(s: &str) -> HashMap<String, String> {
     out
 }
 
+/// The longest a token is trusted for, whatever `expires_in` says.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// Token answers are small JSON documents.
+const TOKEN_ANSWER_LIMIT: usize = 1 << 20;
+
 struct Token {
     value: Secret,
     expires: Instant,
@@ -133,6 +139,8 @@ struct TokenResponse {
 pub(super) struct Auth {
     host: Host,
     credentials: Option<Credentials>,
+    /// Which token realms may get the credentials in clear.
+    config: RegistryConfig,
     state: Mutex<State>,
 }
 
@@ -143,10 +151,15 @@ struct State {
 }
 
 impl Auth {
-    pub(super) fn new(host: Host, credentials: Option<Credentials>) -> Auth {
+    pub(super) fn new(
+        host: Host,
+        credentials: Option<Credentials>,
+        config: RegistryConfig,
+    ) -> Auth {
         Auth {
             host,
             credentials,
+            config,
             state: Mutex::new(State::default()),
         }
     }
@@ -235,11 +248,23 @@ impl Auth {
                 q.append_pair("scope", s);
             }
         }
+        // Basic credentials go to a realm only over https, or in clear to a loopback or
+        // insecure-listed one; any other realm is asked anonymously.
+        let credentials = self
+            .credentials
+            .as_ref()
+            .filter(|_| self.config.may_send_credentials(&url));
+        if credentials.is_none() && self.credentials.is_some() {
+            tracing::warn!(
+                "token realm {} is plain http: asking it for a token without the credentials",
+                url.origin().ascii_serialization()
+            );
+        }
         let what = format!("a token from {realm}");
         let answer: Result<Answer, std::convert::Infallible> =
             exchange(policy, &self.host, &what, async || {
                 let mut request = http.get(url.clone());
-                if let Some(c) = &self.credentials {
+                if let Some(c) = credentials {
                     request = request.header(reqwest::header::AUTHORIZATION, c.basic_header());
                 }
                 Ok(request)
@@ -263,7 +288,7 @@ impl Auth {
         if !status.is_success() {
             return Err(token_error(TokenProblem::Status(status)));
         }
-        let body = read_limited(response, 1 << 20)
+        let body = read_limited(response, TOKEN_ANSWER_LIMIT)
             .await
             .map_err(|e| token_error(TokenProblem::Read(e)))?;
         let parsed: TokenResponse = serde_json::from_slice(&body)
@@ -274,11 +299,20 @@ impl Auth {
             .or(parsed.access_token)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| token_error(TokenProblem::NoToken))?;
-        // The spec's default lifetime is 60 s; renew a little early.
-        let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(60).max(60));
+        // The spec's default lifetime is 60 s; renew a little early. A lifetime past a day
+        // is read as a day (and never overflows the clock).
+        let lifetime = Duration::from_secs(
+            parsed
+                .expires_in
+                .unwrap_or(60)
+                .clamp(60, MAX_TOKEN_LIFETIME.as_secs()),
+        );
+        let now = Instant::now();
         Ok(Token {
             value: Secret::new(value),
-            expires: Instant::now() + lifetime - Duration::from_secs(10),
+            expires: now
+                .checked_add(lifetime - Duration::from_secs(10))
+                .unwrap_or(now),
         })
     }
 }

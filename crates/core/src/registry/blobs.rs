@@ -1,10 +1,10 @@
 //! Blobs read from a registry: streamed to a file with the digest verified (resumed with
 //! `Range` when the body breaks off), or small ones (image configs) read into memory.
 
-use futures_util::StreamExt;
 use reqwest::{Method, StatusCode};
 
 use super::body::read_limited;
+use super::pace::Paced;
 use super::retry::{retrying, Step};
 use super::{Call, Registry, RegistryError};
 use crate::reference::{Digest, Repository};
@@ -42,6 +42,56 @@ impl Registry {
         dest: &std::path::Path,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<(), RegistryError> {
+        match self
+            .download_blob_once(repository, digest, size, dest, progress, true)
+            .await
+        {
+            // Resumed parts that do not add up: once more from the start, in one piece.
+            Err((e @ RegistryError::DigestMismatch { .. }, true)) => {
+                tracing::warn!("{e}; the download was resumed, downloading it again whole");
+                self.download_blob_once(repository, digest, size, dest, progress, false)
+                    .await
+                    .map_err(|(e, _)| e)
+            }
+            other => other.map_err(|(e, _)| e),
+        }
+    }
+
+    /// One download; the error says whether a part of it came from a resumed request.
+    async fn download_blob_once(
+        &self,
+        repository: &Repository,
+        digest: &Digest,
+        size: Option<u64>,
+        dest: &std::path::Path,
+        progress: &(dyn Fn(u64) + Send + Sync),
+        resume: bool,
+    ) -> Result<(), (RegistryError, bool)> {
+        let mut resumed = false;
+        self.download_into(
+            repository,
+            digest,
+            size,
+            dest,
+            progress,
+            resume,
+            &mut resumed,
+        )
+        .await
+        .map_err(|e| (e, resumed))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn download_into(
+        &self,
+        repository: &Repository,
+        digest: &Digest,
+        size: Option<u64>,
+        dest: &std::path::Path,
+        progress: &(dyn Fn(u64) + Send + Sync),
+        resume: bool,
+        resumed: &mut bool,
+    ) -> Result<(), RegistryError> {
         use sha2::Digest as _;
         use tokio::io::AsyncWriteExt as _;
         let what = format!("blob {digest}");
@@ -52,18 +102,39 @@ impl Registry {
         let mut file = tokio::fs::File::create(dest).await.map_err(write_error)?;
         let mut hasher = sha2::Sha256::new();
         let mut written: u64 = 0;
+        let mut restart_from_zero = false;
         retrying(&self.retry, async || {
-            let call = Self::blob_call(repository, digest, (written > 0).then_some(written));
+            let from = (written > 0 && resume && !restart_from_zero).then_some(written);
+            let call = Self::blob_call(repository, digest, from);
             let response = match self.send(&call).await {
                 Ok(r) => r,
                 Err(e) => return Step::Done(Err(e)),
             };
-            match response.status() {
-                StatusCode::PARTIAL_CONTENT if written > 0 => {}
+            let status = response.status();
+            let partial = from.is_some() && status == StatusCode::PARTIAL_CONTENT;
+            if partial && range_start(response.headers()) != from {
+                // Bytes from somewhere else than asked: drop them, and ask for the whole.
+                restart_from_zero = true;
+                return Step::Again {
+                    why: format!(
+                        "{what}: the answer to a range from byte {written} starts elsewhere"
+                    ),
+                    after: None,
+                    otherwise: Err(RegistryError::Status {
+                        host: self.host.to_string(),
+                        status,
+                        what: what.clone(),
+                        detail: ": the range answer starts at the wrong byte".into(),
+                    }),
+                };
+            }
+            match status {
+                _ if partial => *resumed = true,
                 s if s.is_success() => {
+                    restart_from_zero = false;
                     if written > 0 {
-                        // The registry ignored the range: start over.
-                        tracing::debug!("{what}: no range support, downloading again");
+                        // The registry ignored the range (or was not asked for one): start over.
+                        tracing::debug!("{what}: downloading again from the start");
                         use tokio::io::AsyncSeekExt as _;
                         let restart = async {
                             file.set_len(0).await?;
@@ -85,7 +156,7 @@ impl Registry {
                 }
                 _ => return Step::Done(Err(self.status_error(response, repository, &what).await)),
             }
-            let mut stream = response.bytes_stream();
+            let mut stream = Paced::new(response.bytes_stream());
             let mut broken = None;
             while let Some(chunk) = stream.next().await {
                 match chunk {
@@ -179,5 +250,33 @@ impl Registry {
             });
         }
         Ok(bytes)
+    }
+}
+
+/// The first byte of a `Content-Range: bytes START-END/TOTAL` answer.
+fn range_start(headers: &reqwest::header::HeaderMap) -> Option<u64> {
+    let v = headers.get(reqwest::header::CONTENT_RANGE)?.to_str().ok()?;
+    let range = v.trim().strip_prefix("bytes ")?;
+    range.split('-').next()?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_ranges() {
+        let mut h = reqwest::header::HeaderMap::new();
+        assert_eq!(range_start(&h), None);
+        h.insert(
+            reqwest::header::CONTENT_RANGE,
+            "bytes 100-199/200".parse().unwrap(),
+        );
+        assert_eq!(range_start(&h), Some(100));
+        h.insert(
+            reqwest::header::CONTENT_RANGE,
+            "bytes */200".parse().unwrap(),
+        );
+        assert_eq!(range_start(&h), None);
     }
 }

@@ -1,8 +1,7 @@
 //! Bodies in and out: a [`Body`] streamed into a request (again for every try), and
 //! responses read into memory only up to a limit.
 
-use futures_util::StreamExt;
-
+use super::pace::{Broken, Paced};
 use super::{Registry, RegistryError};
 use crate::blob::Body;
 
@@ -40,9 +39,9 @@ pub(super) async fn read_limited(
         return Err(ReadError::TooLarge);
     }
     let mut body = Vec::new();
-    let mut stream = response.bytes_stream();
+    let mut stream = Paced::new(response.bytes_stream());
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(ReadError::Http)?;
+        let chunk = chunk.map_err(ReadError::Broken)?;
         if body.len() + chunk.len() > limit {
             return Err(ReadError::TooLarge);
         }
@@ -56,7 +55,7 @@ pub enum ReadError {
     #[error("body too large")]
     TooLarge,
     #[error(transparent)]
-    Http(reqwest::Error),
+    Broken(Broken),
 }
 
 impl Registry {
@@ -67,7 +66,7 @@ impl Registry {
                 what: what.to_string(),
                 limit,
             },
-            ReadError::Http(source) => RegistryError::Transport {
+            ReadError::Broken(source) => RegistryError::Transport {
                 host: self.host.to_string(),
                 what: what.to_string(),
                 source,

@@ -74,6 +74,22 @@ impl RegistryConfig {
         })
     }
 
+    /// Whether credentials may go to `url`: over https, or plain http to a loopback or
+    /// `insecure_registries` host (which is reached that way anyway).
+    pub(crate) fn may_send_credentials(&self, url: &url::Url) -> bool {
+        if url.scheme() == "https" {
+            return true;
+        }
+        let Some(host) = url.host_str() else {
+            return false;
+        };
+        let host = match url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_string(),
+        };
+        Host::parse(&host).is_ok_and(|h| h.is_loopback() || self.is_insecure(&h))
+    }
+
     pub(crate) fn credentials_for(&self, host: &Host) -> Option<&HostCredentials> {
         self.credentials.iter().find(|c| &c.host == host)
     }

@@ -67,13 +67,19 @@ pub enum RegistryError {
         host: String,
         what: String,
         #[source]
-        source: reqwest::Error,
+        source: super::pace::Broken,
     },
     #[error("{what} from registry {host} is larger than {limit} bytes")]
     TooLarge {
         host: String,
         what: String,
         limit: usize,
+    },
+    #[error("{what} from registry {host} are more than {limit}")]
+    TooMany {
+        host: String,
+        what: String,
+        limit: String,
     },
     #[error("blob {digest} not found in repository {repository} on registry {host}")]
     BlobNotFound {

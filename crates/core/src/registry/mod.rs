@@ -17,6 +17,7 @@ mod docker_config;
 mod ecr;
 mod error;
 mod manifests;
+mod pace;
 mod retry;
 mod tags;
 mod transport;
@@ -79,10 +80,55 @@ pub(crate) fn ecr_host(host: &str) -> bool {
 }
 use transport::{build_client, Failure, Verify};
 
+/// An error body is read up to this size, and quoted up to [`ERROR_SUMMARY_CHARS`].
+const ERROR_BODY_LIMIT: usize = 64 << 10;
+const ERROR_SUMMARY_CHARS: usize = 512;
+
+/// Docker Hub's pull quota when it is spent: `; pull rate limit reached (0 of 100 pulls per
+/// 21600 s left), resets in 3600 s`, from the `ratelimit-*` headers.
+fn rate_limit(headers: &reqwest::header::HeaderMap) -> String {
+    if !retry::quota_spent(headers) {
+        return String::new();
+    }
+    let limit = retry::header_number(headers, "ratelimit-limit");
+    let window = retry::header_window(headers, "ratelimit-limit")
+        .or_else(|| retry::header_window(headers, "ratelimit-remaining"));
+    let mut text = "; pull rate limit reached".to_string();
+    if let (Some(limit), Some(window)) = (limit, window) {
+        text.push_str(&format!(" (0 of {limit} pulls per {window} s left)"));
+    }
+    let reset = retry::header_number(headers, "ratelimit-reset")
+        .map(|r| {
+            // An epoch time or a number of seconds.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            if r > now {
+                r - now
+            } else {
+                r
+            }
+        })
+        .or_else(|| retry::retry_after(headers).map(|d| d.as_secs()));
+    match reset {
+        Some(secs) => text.push_str(&format!(", resets in {secs} s")),
+        None => text.push_str(", resets when its window ends"),
+    }
+    text.push_str(": log in (source.username and source.password) for a higher limit");
+    text
+}
+
 /// The scheme and client that answered the ping.
 struct Connection {
     base: String,
     http: reqwest::Client,
+}
+
+impl Connection {
+    /// Whether `url` is on the registry's origin: same scheme, host and port.
+    fn same_origin(&self, url: &url::Url) -> bool {
+        url::Url::parse(&self.base).is_ok_and(|base| base.origin() == url.origin())
+    }
 }
 
 /// The client for one registry host.
@@ -118,7 +164,7 @@ impl Registry {
             Err(e) => (None, Some(e)),
         };
         Registry {
-            auth: auth::Auth::new(host.clone(), credentials),
+            auth: auth::Auth::new(host.clone(), credentials, config.clone()),
             host,
             config: config.clone(),
             connection: OnceCell::new(),
@@ -227,7 +273,7 @@ impl Registry {
         http: &reqwest::Client,
         base: &str,
         patient: bool,
-    ) -> Result<(StatusCode, Challenge), (Failure, reqwest::Error)> {
+    ) -> Result<(StatusCode, Challenge), (Failure, pace::Broken)> {
         let policy = if patient {
             self.retry
         } else {
@@ -250,7 +296,7 @@ impl Registry {
         Ok((response.status(), challenge))
     }
 
-    fn transport_error(&self, failure: Failure, e: reqwest::Error, what: &str) -> RegistryError {
+    fn transport_error(&self, failure: Failure, e: pace::Broken, what: &str) -> RegistryError {
         let host = self.host.to_string();
         match failure {
             Failure::Untrusted(reason) => RegistryError::Untrusted { host, reason },
@@ -268,11 +314,15 @@ impl Registry {
                     None => RegistryError::ClientCertificateRequired { host },
                 }
             }
-            _ if e.is_connect() => RegistryError::Connect { host, source: e },
-            _ => RegistryError::Transport {
-                host,
-                what: what.to_string(),
-                source: e,
+            _ => match e {
+                pace::Broken::Http(e) if e.is_connect() => {
+                    RegistryError::Connect { host, source: e }
+                }
+                e => RegistryError::Transport {
+                    host,
+                    what: what.to_string(),
+                    source: e,
+                },
             },
         }
     }
@@ -288,6 +338,12 @@ impl Registry {
         } else {
             format!("{}{}", conn.base, call.path)
         };
+        let url = url::Url::parse(&url).map_err(|_| RegistryError::Status {
+            host: self.host.to_string(),
+            status: StatusCode::BAD_GATEWAY,
+            what: call.what.clone(),
+            detail: ": the registry sent a link that is not a URL".into(),
+        })?;
         let mut reauthenticated = false;
         loop {
             let answer = retry::exchange(&self.retry, &self.host, &call.what, async || {
@@ -295,8 +351,12 @@ impl Registry {
             })
             .await?;
             match answer {
+                // A challenge is the registry's own: one from another origin (a redirect
+                // target, a link to another host) never replaces it.
                 Ok(response)
-                    if response.status() == StatusCode::UNAUTHORIZED && !reauthenticated =>
+                    if response.status() == StatusCode::UNAUTHORIZED
+                        && !reauthenticated
+                        && conn.same_origin(response.url()) =>
                 {
                     reauthenticated = true;
                     if !self.auth.refresh(&response, &call.scope).await {
@@ -314,21 +374,31 @@ impl Registry {
         &self,
         conn: &Connection,
         call: &Call<'_>,
-        url: &str,
+        url: &url::Url,
     ) -> Result<reqwest::RequestBuilder, RegistryError> {
-        let mut request = conn.http.request(call.method.clone(), url);
+        let mut request = conn.http.request(call.method.clone(), url.clone());
         if let Some(accept) = call.accept {
             request = request.header(ACCEPT, accept);
         }
         if let Some(from) = call.range_from {
             request = request.header(reqwest::header::RANGE, format!("bytes={from}-"));
         }
-        if let Some(header) = self
-            .auth
-            .header(&conn.http, &call.scope, &self.retry)
-            .await?
-        {
-            request = request.header(reqwest::header::AUTHORIZATION, header);
+        // Credentials are scoped to the registry's origin (scheme, host and port): a link or
+        // an upload location on another origin gets none.
+        if conn.same_origin(url) {
+            if let Some(header) = self
+                .auth
+                .header(&conn.http, &call.scope, &self.retry)
+                .await?
+            {
+                request = request.header(reqwest::header::AUTHORIZATION, header);
+            }
+        } else {
+            tracing::debug!(
+                "{} is not on {}: sent without credentials",
+                url.origin().ascii_serialization(),
+                conn.base
+            );
         }
         if let Some(body) = &call.body {
             let stream = body::to_reqwest(body)
@@ -355,12 +425,22 @@ impl Registry {
         what: &str,
     ) -> RegistryError {
         let status = response.status();
-        let body: ErrorBody = read_limited(response, 64 << 10)
+        let waits = retry::MAX_RETRY_AFTER;
+        let asked = match retry::retry_after(response.headers()) {
+            Some(after) if after > waits => format!(
+                "; it asks to retry after {} s, longer than the {} s dockhand waits",
+                after.as_secs(),
+                waits.as_secs()
+            ),
+            _ => String::new(),
+        };
+        let quota = rate_limit(response.headers());
+        let body: ErrorBody = read_limited(response, ERROR_BODY_LIMIT)
             .await
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
-        let summary = body.summary();
+        let summary = crate::redact::quote(&body.summary(), ERROR_SUMMARY_CHARS);
         // Some registries refuse with another status (400, 404) but say why in the body.
         let refused = body.has(&ErrorCode::Unauthorized) || body.has(&ErrorCode::Denied);
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN || refused {
@@ -379,11 +459,14 @@ impl Registry {
             host: self.host.to_string(),
             status,
             what: what.to_string(),
-            detail: if summary.is_empty() {
-                String::new()
-            } else {
-                format!(": {summary}")
-            },
+            detail: format!(
+                "{}{quota}{asked}",
+                if summary.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {summary}")
+                }
+            ),
         }
     }
 

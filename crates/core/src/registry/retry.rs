@@ -8,6 +8,7 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::StatusCode;
 
+use super::pace::{self, Broken};
 use super::transport::{classify, Failure};
 use crate::reference::Host;
 use crate::report::chain;
@@ -39,10 +40,11 @@ impl RetryPolicy {
         }
     }
 
-    /// Exponential backoff with a little jitter; a `Retry-After` wins (capped at a minute).
+    /// Exponential backoff with a little jitter; a `Retry-After` wins (at most
+    /// [`MAX_RETRY_AFTER`]).
     pub(crate) fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
         if let Some(wait) = retry_after {
-            return wait.min(Duration::from_secs(60));
+            return wait.min(MAX_RETRY_AFTER);
         }
         let exp = self.base.saturating_mul(1 << attempt.min(16));
         let jitter_ms = std::time::SystemTime::now()
@@ -82,7 +84,7 @@ pub(super) async fn retrying<T>(policy: &RetryPolicy, mut step: impl AsyncFnMut(
 }
 
 /// An answer, whatever its status, or a transport failure and how it reads.
-pub(super) type Answer = Result<reqwest::Response, (Failure, reqwest::Error)>;
+pub(super) type Answer = Result<reqwest::Response, (Failure, Broken)>;
 
 /// Sends the request `make` builds (built again for every try) until it is answered with
 /// something other than 429 or 5xx, it fails other than transiently, or the attempts are
@@ -98,7 +100,17 @@ pub(super) async fn exchange<E>(
             Ok(r) => r,
             Err(e) => return Step::Done(Err(e)),
         };
-        match request.send().await {
+        match pace::send(request).await {
+            // A spent pull quota, or a wait longer than we would wait, is the answer:
+            // the caller's error says what the registry asked.
+            Ok(response)
+                if retryable(response.status())
+                    && (quota_spent(response.headers())
+                        || retry_after(response.headers())
+                            .is_some_and(|a| a > MAX_RETRY_AFTER)) =>
+            {
+                Step::Done(Ok(Ok(response)))
+            }
             Ok(response) if retryable(response.status()) => Step::Again {
                 why: format!("registry {host} answered {} for {what}", response.status()),
                 after: retry_after(response.headers()),
@@ -121,8 +133,31 @@ pub(super) async fn exchange<E>(
     .await
 }
 
+/// The longest `Retry-After` waited for; a registry asking for more gets no other try.
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// Docker Hub's pull quota: `ratelimit-remaining: 0;w=21600` on a 429 means no retry can
+/// succeed before the window resets.
+pub(super) fn quota_spent(headers: &HeaderMap) -> bool {
+    header_number(headers, "ratelimit-remaining") == Some(0)
+}
+
+/// The leading number of a `ratelimit-*` header (`100;w=21600` → 100).
+pub(super) fn header_number(headers: &HeaderMap, name: &str) -> Option<u64> {
+    let v = headers.get(name)?.to_str().ok()?;
+    v.split(';').next()?.trim().parse().ok()
+}
+
+/// The window of a `ratelimit-*` header in seconds (`100;w=21600` → 21600).
+pub(super) fn header_window(headers: &HeaderMap, name: &str) -> Option<u64> {
+    let v = headers.get(name)?.to_str().ok()?;
+    v.split(';')
+        .filter_map(|p| p.trim().strip_prefix("w="))
+        .find_map(|w| w.trim().parse().ok())
+}
+
 /// `Retry-After` as seconds or as an HTTP date.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+pub(super) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs));
@@ -157,14 +192,24 @@ mod tests {
     }
 
     #[test]
+    fn rate_limit_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("ratelimit-limit", "100;w=21600".parse().unwrap());
+        h.insert("ratelimit-remaining", "0;w=21600".parse().unwrap());
+        assert!(quota_spent(&h));
+        assert_eq!(header_number(&h, "ratelimit-limit"), Some(100));
+        assert_eq!(header_window(&h, "ratelimit-limit"), Some(21600));
+        h.insert("ratelimit-remaining", "7;w=21600".parse().unwrap());
+        assert!(!quota_spent(&h));
+        assert!(!quota_spent(&HeaderMap::new()));
+    }
+
+    #[test]
     fn backoff_grows_and_is_capped() {
         let p = RetryPolicy::default();
         assert!(p.delay(0, None) < p.delay(3, None));
         assert!(p.delay(20, None) <= p.max_delay + p.base);
-        assert_eq!(
-            p.delay(0, Some(Duration::from_secs(600))),
-            Duration::from_secs(60)
-        );
+        assert_eq!(p.delay(0, Some(Duration::from_secs(600))), MAX_RETRY_AFTER);
     }
 
     #[tokio::test]

@@ -16,8 +16,13 @@ const PAGE_SIZES: [Option<u32>; 3] = [Some(1000), Some(100), None];
 /// allows).
 pub(crate) const MAX_TAG_PAGES: usize = 100;
 
-/// A page of tags is JSON text; refuse to read one without bound.
-const TAG_PAGE_LIMIT: usize = 64 << 20;
+/// A page of tags is JSON text; refuse to read one without bound (1000 tags of the longest
+/// name the spec allows, 128 characters, take about 130 KiB).
+const TAG_PAGE_LIMIT: usize = 8 << 20;
+
+/// The text of all pages together, and the number of tags, held at most.
+const TAG_LIST_LIMIT: usize = 32 << 20;
+const MAX_TAGS: usize = 1_000_000;
 
 /// Every tag of a repository as far as the page budget reached.
 #[derive(Debug, Default)]
@@ -55,6 +60,7 @@ impl Registry {
         let mut size = 0;
         let mut next = Some(page_url(&base, PAGE_SIZES[0]));
         let mut first = true;
+        let mut read = 0;
         while let Some(path) = next.take() {
             if list.requests >= max_pages {
                 list.complete = false;
@@ -112,7 +118,15 @@ impl Registry {
                 what: what.clone(),
                 detail: ": the answer is not a tag list".into(),
             })?;
+            read += body.len();
             list.tags.extend(page.tags);
+            if read > TAG_LIST_LIMIT || list.tags.len() > MAX_TAGS {
+                return Err(RegistryError::TooMany {
+                    host: self.host.to_string(),
+                    what,
+                    limit: format!("{MAX_TAGS} tags or {TAG_LIST_LIMIT} bytes"),
+                });
+            }
             first = false;
         }
         Ok(list)

@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::config::RegistryConfig;
 use crate::reference::Host;
 
+use super::pace::Broken;
 use super::RegistryError;
 
 /// How TLS is verified for a host.
@@ -32,9 +33,7 @@ pub(super) fn build_client(
         .connect_timeout(Duration::from_secs(20))
         .read_timeout(Duration::from_secs(120))
         .pool_idle_timeout(Duration::from_secs(30))
-        // Redirects to blob storage (S3, GCS) are followed; the Authorization header is
-        // dropped by reqwest when the host changes.
-        .redirect(reqwest::redirect::Policy::limited(10))
+        .redirect(redirect_policy(config.clone()))
         .tls_built_in_native_certs(true);
     let tls_error = |field: &str, e: reqwest::Error| RegistryError::TlsMaterial {
         field: field.to_string(),
@@ -58,6 +57,30 @@ pub(super) fn build_client(
     builder.build().map_err(|e| RegistryError::Client {
         host: host.to_string(),
         source: e,
+    })
+}
+
+/// Redirects followed per request.
+const MAX_REDIRECTS: usize = 10;
+
+/// Redirects to blob storage (S3, GCS) are followed, at most [`MAX_REDIRECTS`]. reqwest drops
+/// the `Authorization` header when the host or port changes, but not when only the scheme
+/// does; so a redirect from https to plain http is refused unless its target may be reached
+/// in clear (loopback, `insecure_registries`).
+fn redirect_policy(config: RegistryConfig) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() > MAX_REDIRECTS {
+            return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+        }
+        let downgrade = attempt
+            .previous()
+            .last()
+            .is_some_and(|from| from.scheme() == "https" && attempt.url().scheme() == "http");
+        if downgrade && !config.may_send_credentials(attempt.url()) {
+            let to = attempt.url().origin().ascii_serialization();
+            return attempt.error(format!("refused a redirect from https to plain {to}"));
+        }
+        attempt.follow()
     })
 }
 
@@ -126,7 +149,11 @@ pub(super) enum Failure {
 
 /// Reads the error chain of a reqwest error. `io::Error` hides its inner error from
 /// `source()` (it returns the inner error's source), so io errors are opened by hand.
-pub(super) fn classify(err: &reqwest::Error) -> Failure {
+pub(super) fn classify(broken: &Broken) -> Failure {
+    let err = match broken {
+        Broken::Http(e) => e,
+        Broken::NoAnswer | Broken::TooSlow { .. } => return Failure::Transient,
+    };
     let mut transient = err.is_timeout() || err.is_connect();
     let mut current: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(e) = current {
