@@ -3,6 +3,7 @@
 //! synchronous; async code reaches it through [`crate::blocking`].
 
 pub(crate) mod export;
+mod framing;
 pub(crate) mod pipeline;
 pub(crate) mod unpack;
 
