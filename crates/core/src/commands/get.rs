@@ -241,13 +241,17 @@ impl Fetch<'_> {
                 .map(|l| (l.digest.short().to_string(), l.size))
                 .collect(),
         );
+        let ids = if self.plan.rootfs_dir {
+            self.layer_ids(config)?
+        } else {
+            Vec::new()
+        };
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<PathBuf>();
         let unpack = self.plan.rootfs_dir.then(|| {
             let target = self.dest.join(".rootfs.partial");
             let _ = std::fs::remove_dir_all(&target);
-            let count = layers.len();
             blocking(move || {
-                rootfs::pipeline::unpack_layers(&target, ready_rx, count).map(|s| (s, target))
+                rootfs::pipeline::unpack_layers(&target, ready_rx, &ids).map(|s| (s, target))
             })
         });
         let mut ready = |i: usize| {
@@ -275,6 +279,36 @@ impl Fetch<'_> {
             self.finish_rootfs(unpacked, config).await?;
         }
         Ok(paths)
+    }
+
+    /// Each layer's digest with the config's `diff_id` for it, which its uncompressed bytes
+    /// are checked against as it is applied.
+    fn layer_ids(&self, config: &ImageConfig) -> Result<Vec<rootfs::LayerIds>, Error> {
+        let layers = &self.image.image.layers;
+        let diff_ids = config
+            .rootfs
+            .as_ref()
+            .map(|r| r.diff_ids.as_slice())
+            .unwrap_or_default();
+        if diff_ids.len() != layers.len() {
+            return Err(Error::Image {
+                reference: format!("{}@{}", self.repository, self.digest),
+                source: format!(
+                    "its config lists {} rootfs.diff_ids for {} layers",
+                    diff_ids.len(),
+                    layers.len()
+                )
+                .into(),
+            });
+        }
+        Ok(layers
+            .iter()
+            .zip(diff_ids)
+            .map(|(l, d)| rootfs::LayerIds {
+                digest: l.digest.clone(),
+                diff_id: d.clone(),
+            })
+            .collect())
     }
 
     /// The unpacked rootfs under its final name, its metadata.json, and rootfs.tar.
