@@ -7,6 +7,9 @@ mod framing;
 pub(crate) mod pipeline;
 pub(crate) mod unpack;
 
+#[cfg(test)]
+mod proptests;
+
 use crate::reference::Digest;
 
 /// What went wrong while writing a rootfs.
