@@ -73,6 +73,52 @@ pub(crate) fn link_or_copy(from: &Path, to: &Path) -> io::Result<()> {
     std::fs::hard_link(from, to).or_else(|_| std::fs::copy(from, to).map(|_| ()))
 }
 
+/// Renames `from` to `to`, replacing what `to` names: a file or symlink atomically (the
+/// symlink itself, not what it points to), a directory (or, for a directory, anything) by
+/// removing it first.
+pub(crate) fn replace(from: &Path, to: &Path) -> io::Result<()> {
+    let moving_dir = std::fs::symlink_metadata(from)?.is_dir();
+    match std::fs::symlink_metadata(to) {
+        Ok(m) if m.is_dir() => remove_tree(to)?,
+        Ok(_) if moving_dir => std::fs::remove_file(to)?,
+        _ => {}
+    }
+    std::fs::rename(from, to)
+}
+
+/// Removes `path` and everything under it, never following a symlink; read-only
+/// directories (a rootfs holds them) are made writable first. Nothing there is fine.
+pub(crate) fn remove_tree(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        other => other?,
+    };
+    if !meta.is_dir() {
+        return std::fs::remove_file(path);
+    }
+    // Walked with a list, not recursion: a tree may be deeper than the stack allows.
+    let mut todo = vec![path.to_path_buf()];
+    while let Some(dir) = todo.last().cloned() {
+        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+        let mut subdirs = false;
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                todo.push(entry.path());
+                subdirs = true;
+            } else {
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+        if !subdirs {
+            std::fs::remove_dir(&dir)?;
+            todo.pop();
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,5 +134,40 @@ mod tests {
         write_file(&path, b"sha256:x").unwrap();
         assert_eq!(std::fs::read(&outside).unwrap(), b"keep");
         assert_eq!(std::fs::read(&path).unwrap(), b"sha256:x");
+    }
+
+    #[test]
+    fn replace_swaps_a_symlink_for_the_directory_without_following_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("keep"), b"keep").unwrap();
+        let dest = dir.path().join("dest");
+        std::fs::create_dir(&dest).unwrap();
+        std::os::unix::fs::symlink(&outside, dest.join("rootfs")).unwrap();
+        let new = dir.path().join("new");
+        std::fs::create_dir(&new).unwrap();
+        std::fs::write(new.join("f"), b"new").unwrap();
+        replace(&new, &dest.join("rootfs")).unwrap();
+        assert_eq!(std::fs::read(dest.join("rootfs/f")).unwrap(), b"new");
+        assert_eq!(std::fs::read(outside.join("keep")).unwrap(), b"keep");
+        assert!(!dest.join("rootfs").is_symlink());
+    }
+
+    #[test]
+    fn remove_tree_removes_read_only_directories_and_not_what_symlinks_point_to() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("a/b")).unwrap();
+        std::fs::write(tree.join("a/b/f"), b"x").unwrap();
+        std::os::unix::fs::symlink(&outside, tree.join("a/link")).unwrap();
+        std::fs::set_permissions(tree.join("a"), std::fs::Permissions::from_mode(0o555)).unwrap();
+        remove_tree(&tree).unwrap();
+        assert!(!tree.exists());
+        assert!(outside.is_dir());
+        remove_tree(&tree).unwrap();
     }
 }

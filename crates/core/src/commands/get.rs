@@ -3,7 +3,9 @@
 //! Blobs are downloaded in parallel (`max_concurrent_downloads`), each verified against its
 //! digest before use, into a staging directory inside DEST; layers are applied in order as
 //! soon as they and the layers below them are there, the next layer decompressing while the
-//! current one is written. Outputs appear under their final names only when complete.
+//! current one is written. Everything is written into a private new directory inside DEST
+//! and moved to its final name only once the whole `in` succeeded, the version files last:
+//! a failed `in` leaves DEST as it found it.
 
 use std::path::{Path, PathBuf};
 
@@ -82,9 +84,11 @@ pub async fn get(request: &Request, dest: &Path) -> Result<Response, Error> {
     let source_repository = &settings.repository_text;
 
     std::fs::create_dir_all(dest).map_err(|e| io_error(dest, e))?;
-    write_file(&dest.join("repository"), source_repository.as_bytes())?;
-    write_file(&dest.join("tag"), tag.as_bytes())?;
-    write_file(&dest.join("digest"), digest.as_str().as_bytes())?;
+    let work = WorkDir::create(dest)?;
+    let out = work.path.as_path();
+    write_file(&out.join("repository"), source_repository.as_bytes())?;
+    write_file(&out.join("tag"), tag.as_bytes())?;
+    write_file(&out.join("digest"), digest.as_str().as_bytes())?;
     let version = Version {
         tag: request.version.as_ref().and_then(|v| v.tag.clone()),
         digest: digest.clone(),
@@ -92,6 +96,7 @@ pub async fn get(request: &Request, dest: &Path) -> Result<Response, Error> {
     let mut metadata = vec![field("repository", source_repository), field("tag", &tag)];
     if params.skip_download {
         tracing::info!("skip_download: wrote repository, tag and digest only");
+        work.publish(dest)?;
         return Ok(Response { version, metadata });
     }
 
@@ -127,15 +132,15 @@ pub async fn get(request: &Request, dest: &Path) -> Result<Response, Error> {
         oci_layout: format == Format::OciLayout,
     };
 
-    let staging = dest.join(".dockhand-staging");
-    let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(&staging).map_err(|e| io_error(&staging, e))?;
+    let staging = out.join(STAGING);
+    std::fs::create_dir(&staging).map_err(|e| io_error(&staging, e))?;
     let result = Fetch {
         registry: &registry,
         repository,
         settings: &settings,
         plan: &plan,
         staging: &staging,
+        out,
         dest,
         image: &image,
         tag: &tag,
@@ -143,8 +148,9 @@ pub async fn get(request: &Request, dest: &Path) -> Result<Response, Error> {
     }
     .run()
     .await;
-    let _ = std::fs::remove_dir_all(&staging);
+    crate::fs::remove_tree(&staging).map_err(|e| io_error(&staging, e))?;
     let config = result?;
+    work.publish(dest)?;
     let manifest = &image.image;
     let id = manifest.config.digest.to_string();
     metadata.push(field("image", manifest.config.digest.short()));
@@ -162,6 +168,9 @@ struct Fetch<'a> {
     settings: &'a Settings,
     plan: &'a Plan,
     staging: &'a Path,
+    /// Where outputs are written: the private directory inside DEST.
+    out: &'a Path,
+    /// DEST, for messages.
     dest: &'a Path,
     image: &'a Resolved,
     tag: &'a str,
@@ -174,13 +183,13 @@ impl Fetch<'_> {
         let manifest = &self.image.image;
         let (config, config_raw, config_path) = self.config().await?;
         write_file(
-            &self.dest.join("image-id"),
+            &self.out.join("image-id"),
             manifest.config.digest.as_str().as_bytes(),
         )?;
         let layer_paths = self.layers(&config).await?;
-        outputs::write_labels_json(self.dest, &config)?;
+        outputs::write_labels_json(self.out, &config)?;
         outputs::write_docker_inspect(
-            self.dest,
+            self.out,
             &config,
             &config_raw,
             self.repository,
@@ -241,13 +250,17 @@ impl Fetch<'_> {
                 .map(|l| (l.digest.short().to_string(), l.size))
                 .collect(),
         );
+        let ids = if self.plan.rootfs_dir {
+            self.layer_ids(config)?
+        } else {
+            Vec::new()
+        };
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<PathBuf>();
         let unpack = self.plan.rootfs_dir.then(|| {
-            let target = self.dest.join(".rootfs.partial");
+            let target = self.out.join(".rootfs.partial");
             let _ = std::fs::remove_dir_all(&target);
-            let count = layers.len();
             blocking(move || {
-                rootfs::pipeline::unpack_layers(&target, ready_rx, count).map(|s| (s, target))
+                rootfs::pipeline::unpack_layers(&target, ready_rx, &ids).map(|s| (s, target))
             })
         });
         let mut ready = |i: usize| {
@@ -277,6 +290,36 @@ impl Fetch<'_> {
         Ok(paths)
     }
 
+    /// Each layer's digest with the config's `diff_id` for it, which its uncompressed bytes
+    /// are checked against as it is applied.
+    fn layer_ids(&self, config: &ImageConfig) -> Result<Vec<rootfs::LayerIds>, Error> {
+        let layers = &self.image.image.layers;
+        let diff_ids = config
+            .rootfs
+            .as_ref()
+            .map(|r| r.diff_ids.as_slice())
+            .unwrap_or_default();
+        if diff_ids.len() != layers.len() {
+            return Err(Error::Image {
+                reference: format!("{}@{}", self.repository, self.digest),
+                source: format!(
+                    "its config lists {} rootfs.diff_ids for {} layers",
+                    diff_ids.len(),
+                    layers.len()
+                )
+                .into(),
+            });
+        }
+        Ok(layers
+            .iter()
+            .zip(diff_ids)
+            .map(|(l, d)| rootfs::LayerIds {
+                digest: l.digest.clone(),
+                diff_id: d.clone(),
+            })
+            .collect())
+    }
+
     /// The unpacked rootfs under its final name, its metadata.json, and rootfs.tar.
     async fn finish_rootfs(
         &self,
@@ -295,12 +338,12 @@ impl Fetch<'_> {
                 skipped.xattrs
             );
         }
-        let rootfs = self.dest.join("rootfs");
+        let rootfs = self.out.join("rootfs");
         let _ = std::fs::remove_dir_all(&rootfs);
         std::fs::rename(&partial, &rootfs).map_err(|e| io_error(&rootfs, e))?;
-        outputs::write_metadata_json(self.dest, config, &rootfs)?;
+        outputs::write_metadata_json(self.out, config, &rootfs)?;
         if self.plan.rootfs_tar {
-            let tar = self.dest.join("rootfs.tar");
+            let tar = self.out.join("rootfs.tar");
             let (from, to) = (rootfs.clone(), tar.clone());
             blocking(move || rootfs::export::write_rootfs_tar(&from, &to))
                 .await
@@ -311,24 +354,24 @@ impl Fetch<'_> {
 
     /// `image` (save), `image.tar` (format: oci) and `oci/` (format: oci-layout).
     async fn archives(&self, archive: &layout::Archive) -> Result<(), Error> {
-        let dest = self.dest;
+        let out = self.out;
         if self.plan.save || self.plan.oci_tar {
             let first = if self.plan.save {
-                dest.join("image")
+                out.join("image")
             } else {
-                dest.join("image.tar")
+                out.join("image.tar")
             };
             let (a, to) = (archive.clone(), first.clone());
             blocking(move || layout::write_docker_archive(&a, &to)).await?;
             if self.plan.save && self.plan.oci_tar {
-                let second = dest.join("image.tar");
+                let second = out.join("image.tar");
                 let _ = std::fs::remove_file(&second);
                 crate::fs::link_or_copy(&first, &second).map_err(|e| io_error(&second, e))?;
             }
         }
         if self.plan.oci_layout {
-            let oci = dest.join("oci");
-            let partial = dest.join(".oci.partial");
+            let oci = out.join("oci");
+            let partial = out.join(".oci.partial");
             let _ = std::fs::remove_dir_all(&partial);
             let (a, to) = (archive.clone(), partial.clone());
             match &self.image.index {
@@ -379,6 +422,57 @@ impl Fetch<'_> {
             extra.push((m.digest.clone(), p));
         }
         Ok(extra)
+    }
+}
+
+/// The prefix of the private directory `in` writes into, inside DEST.
+const WORK_PREFIX: &str = ".dockhand-in-";
+/// The blob downloads, inside the private directory; never published.
+const STAGING: &str = ".staging";
+/// Published last, so they are there only when everything else is.
+const VERSION_FILES: [&str; 3] = ["repository", "tag", "digest"];
+
+/// A new private directory (`mkdtemp`, mode 0700) inside DEST that `in` writes into; it
+/// is removed, with whatever is still in it, when dropped.
+struct WorkDir {
+    path: PathBuf,
+}
+
+impl WorkDir {
+    fn create(dest: &Path) -> Result<WorkDir, Error> {
+        let dir = tempfile::Builder::new()
+            .prefix(WORK_PREFIX)
+            .tempdir_in(dest)
+            .map_err(|e| io_error(dest, e))?;
+        Ok(WorkDir { path: dir.keep() })
+    }
+
+    /// Moves every output to its final name in `dest`, the version files last; what is
+    /// there already under that name is replaced (a symlink itself, never what it points to).
+    fn publish(&self, dest: &Path) -> Result<(), Error> {
+        let entries = std::fs::read_dir(&self.path).map_err(|e| io_error(&self.path, e))?;
+        let mut names = Vec::new();
+        for entry in entries {
+            let name = entry.map_err(|e| io_error(&self.path, e))?.file_name();
+            if name != STAGING {
+                names.push(name);
+            }
+        }
+        // Stable: outputs keep their order, version files go to the end in theirs.
+        names.sort_by_key(|n| VERSION_FILES.iter().position(|v| n == *v));
+        for name in names {
+            let to = dest.join(&name);
+            crate::fs::replace(&self.path.join(&name), &to).map_err(|e| io_error(&to, e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if let Err(e) = crate::fs::remove_tree(&self.path) {
+            tracing::warn!("cannot remove {}: {e}", self.path.display());
+        }
     }
 }
 

@@ -1,12 +1,17 @@
 //! The files `in` writes beside the image: `metadata.json` (Concourse's `image_resource`
 //! contract), `labels.json` and `docker_inspect.json`.
 
+use std::io::Read as _;
 use std::path::Path;
 
 use crate::error::write_output as write_file;
 use crate::error::Error;
 use crate::image::ImageConfig;
 use crate::reference::{Digest, Repository};
+
+/// The most of the image's /etc/passwd read to name a numeric `User`; real ones are a few
+/// KiB, and a larger one is not looked in (the user stays numeric).
+const MAX_PASSWD_BYTES: u64 = 4 << 20;
 
 /// `metadata.json`: what Concourse needs to run the rootfs as a task image.
 pub(super) fn write_metadata_json(
@@ -52,7 +57,7 @@ fn user_name(user: &str, rootfs: &Path) -> String {
             .map(|m| m.is_file())
             .unwrap_or(false);
     if plain {
-        if let Ok(text) = std::fs::read_to_string(&passwd) {
+        if let Some(text) = read_bounded(&passwd, MAX_PASSWD_BYTES) {
             for line in text.lines() {
                 let fields: Vec<&str> = line.split(':').collect();
                 if fields.len() > 2 && fields[2] == uid {
@@ -62,6 +67,24 @@ fn user_name(user: &str, rootfs: &Path) -> String {
         }
     }
     user.to_string()
+}
+
+/// The file as text when it holds at most `limit` bytes; never reads more than that.
+fn read_bounded(path: &Path, limit: u64) -> Option<String> {
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(limit + 1)
+        .read_to_string(&mut text)
+        .ok()?;
+    if text.len() as u64 > limit {
+        tracing::warn!(
+            "{} is over {limit} bytes; the numeric user is kept",
+            path.display()
+        );
+        return None;
+    }
+    Some(text)
 }
 
 pub(super) fn write_labels_json(dest: &Path, config: &ImageConfig) -> Result<(), Error> {
@@ -104,4 +127,31 @@ pub(super) fn write_docker_inspect(
         &dest.join("docker_inspect.json"),
         &serde_json::to_vec_pretty(&inspect).expect("serialisable"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rootfs_with_passwd(passwd: &[u8]) -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("etc")).unwrap();
+        std::fs::write(tmp.path().join("etc/passwd"), passwd).unwrap();
+        tmp
+    }
+
+    #[test]
+    fn a_numeric_user_is_named_from_passwd() {
+        let rootfs = rootfs_with_passwd(b"root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/:/bin/sh\n");
+        assert_eq!(user_name("1000:1000", rootfs.path()), "app");
+        assert_eq!(user_name("1001", rootfs.path()), "1001");
+    }
+
+    #[test]
+    fn a_passwd_over_the_limit_is_not_read() {
+        let mut passwd = vec![b'#'; MAX_PASSWD_BYTES as usize];
+        passwd.extend_from_slice(b"\napp:x:1000:1000::/:/bin/sh\n");
+        let rootfs = rootfs_with_passwd(&passwd);
+        assert_eq!(user_name("1000", rootfs.path()), "1000");
+    }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::write_output as write_file;
 use crate::error::{io_error, Error};
-use crate::fs::link_or_copy;
+use crate::fs::{link_or_copy, PartialFile};
 use crate::image::OCI_INDEX;
 use crate::reference::Digest;
 
@@ -33,9 +33,9 @@ fn blob_name(d: &Digest) -> String {
 /// daemon accepts, and the config's digest is the image id), and that is also an OCI image
 /// layout (oci-layout, index.json, blobs/).
 pub(crate) fn write_docker_archive(a: &Archive, path: &Path) -> Result<(), Error> {
-    let partial = path.with_extension("dockhand-partial");
-    let file = std::fs::File::create(&partial).map_err(|e| io_error(path, e))?;
-    let mut tar = tar::Builder::new(io::BufWriter::with_capacity(1 << 20, file));
+    // A new temporary name, created exclusively: a planted symlink is never followed.
+    let mut partial = PartialFile::create(path).map_err(|e| io_error(path, e))?;
+    let mut tar = tar::Builder::new(io::BufWriter::with_capacity(1 << 20, partial.file()));
     let result = (|| -> io::Result<()> {
         let mut added = std::collections::HashSet::new();
         for (digest, blob) in std::iter::once(&a.config).chain(&a.layers) {
@@ -58,12 +58,10 @@ pub(crate) fn write_docker_archive(a: &Archive, path: &Path) -> Result<(), Error
         append_bytes(&mut tar, "index.json", &index_json(a))?;
         tar.into_inner()?.flush()
     })();
+    // Dropped uncommitted, the temporary file is removed.
     result
-        .and_then(|()| std::fs::rename(&partial, path))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&partial);
-            io_error(path, e)
-        })
+        .and_then(|()| partial.commit())
+        .map_err(|e| io_error(path, e))
 }
 
 fn index_json(a: &Archive) -> Vec<u8> {

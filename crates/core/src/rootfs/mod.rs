@@ -3,8 +3,14 @@
 //! synchronous; async code reaches it through [`crate::blocking`].
 
 pub(crate) mod export;
+mod framing;
 pub(crate) mod pipeline;
 pub(crate) mod unpack;
+
+#[cfg(test)]
+mod proptests;
+
+use crate::reference::Digest;
 
 /// What went wrong while writing a rootfs.
 #[derive(Debug, thiserror::Error)]
@@ -13,6 +19,24 @@ pub(crate) enum RootfsError {
     Stopped,
     #[error(transparent)]
     Io(#[from] std::io::Error),
-    #[error(transparent)]
-    Unpack(#[from] unpack::UnpackError),
+    #[error("layer {layer}")]
+    Layer {
+        layer: Digest,
+        #[source]
+        source: unpack::UnpackError,
+    },
+    /// The layer's uncompressed bytes are not what the image's config says they are.
+    #[error("layer {layer} uncompresses to {actual}, not to the config's diff_id {expected}")]
+    DiffId {
+        layer: Digest,
+        expected: Digest,
+        actual: Digest,
+    },
+}
+
+/// A layer to apply: its blob's digest and the config's `rootfs.diff_ids` entry for it.
+#[derive(Debug, Clone)]
+pub(crate) struct LayerIds {
+    pub digest: Digest,
+    pub diff_id: Digest,
 }

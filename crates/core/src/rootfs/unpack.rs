@@ -13,7 +13,7 @@
 //! The final component is always created with `O_EXCL`/`O_NOFOLLOW` or `*at` calls that do
 //! not follow it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsStr;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
@@ -23,8 +23,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
 
+use super::framing::ExtensionLimit;
+
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OPAQUE: &[u8] = b".wh..wh..opq";
+
+/// The longest member name or link target accepted, in bytes: Linux's `PATH_MAX`, beyond
+/// which no system call takes the path anyway.
+pub(crate) const MAX_PATH_BYTES: usize = 4096;
+/// The most components a member name may have once cleaned. Real images stay far below
+/// (deep `node_modules` trees reach a few dozen).
+pub(crate) const MAX_PATH_DEPTH: usize = 256;
+/// The deepest directory tree removed for a whiteout or a replaced directory. Symlinks let
+/// a layer build trees deeper than [`MAX_PATH_DEPTH`]; removal recurses and holds one file
+/// descriptor per level, so it stops here.
+const MAX_REMOVE_DEPTH: usize = 1024;
+/// How much of a refused name an error shows.
+const SHOWN_NAME_BYTES: usize = 80;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum UnpackError {
@@ -36,6 +51,32 @@ pub(crate) enum UnpackError {
         #[source]
         source: io::Error,
     },
+    /// A member over one of the limits above; `name` is shortened.
+    #[error("member {name:?}: {problem}")]
+    Refused { name: String, problem: String },
+}
+
+/// The start of `raw`, for an error message.
+fn shown(raw: &[u8]) -> String {
+    let mut s = String::from_utf8_lossy(&raw[..raw.len().min(SHOWN_NAME_BYTES)]).into_owned();
+    if raw.len() > SHOWN_NAME_BYTES {
+        s.push_str("...");
+    }
+    s
+}
+
+/// Refuses a member name or link target over [`MAX_PATH_BYTES`].
+fn check_length(name: &[u8], what: &str, value: &[u8]) -> Result<(), UnpackError> {
+    if value.len() > MAX_PATH_BYTES {
+        return Err(UnpackError::Refused {
+            name: shown(name),
+            problem: format!(
+                "{what} of {} bytes is over the limit of {MAX_PATH_BYTES} bytes",
+                value.len()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Counts of what was skipped, for the log.
@@ -106,17 +147,33 @@ impl Unpacker {
     }
 
     /// Applies one uncompressed layer tar stream.
+    /// Extension headers, names and link targets are bounded (see the constants), so
+    /// memory stays flat whatever the layer holds.
     pub(crate) fn apply_layer<R: Read>(&mut self, layer: R) -> Result<(), UnpackError> {
-        let mut archive = tar::Archive::new(layer);
-        // Paths written by this layer (and their parents): an opaque marker clears only what
-        // lower layers put in its directory.
-        let mut this_layer: HashSet<Vec<u8>> = HashSet::new();
+        let mut archive = tar::Archive::new(ExtensionLimit::new(layer));
+        // Paths written by this layer: an opaque marker clears only what lower layers put in
+        // its directory. Whole paths only (their parents are found by prefix), so memory is
+        // linear in the names' total length.
+        let mut this_layer: BTreeSet<Vec<u8>> = BTreeSet::new();
         for entry in archive.entries().map_err(UnpackError::Archive)? {
             let mut entry = entry.map_err(UnpackError::Archive)?;
             let raw = entry.path_bytes().into_owned();
+            check_length(&raw, "name", &raw)?;
+            if let Some(link) = entry.link_name_bytes() {
+                check_length(&raw, "link target", &link)?;
+            }
             let Some(components) = clean(&raw) else {
                 continue;
             };
+            if components.len() > MAX_PATH_DEPTH {
+                return Err(UnpackError::Refused {
+                    name: shown(&raw),
+                    problem: format!(
+                        "a path of {} components is over the limit of {MAX_PATH_DEPTH}",
+                        components.len()
+                    ),
+                });
+            }
             let path = components.join(&b'/');
             let (name, parent) = components.split_last().expect("clean() is never empty");
             let fail = |source: io::Error| UnpackError::Apply {
@@ -131,14 +188,7 @@ impl Unpacker {
                 self.whiteout(parent, hidden).map_err(fail)?;
                 continue;
             }
-            let mut prefix = Vec::new();
-            for c in &components {
-                if !prefix.is_empty() {
-                    prefix.push(b'/');
-                }
-                prefix.extend_from_slice(c);
-                this_layer.insert(prefix.clone());
-            }
+            this_layer.insert(path.clone());
             self.apply_entry(&mut entry, parent, name, &path)
                 .map_err(fail)?;
         }
@@ -372,7 +422,7 @@ impl Unpacker {
         }
     }
 
-    fn opaque(&mut self, parent: &[&[u8]], this_layer: &HashSet<Vec<u8>>) -> io::Result<()> {
+    fn opaque(&mut self, parent: &[&[u8]], this_layer: &BTreeSet<Vec<u8>>) -> io::Result<()> {
         let dir = match self.resolve_dir(parent, true) {
             Ok(d) => d,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -385,7 +435,7 @@ impl Unpacker {
                 full.push(b'/');
             }
             full.extend_from_slice(&name);
-            if !this_layer.contains(&full) {
+            if !written_at_or_under(this_layer, full) {
                 remove_all(&dir, &name)?;
             }
         }
@@ -532,8 +582,25 @@ fn list(dir: &OwnedFd) -> io::Result<Vec<Vec<u8>>> {
     Ok(names)
 }
 
+/// Whether `written` holds `path` or a path under it (`path/...`): paths sharing a prefix
+/// are contiguous in byte order.
+fn written_at_or_under(written: &BTreeSet<Vec<u8>>, mut path: Vec<u8>) -> bool {
+    if written.contains(&path) {
+        return true;
+    }
+    path.push(b'/');
+    written
+        .range(path.clone()..)
+        .next()
+        .is_some_and(|p| p.starts_with(&path))
+}
+
 /// Removes `name` in `dir`, recursively, never following a symlink.
 fn remove_all(dir: &impl AsFd, name: &[u8]) -> io::Result<()> {
+    remove_all_within(dir, name, MAX_REMOVE_DEPTH)
+}
+
+fn remove_all_within(dir: &impl AsFd, name: &[u8], depth: usize) -> io::Result<()> {
     let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
     if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
         let child = rustix::fs::openat(
@@ -544,8 +611,13 @@ fn remove_all(dir: &impl AsFd, name: &[u8]) -> io::Result<()> {
         )?;
         // A read-only directory (as a non-root user) would refuse the unlinks.
         let _ = rustix::fs::chmodat(dir, name, Mode::from_raw_mode(0o700), AtFlags::empty());
+        let Some(depth) = depth.checked_sub(1) else {
+            return Err(io::Error::other(format!(
+                "a directory tree deeper than {MAX_REMOVE_DEPTH} levels is not removed"
+            )));
+        };
         for n in list(&child)? {
-            remove_all(&child, &n)?;
+            remove_all_within(&child, &n, depth)?;
         }
         rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)?;
     } else {
@@ -596,6 +668,148 @@ mod tests {
         assert_eq!(j(b"a/../../b").as_deref(), Some("b"));
         assert_eq!(j(b"./"), None);
         assert_eq!(j(b".."), None);
+    }
+
+    /// A layer of `(name, type, link, data)` members; names go in PAX records, so any
+    /// length works.
+    type Member<'a> = (&'a [u8], tar::EntryType, &'a [u8], &'a [u8]);
+
+    fn layer(members: &[Member<'_>]) -> Vec<u8> {
+        let mut tar = tar::Builder::new(Vec::new());
+        for (name, kind, link, data) in members {
+            let mut records: Vec<(&str, &[u8])> = vec![("path", name)];
+            if !link.is_empty() {
+                records.push(("linkpath", link));
+            }
+            tar.append_pax_extensions(records).unwrap();
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(*kind);
+            h.set_size(data.len() as u64);
+            h.set_mode(0o755);
+            h.set_cksum();
+            tar.append(&h, *data).unwrap();
+        }
+        tar.into_inner().unwrap()
+    }
+
+    fn apply(layers: &[Vec<u8>]) -> (tempfile::TempDir, Result<(), UnpackError>) {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut unpacker = Unpacker::new(tmp.path()).unwrap();
+        for l in layers {
+            if let Err(e) = unpacker.apply_layer(&l[..]) {
+                return (tmp, Err(e));
+            }
+        }
+        unpacker.finish().unwrap();
+        (tmp, Ok(()))
+    }
+
+    /// The error as the binaries print it: the chain on one line.
+    fn chain(e: &dyn std::error::Error) -> String {
+        let mut s = e.to_string();
+        let mut source = e.source();
+        while let Some(e) = source {
+            s.push_str(": ");
+            s.push_str(&e.to_string());
+            source = e.source();
+        }
+        s
+    }
+
+    use tar::EntryType::{Directory, Regular, Symlink};
+
+    #[test]
+    fn a_pax_path_of_40000_components_is_refused_by_length() {
+        let name = b"a/".repeat(40_000);
+        let (_tmp, result) = apply(&[layer(&[(&name, Regular, b"", b"x")])]);
+        let e = chain(&result.unwrap_err());
+        assert!(e.starts_with("member \"a/a/a/"), "{e}");
+        assert!(
+            e.ends_with(": name of 80000 bytes is over the limit of 4096 bytes"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn a_path_deeper_than_the_limit_is_refused_and_one_at_it_is_applied() {
+        let deep = b"d/".repeat(MAX_PATH_DEPTH + 1);
+        let (_tmp, result) = apply(&[layer(&[(&deep, Regular, b"", b"x")])]);
+        let e = chain(&result.unwrap_err());
+        assert!(
+            e.ends_with(": a path of 257 components is over the limit of 256"),
+            "{e}"
+        );
+        let at = [&b"d/".repeat(MAX_PATH_DEPTH - 1)[..], b"f"].concat();
+        let (tmp, result) = apply(&[layer(&[(&at, Regular, b"", b"x")])]);
+        result.unwrap();
+        let f = tmp.path().join(String::from_utf8(at).unwrap());
+        assert_eq!(std::fs::read(f).unwrap(), b"x");
+    }
+
+    #[test]
+    fn a_link_target_over_the_length_limit_is_refused() {
+        let target = b"t".repeat(MAX_PATH_BYTES + 1);
+        let (_tmp, result) = apply(&[layer(&[(b"l", Symlink, &target, b"")])]);
+        let e = chain(&result.unwrap_err());
+        assert!(
+            e.ends_with("link target of 4097 bytes is over the limit of 4096 bytes"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_huge_pax_header_is_refused_before_it_is_read() {
+        let mut h = tar::Header::new_ustar();
+        h.set_path("PaxHeader").unwrap();
+        h.set_entry_type(tar::EntryType::XHeader);
+        h.set_size(600 << 20);
+        h.set_cksum();
+        let (_tmp, result) = apply(&[h.as_bytes().to_vec()]);
+        let e = chain(&result.unwrap_err());
+        assert_eq!(
+            e,
+            "cannot read the layer archive: a PAX extended header of 629145600 bytes is \
+             over the limit of 1048576 bytes"
+        );
+    }
+
+    #[test]
+    fn an_opaque_directory_keeps_what_its_own_layer_wrote_under_it() {
+        let lower = layer(&[
+            (b"d", Directory, b"", b""),
+            (b"d/old", Regular, b"", b"lower"),
+            (b"d/sub", Directory, b"", b""),
+            (b"d/sub/old", Regular, b"", b"lower"),
+            (b"d/subway", Regular, b"", b"lower"),
+        ]);
+        let upper = layer(&[
+            (b"d/sub/new/deep", Regular, b"", b"upper"),
+            (b"d/.wh..wh..opq", Regular, b"", b""),
+        ]);
+        let (tmp, result) = apply(&[lower, upper]);
+        result.unwrap();
+        let d = tmp.path().join("d");
+        let mut names: Vec<_> = walk_names(&d);
+        names.sort();
+        // `sub` stays (this layer wrote under it) with what lower layers put in it;
+        // `subway` shares the prefix but goes.
+        assert_eq!(names, ["sub", "sub/new", "sub/new/deep", "sub/old"]);
+    }
+
+    fn walk_names(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().into_string().unwrap();
+            if e.file_type().unwrap().is_dir() {
+                for n in walk_names(&e.path()) {
+                    out.push(format!("{name}/{n}"));
+                }
+            }
+            out.push(name);
+        }
+        out
     }
 
     #[test]

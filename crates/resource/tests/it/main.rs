@@ -7,6 +7,7 @@ mod common;
 mod ecr;
 mod examples;
 mod get;
+mod get_hostile;
 mod harness;
 mod malformed;
 mod put;
