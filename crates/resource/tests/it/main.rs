@@ -10,5 +10,6 @@ mod get;
 mod harness;
 mod malformed;
 mod put;
+mod put_hostile;
 mod select;
 mod sources;
