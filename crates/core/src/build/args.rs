@@ -7,6 +7,10 @@ use std::path::Path;
 
 use super::{input, BuildParams};
 use crate::error::Error;
+use crate::layout::{clip, read_capped_text};
+
+/// The most read of a `build_args_file` or `labels_file`.
+const MAX_ARGS_FILE_BYTES: u64 = 1 << 20;
 
 /// The variables docker-image-resource expands in build args (nothing else is expanded).
 const EXPANDED: &[&str] = &[
@@ -40,9 +44,8 @@ pub(super) fn build_args(
     }
     if let Some(file) = &params.build_args_file {
         let path = src.join(file);
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| input(&path, format!("params.build_args_file: {e}")))?;
-        let map: BTreeMap<String, serde_json::Value> = serde_json::from_str(&text)
+        let text = read_capped_text(&path, "params.build_args_file", MAX_ARGS_FILE_BYTES)?;
+        let map = json_object(&text)
             .map_err(|e| input(&path, format!("Failed to parse build_args_file: {e}")))?;
         for (k, v) in map {
             args.insert(k, json_text(&v));
@@ -63,15 +66,13 @@ pub(super) fn labels(params: &BuildParams, src: &Path) -> Result<BTreeMap<String
     let mut labels = BTreeMap::new();
     if let Some(file) = &params.labels_file {
         let path = src.join(file);
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| input(&path, format!("params.labels_file: {e}")))?;
-        let map: BTreeMap<String, serde_json::Value> =
-            serde_json::from_str(&text).map_err(|e| {
-                input(
-                    &path,
-                    format!("params.labels_file is not a JSON object: {e}"),
-                )
-            })?;
+        let text = read_capped_text(&path, "params.labels_file", MAX_ARGS_FILE_BYTES)?;
+        let map = json_object(&text).map_err(|e| {
+            input(
+                &path,
+                format!("params.labels_file is not a JSON object: {e}"),
+            )
+        })?;
         for (k, v) in map {
             labels.insert(k, json_text(&v));
         }
@@ -85,6 +86,26 @@ pub(super) fn labels(params: &BuildParams, src: &Path) -> Result<BTreeMap<String
         }
     }
     Ok(labels)
+}
+
+/// A file's JSON object. Parsed as a value first, so a file holding (say) one long string is
+/// "a string", not the string quoted whole by the parser's "invalid type" message.
+fn json_object(text: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    use serde_json::Value;
+    match serde_json::from_str::<Value>(text).map_err(|e| clip(&e.to_string()))? {
+        Value::Object(map) => Ok(map),
+        other => Err(format!(
+            "expected an object of names to values, found {}",
+            match other {
+                Value::Null => "null",
+                Value::Bool(_) => "a boolean",
+                Value::Number(_) => "a number",
+                Value::String(_) => "a string",
+                Value::Array(_) => "an array",
+                Value::Object(_) => unreachable!("matched above"),
+            }
+        )),
+    }
 }
 
 fn json_text(v: &serde_json::Value) -> String {
@@ -123,6 +144,43 @@ fn expand(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn args_and_labels_files_are_capped_and_their_errors_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let params = BuildParams {
+            build_args_file: Some("args.json".into()),
+            labels_file: Some("labels.json".into()),
+            ..BuildParams::default()
+        };
+        let huge = format!(
+            "{{\"A\": \"{}\"}}",
+            "x".repeat(MAX_ARGS_FILE_BYTES as usize)
+        );
+        std::fs::write(dir.path().join("args.json"), &huge).unwrap();
+        std::fs::write(dir.path().join("labels.json"), &huge).unwrap();
+        let err = crate::report::chain(&build_args(&params, dir.path()).unwrap_err());
+        assert!(
+            err.ends_with("args.json: params.build_args_file: larger than the 1 MiB limit"),
+            "{err}"
+        );
+        let err = crate::report::chain(&labels(&params, dir.path()).unwrap_err());
+        assert!(
+            err.ends_with("labels.json: params.labels_file: larger than the 1 MiB limit"),
+            "{err}"
+        );
+        // A file of one long string: named as a string, not quoted whole.
+        let string = serde_json::json!("y\n".repeat(100_000)).to_string();
+        std::fs::write(dir.path().join("args.json"), &string).unwrap();
+        let err = crate::report::chain(&build_args(&params, dir.path()).unwrap_err());
+        assert!(
+            err.ends_with("Failed to parse build_args_file: expected an object of names to values, found a string"),
+            "{err}"
+        );
+        std::fs::write(dir.path().join("labels.json"), "{\"a\": \u{7}").unwrap();
+        let err = crate::report::chain(&labels(&params, dir.path()).unwrap_err());
+        assert!(err.len() < 300 && !err.contains('\u{7}'), "{err}");
+    }
 
     #[test]
     fn expansion_is_limited_to_the_concourse_variables() {

@@ -10,6 +10,10 @@ use futures_util::StreamExt as _;
 use super::stream::{drain, file_stream};
 use super::{daemon_error, input};
 use crate::error::Error;
+use crate::layout::read_capped_text;
+
+/// The most read of the `image-id`, `repository` and `tag` files beside a saved image.
+const MAX_NAME_FILE_BYTES: u64 = 64 << 10;
 
 /// A directory written by `in` with `save: true` (`load_base`, `load_bases`, `cache_from`):
 /// its `image` archive and the name docker-image-resource tags it with, read from the files
@@ -31,9 +35,8 @@ impl Saved {
             ));
         }
         let read = |name: &str| {
-            std::fs::read_to_string(dir.join(name))
+            read_capped_text(&dir.join(name), field, MAX_NAME_FILE_BYTES)
                 .map(|s| s.trim().to_string())
-                .map_err(|e| input(&dir.join(name), format!("{field}: {e}")))
         };
         Ok(Saved {
             id: read("image-id")?,

@@ -14,12 +14,15 @@ use crate::blocking::blocking;
 use crate::build::{Build, BuildParams};
 use crate::error::Error;
 use crate::image::{Blob, Image, RawManifest};
-use crate::layout::read as archive;
+use crate::layout::{quote, read as archive, read_capped_text};
 use crate::protocol::{parse_params, Request, Response, Version};
 use crate::pull;
 use crate::push::push;
-use crate::reference::{Repository, Tag};
+use crate::reference::{NameError, Repository, Tag};
 use crate::registry::Registry;
+
+/// The most read of a `tag_file`, `additional_tags` file or a saved image's `repository`.
+const MAX_TAG_FILE_BYTES: u64 = 64 << 10;
 
 /// `params` of `out`: every docker-image-resource put param, and registry-image-resource's.
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -225,7 +228,7 @@ fn plan(params: &Params, src: &Path, staging: &Path) -> Result<(Image, Option<Re
                 source: "params.load names a directory without an image file (get it with params.save: true)".into(),
             });
         }
-        let from = std::fs::read_to_string(dir.join("repository"))
+        let from = read_capped_text(&dir.join("repository"), "params.load", MAX_TAG_FILE_BYTES)
             .ok()
             .and_then(|r| r.trim().parse().ok());
         return Ok((archive::read_image(&image, staging, None)?, from));
@@ -311,7 +314,17 @@ fn tags(
 ) -> Result<Vec<Tag>, Error> {
     let mut out: Vec<Tag> = Vec::new();
     let mut add = |text: &str, from: &str| -> Result<(), Error> {
-        let tag: Tag = text.parse().map_err(|e| Error::field(from, e))?;
+        let tag: Tag = text.parse().map_err(|e| match e {
+            // The error quotes the text whole; from a file it may be any length.
+            NameError::Tag { .. } if text.chars().count() > 100 => Error::field(
+                from,
+                format!(
+                    "{} is not a valid tag (at most 128 characters)",
+                    quote(text)
+                ),
+            ),
+            e => Error::field(from, e),
+        })?;
         if !out.contains(&tag) {
             out.push(tag);
         }
@@ -503,16 +516,44 @@ impl Params {
 }
 
 fn read_text(src: &Path, file: &str, field: &str) -> Result<String, Error> {
-    let path = src.join(file);
-    std::fs::read_to_string(&path).map_err(|e| Error::Input {
-        path: path.display().to_string(),
-        source: format!("{field}: {e}").into(),
-    })
+    read_capped_text(&src.join(file), field, MAX_TAG_FILE_BYTES)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::aliases;
+    use super::*;
+
+    #[test]
+    fn a_tag_file_is_capped_and_a_bad_tag_quoted_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let source: Tag = "latest".parse().unwrap();
+        let params = Params {
+            tag_file: Some("tag".into()),
+            ..Params::default()
+        };
+        let chain = |e: Error| crate::report::chain(&e);
+        std::fs::write(dir.path().join("tag"), "v".repeat(20 << 20)).unwrap();
+        let err = chain(tags(&params, &source, dir.path(), None).unwrap_err());
+        assert!(
+            err.ends_with("tag: params.tag_file: larger than the 64 KiB limit"),
+            "{err}"
+        );
+        std::fs::write(dir.path().join("tag"), "\u{1b}[31m".repeat(1000)).unwrap();
+        let err = chain(tags(&params, &source, dir.path(), None).unwrap_err());
+        assert!(err.starts_with(r#"params.tag_file: "\u{1b}[31m"#), "{err}");
+        assert!(
+            err.ends_with("(5000 bytes) is not a valid tag (at most 128 characters)"),
+            "{err}"
+        );
+        assert!(err.len() < 250 && !err.contains('\u{1b}'), "{err}");
+        let params = Params {
+            additional_tags: Some("tag".into()),
+            ..Params::default()
+        };
+        let err = chain(tags(&params, &source, dir.path(), None).unwrap_err());
+        assert!(err.starts_with("params.additional_tags: "), "{err}");
+        assert!(err.len() < 250, "{err}");
+    }
 
     fn existing(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()

@@ -34,7 +34,34 @@ fn bad(path: &Path, reason: impl Into<crate::error::Cause>) -> Error {
     }
 }
 
-/// The files of an image on disk: a directory, or the members of a tarball by offset.
+/// The most read of `manifest.json`, `index.json` or a manifest blob.
+const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+/// The most read of an image config (`docker save`'s `Config`).
+const MAX_CONFIG_BYTES: u64 = 8 << 20;
+
+/// A member name as `manifest.json` or a tar header gives it, made relative and plain
+/// (`./a//b` is `a/b`); an absolute name or one with a `..` component is refused, as it
+/// names something outside the archive.
+fn member_name(name: &str) -> Result<String, &'static str> {
+    if name.starts_with('/') {
+        return Err("is an absolute path");
+    }
+    let mut parts = Vec::new();
+    for part in name.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return Err("has a .. component"),
+            part => parts.push(part),
+        }
+    }
+    if parts.is_empty() {
+        return Err("is empty");
+    }
+    Ok(parts.join("/"))
+}
+
+/// The files of an image on disk: a directory (its canonical path), or the members of a
+/// tarball by offset.
 enum Files {
     Dir(PathBuf),
     Tar {
@@ -47,7 +74,8 @@ impl Files {
     fn open(path: &Path) -> Result<Files, Error> {
         let meta = std::fs::metadata(path).map_err(|e| bad(path, e))?;
         if meta.is_dir() {
-            return Ok(Files::Dir(path.to_path_buf()));
+            let root = std::fs::canonicalize(path).map_err(|e| bad(path, e))?;
+            return Ok(Files::Dir(root));
         }
         let file = std::fs::File::open(path).map_err(|e| bad(path, e))?;
         let mut archive = tar::Archive::new(file);
@@ -60,9 +88,10 @@ impl Files {
             if !entry.header().entry_type().is_file() {
                 continue;
             }
-            let name = String::from_utf8_lossy(&entry.path_bytes())
-                .trim_start_matches("./")
-                .to_string();
+            // A member that names itself outside the archive cannot be named from inside it.
+            let Ok(name) = member_name(&String::from_utf8_lossy(&entry.path_bytes())) else {
+                continue;
+            };
             members.insert(name, (entry.raw_file_position(), entry.size()));
         }
         if members.is_empty() {
@@ -81,41 +110,51 @@ impl Files {
         }
     }
 
-    fn has(&self, name: &str) -> bool {
+    /// Where a member's bytes are (file, offset, length), or `None` when it is not there. A
+    /// name leading outside the archive or directory (`..`, absolute, through a symlink) is
+    /// an error, never followed.
+    fn locate(&self, name: &str) -> Result<Option<(PathBuf, u64, u64)>, Error> {
+        let refused = |why: &str| {
+            bad(
+                self.describe(),
+                format!("member {} {why}, outside the image", super::quote(name)),
+            )
+        };
+        let clean = member_name(name).map_err(refused)?;
         match self {
-            Files::Dir(root) => root.join(name).is_file(),
-            Files::Tar { members, .. } => members.contains_key(name),
+            Files::Dir(root) => {
+                // Not there, or not reachable: missing, as `is_file` would say.
+                let Ok(path) = std::fs::canonicalize(root.join(&clean)) else {
+                    return Ok(None);
+                };
+                if !path.starts_with(root) {
+                    return Err(refused("leads through a symlink"));
+                }
+                let meta = std::fs::metadata(&path).map_err(|e| bad(&path, e))?;
+                if !meta.is_file() {
+                    return Ok(None);
+                }
+                Ok(Some((path, 0, meta.len())))
+            }
+            Files::Tar { path, members } => Ok(members
+                .get(&clean)
+                .map(|&(offset, len)| (path.clone(), offset, len))),
         }
+    }
+
+    fn has(&self, name: &str) -> Result<bool, Error> {
+        Ok(self.locate(name)?.is_some())
     }
 
     /// The body that sends this member, and its size.
     fn body(&self, name: &str) -> Result<(Body, u64), Error> {
-        let missing = || bad(self.describe(), format!("{name} is missing"));
-        match self {
-            Files::Dir(root) => {
-                let path = root.join(name);
-                let len = std::fs::metadata(&path).map_err(|_| missing())?.len();
-                Ok((
-                    Body::File {
-                        path,
-                        offset: 0,
-                        len,
-                    },
-                    len,
-                ))
-            }
-            Files::Tar { path, members } => {
-                let (offset, len) = *members.get(name).ok_or_else(missing)?;
-                Ok((
-                    Body::File {
-                        path: path.clone(),
-                        offset,
-                        len,
-                    },
-                    len,
-                ))
-            }
-        }
+        let (path, offset, len) = self.locate(name)?.ok_or_else(|| {
+            bad(
+                self.describe(),
+                format!("{} is missing", super::quote(name)),
+            )
+        })?;
+        Ok((Body::File { path, offset, len }, len))
     }
 
     fn reader(&self, name: &str) -> Result<Box<dyn Read>, Error> {
@@ -129,13 +168,17 @@ impl Files {
         Ok(Box::new(io::BufReader::with_capacity(1 << 20, f.take(len))))
     }
 
-    /// A small member (manifest, config), at most 16 MiB.
-    fn read_small(&self, name: &str) -> Result<Vec<u8>, Error> {
+    /// A small member (manifest, config), at most `limit` bytes.
+    fn read_small(&self, name: &str, limit: u64) -> Result<Vec<u8>, Error> {
         let (_, len) = self.body(name)?;
-        if len > 16 << 20 {
+        if len > limit {
             return Err(bad(
                 self.describe(),
-                format!("{name} is too large for JSON"),
+                format!(
+                    "{} is larger than the {} limit",
+                    super::quote(name),
+                    super::size(limit)
+                ),
             ));
         }
         let mut out = Vec::with_capacity(len as usize);
@@ -159,10 +202,10 @@ fn blob_name(d: &Digest) -> String {
 /// first image is taken.
 pub(crate) fn read_image(path: &Path, staging: &Path, name: Option<&str>) -> Result<Image, Error> {
     let files = Files::open(path)?;
-    if files.has("index.json") && files.has("oci-layout") {
+    if files.has("index.json")? && files.has("oci-layout")? {
         return read_oci_layout(&files);
     }
-    if files.has("manifest.json") {
+    if files.has("manifest.json")? {
         return read_docker_archive(&files, staging, name);
     }
     Err(bad(
@@ -172,11 +215,14 @@ pub(crate) fn read_image(path: &Path, staging: &Path, name: Option<&str>) -> Res
 }
 
 fn read_oci_layout(files: &Files) -> Result<Image, Error> {
-    let index_bytes = files.read_small("index.json")?;
+    let index_bytes = files.read_small("index.json", MAX_MANIFEST_BYTES)?;
     let index: ImageIndex = serde_json::from_slice(&index_bytes).map_err(|e| {
         bad(
             files.describe(),
-            format!("index.json is not an image index: {e}"),
+            format!(
+                "index.json is not an image index: {}",
+                super::clip(&e.to_string())
+            ),
         )
     })?;
     // One entry: that manifest or index is the image. Several: index.json itself is the
@@ -207,7 +253,11 @@ fn read_oci_layout(files: &Files) -> Result<Image, Error> {
         let idx: ImageIndex = serde_json::from_slice(&top.bytes).map_err(|e| {
             bad(
                 files.describe(),
-                format!("{}: not an image index: {e}", top.digest),
+                format!(
+                    "{}: not an image index: {}",
+                    top.digest,
+                    super::clip(&e.to_string())
+                ),
             )
         })?;
         for child in &idx.manifests {
@@ -236,7 +286,10 @@ fn add_manifest_blobs(
     let manifest: ImageManifest = serde_json::from_slice(bytes).map_err(|e| {
         bad(
             files.describe(),
-            format!("{digest}: not an image manifest: {e}"),
+            format!(
+                "{digest}: not an image manifest: {}",
+                super::clip(&e.to_string())
+            ),
         )
     })?;
     for d in std::iter::once(&manifest.config).chain(&manifest.layers) {
@@ -264,7 +317,7 @@ fn add_manifest_blobs(
 
 /// A manifest blob, checked against its digest.
 fn read_verified(files: &Files, digest: &Digest) -> Result<Vec<u8>, Error> {
-    let bytes = files.read_small(&blob_name(digest))?;
+    let bytes = files.read_small(&blob_name(digest), MAX_MANIFEST_BYTES)?;
     let actual = Digest::of(&bytes);
     if &actual != digest {
         return Err(bad(
@@ -352,13 +405,18 @@ struct PreparedLayer {
 }
 
 fn read_docker_archive(files: &Files, staging: &Path, name: Option<&str>) -> Result<Image, Error> {
-    let entries: Vec<SaveEntry> = serde_json::from_slice(&files.read_small("manifest.json")?)
-        .map_err(|e| {
-            bad(
-                files.describe(),
-                format!("manifest.json is not a docker save manifest: {e}"),
-            )
-        })?;
+    let entries: Vec<SaveEntry> = serde_json::from_slice(
+        &files.read_small("manifest.json", MAX_MANIFEST_BYTES)?,
+    )
+    .map_err(|e| {
+        bad(
+            files.describe(),
+            format!(
+                "manifest.json is not a docker save manifest: {}",
+                super::clip(&e.to_string())
+            ),
+        )
+    })?;
     let entry = match name {
         Some(name) => choose_named(&entries, name)
             .ok_or_else(|| bad(files.describe(), no_image_named(&entries, name)))?,
@@ -373,7 +431,7 @@ fn read_docker_archive(files: &Files, staging: &Path, name: Option<&str>) -> Res
             entries.len()
         );
     }
-    let config = files.read_small(&entry.config)?;
+    let config = files.read_small(&entry.config, MAX_CONFIG_BYTES)?;
     let config_digest = Digest::of(&config);
     std::fs::create_dir_all(staging).map_err(|e| bad(staging, e))?;
     // Each layer on its own thread: hashing or gzipping is the slow part.
@@ -538,4 +596,148 @@ pub(crate) fn import_rootfs(path: &Path, staging: &Path) -> Result<Image, Error>
         },
         image_id: Some(config_digest),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `docker save` directory whose manifest.json names `config` and `layer`.
+    fn save_dir(config: &str, layer: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("image");
+        std::fs::create_dir(&image).unwrap();
+        std::fs::write(image.join("config.json"), "{}").unwrap();
+        std::fs::write(image.join("layer.tar"), vec![0u8; 1024]).unwrap();
+        let manifest = serde_json::json!([{"Config": config, "Layers": [layer]}]);
+        std::fs::write(image.join("manifest.json"), manifest.to_string()).unwrap();
+        std::fs::write(dir.path().join("secret"), "outside").unwrap();
+        dir
+    }
+
+    fn refused(dir: &tempfile::TempDir) -> String {
+        let staging = dir.path().join("staging");
+        match read_image(&dir.path().join("image"), &staging, None) {
+            Ok(_) => panic!("read an image naming a file outside it"),
+            Err(e) => crate::report::chain(&e),
+        }
+    }
+
+    #[test]
+    fn member_names_are_made_plain_and_never_lead_out() {
+        assert_eq!(member_name("./a//b/./c"), Ok("a/b/c".to_string()));
+        assert_eq!(member_name("/etc/passwd"), Err("is an absolute path"));
+        assert_eq!(member_name("a/../../b"), Err("has a .. component"));
+        assert_eq!(member_name("./"), Err("is empty"));
+    }
+
+    #[test]
+    fn a_docker_save_directory_naming_files_outside_it_is_refused() {
+        for (config, layer, want) in [
+            (
+                "../secret",
+                "layer.tar",
+                r#"member "../secret" has a .. component"#,
+            ),
+            (
+                "config.json",
+                "../../../../../../../etc/passwd",
+                "has a .. component",
+            ),
+            ("/etc/passwd", "layer.tar", "is an absolute path"),
+        ] {
+            let dir = save_dir(config, layer);
+            let err = refused(&dir);
+            assert!(err.contains(want), "{err}");
+            assert!(err.contains("/image: member "), "{err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+        // Through a symlink inside the directory: to a file and to a directory.
+        let dir = save_dir("config.json", "up/secret");
+        std::os::unix::fs::symlink("..", dir.path().join("image/up")).unwrap();
+        assert!(refused(&dir).contains(r#"member "up/secret" leads through a symlink"#));
+        let dir = save_dir("link", "layer.tar");
+        std::os::unix::fs::symlink(dir.path().join("secret"), dir.path().join("image/link"))
+            .unwrap();
+        assert!(refused(&dir).contains("leads through a symlink"));
+        // A symlink that stays inside is followed.
+        let dir = save_dir("link", "layer.tar");
+        std::os::unix::fs::symlink("config.json", dir.path().join("image/link")).unwrap();
+        read_image(&dir.path().join("image"), &dir.path().join("staging"), None).unwrap();
+    }
+
+    #[test]
+    fn a_docker_save_tarball_naming_members_outside_it_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("image");
+        let mut tar = tar::Builder::new(std::fs::File::create(&path).unwrap());
+        let manifest = serde_json::json!([{"Config": "/etc/passwd", "Layers": []}]).to_string();
+        let mut header = tar::Header::new_gnu();
+        header.set_size(manifest.len() as u64);
+        header.set_mode(0o644);
+        tar.append_data(&mut header, "manifest.json", manifest.as_bytes())
+            .unwrap();
+        tar.finish().unwrap();
+        drop(tar);
+        let err = refused(&dir);
+        assert!(
+            err.contains(r#"member "/etc/passwd" is an absolute path"#),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_oci_layout_names_blobs_by_valid_digest_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("image");
+        std::fs::create_dir_all(image.join("blobs/sha256")).unwrap();
+        std::fs::write(
+            image.join("oci-layout"),
+            r#"{"imageLayoutVersion":"1.0.0"}"#,
+        )
+        .unwrap();
+        let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": OCI_MANIFEST, "size": 7, "digest": "sha256:../../../../etc/passwd"}]});
+        std::fs::write(image.join("index.json"), index.to_string()).unwrap();
+        let err = refused(&dir);
+        assert!(err.contains("is not a valid digest"), "{err}");
+
+        // A blob that is a symlink out of the layout.
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "outside").unwrap();
+        let digest = Digest::of(b"outside");
+        std::os::unix::fs::symlink(&secret, image.join(blob_name(&digest))).unwrap();
+        let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": OCI_MANIFEST, "size": 7, "digest": digest}]});
+        std::fs::write(image.join("index.json"), index.to_string()).unwrap();
+        let err = refused(&dir);
+        assert!(err.contains("leads through a symlink"), "{err}");
+    }
+
+    #[test]
+    fn manifests_over_the_limit_are_refused_before_reading() {
+        let dir = save_dir("config.json", "layer.tar");
+        let manifest = dir.path().join("image/manifest.json");
+        let file = std::fs::File::create(&manifest).unwrap();
+        file.set_len(MAX_MANIFEST_BYTES + 1).unwrap();
+        let err = refused(&dir);
+        assert!(
+            err.contains(r#""manifest.json" is larger than the 4 MiB limit"#),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_parser_error_quoting_input_stays_short() {
+        let dir = save_dir("config.json", "layer.tar");
+        let long = "x".repeat(1 << 20);
+        let manifest = serde_json::json!([{"Config": 1, "Layers": [long]}]).to_string();
+        std::fs::write(dir.path().join("image/manifest.json"), manifest).unwrap();
+        let err = refused(&dir);
+        assert!(err.len() < 400, "{err}");
+        let manifest = serde_json::json!(long).to_string();
+        std::fs::write(dir.path().join("image/manifest.json"), manifest).unwrap();
+        let err = refused(&dir);
+        assert!(err.len() < 400, "{err}");
+    }
 }

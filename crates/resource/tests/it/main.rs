@@ -11,5 +11,6 @@ mod get_hostile;
 mod harness;
 mod malformed;
 mod put;
+mod put_hostile;
 mod select;
 mod sources;
