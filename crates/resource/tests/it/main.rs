@@ -8,6 +8,7 @@ mod ecr;
 mod examples;
 mod get;
 mod harness;
+mod hostile;
 mod malformed;
 mod put;
 mod select;
