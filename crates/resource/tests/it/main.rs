@@ -9,6 +9,7 @@ mod examples;
 mod get;
 mod get_hostile;
 mod harness;
+mod hostile;
 mod malformed;
 mod put;
 mod put_hostile;

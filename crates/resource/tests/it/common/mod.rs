@@ -10,9 +10,12 @@
 //! - [`Registry`]: `push`, `push_v2s2`, `skopeo_digest`, `delete`, `source`, `client`, ...
 //! - [`ImageBuilder`] / [`IndexBuilder`] ([`image`]): OCI layouts with known digests.
 //! - [`FaultProxy`] ([`proxy`]): 5xx/429, resets, truncation, tag paging, request log.
-//! - [`run`] / [`Run`] / [`Outcome`]: the binaries, with `success()` / `failure()` checks.
+//! - [`Hostile`] ([`hostile`]): a registry that misbehaves on purpose (echoes, floods, stalls).
+//! - [`run`] / [`Run`] / [`Outcome`]: the binaries, with `success()` / `failure()` checks;
+//!   [`Run::run_measured`] for time and peak RSS.
 #![allow(dead_code)]
 
+pub mod hostile;
 pub mod http;
 pub mod image;
 pub mod pki;
@@ -1006,6 +1009,18 @@ impl Run {
     }
 
     pub fn run(self) -> Outcome {
+        let command = self.command();
+        let what = format!("{} {:?}", self.bin, self.args);
+        let output = run_with_timeout(command, &self.stdin, self.timeout, &what);
+        Outcome {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// The command [`Run::run`] starts: the binary, its arguments and environment.
+    fn command(&self) -> Command {
         let mut command = Command::new(Run::path(self.bin));
         command.args(&self.args).env("HOME", env_home());
         for key in [
@@ -1033,14 +1048,113 @@ impl Run {
         if let Some(dir) = &self.dir {
             command.current_dir(dir);
         }
-        let what = format!("{} {:?}", self.bin, self.args);
-        let output = run_with_timeout(command, &self.stdin, self.timeout, &what);
-        Outcome {
-            code: output.status.code(),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        command
+    }
+
+    /// Runs the binary as [`Run::run`] does, but measured and fenced instead of capped at
+    /// [`COMMAND_TIMEOUT`]: it is killed once it has run for `limit` (which may exceed the
+    /// default) or once its resident set passes `rss_cap_kib`, so a runaway cannot take the
+    /// machine. Reports how long it ran, its peak RSS (`wait4`'s `ru_maxrss`), and why it
+    /// was killed, if it was.
+    pub fn run_measured(self, limit: Duration, rss_cap_kib: u64) -> Measured {
+        let mut command = self.command();
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let started = Instant::now();
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin));
+        let mut pipe = child.stdin.take().unwrap();
+        let input = self.stdin.clone();
+        let writer = std::thread::spawn(move || {
+            let _ = pipe.write_all(&input);
+        });
+        let drain = |mut r: Box<dyn std::io::Read + Send>| {
+            std::thread::spawn(move || {
+                let mut bytes = Vec::new();
+                let _ = r.read_to_end(&mut bytes);
+                bytes
+            })
+        };
+        let stdout = drain(Box::new(child.stdout.take().unwrap()));
+        let stderr = drain(Box::new(child.stderr.take().unwrap()));
+        let pid = child.id() as libc::pid_t;
+        // Reaped here with wait4, never through `child`: polling with WNOHANG keeps the pid
+        // ours (a zombie at worst) whenever it is killed.
+        drop(child);
+        let mut killed = None;
+        let mut status: libc::c_int = 0;
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        loop {
+            let reaped = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+            if reaped == pid {
+                break;
+            }
+            assert!(
+                reaped == 0,
+                "wait4 failed: {}",
+                std::io::Error::last_os_error()
+            );
+            if killed.is_none() {
+                let rss = current_rss_kib(pid);
+                let why = if started.elapsed() >= limit {
+                    Some(format!("still running after {} s", limit.as_secs()))
+                } else if rss > rss_cap_kib {
+                    Some(format!(
+                        "resident set reached {} MiB (cap {} MiB)",
+                        rss / 1024,
+                        rss_cap_kib / 1024
+                    ))
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    killed = Some(why);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let elapsed = started.elapsed();
+        let _ = writer.join();
+        let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+        Measured {
+            outcome: Outcome {
+                code,
+                stdout: String::from_utf8_lossy(&stdout.join().unwrap()).into_owned(),
+                stderr: String::from_utf8_lossy(&stderr.join().unwrap()).into_owned(),
+            },
+            elapsed,
+            peak_rss_kib: usage.ru_maxrss as u64,
+            killed,
         }
     }
+}
+
+/// What [`Run::run_measured`] saw.
+#[derive(Debug)]
+pub struct Measured {
+    pub outcome: Outcome,
+    /// From start to exit (or to the kill).
+    pub elapsed: Duration,
+    /// The child's peak resident set, KiB.
+    pub peak_rss_kib: u64,
+    /// Why the harness killed it, when it did.
+    pub killed: Option<String>,
+}
+
+/// VmRSS of a live process, KiB (0 when it cannot be read).
+fn current_rss_kib(pid: libc::pid_t) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 impl Outcome {
