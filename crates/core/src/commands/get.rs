@@ -221,6 +221,20 @@ impl Fetch<'_> {
     /// The config blob, parsed and as JSON, and where it was downloaded to.
     async fn config(&self) -> Result<(ImageConfig, serde_json::Value, PathBuf), Error> {
         let descriptor = &self.image.image.config;
+        // The whole config is parsed in memory: one larger than any real image's is refused
+        // before a byte of it is downloaded.
+        if descriptor.size > crate::registry::CONFIG_LIMIT as u64 {
+            return Err(Error::Image {
+                reference: format!("{}@{}", self.repository, self.digest),
+                source: format!(
+                    "its config {} is {} bytes, more than the {} dockhand reads",
+                    descriptor.digest,
+                    descriptor.size,
+                    crate::registry::CONFIG_LIMIT
+                )
+                .into(),
+            });
+        }
         let path = self.staging.join(descriptor.digest.hex());
         self.registry
             .download_blob(

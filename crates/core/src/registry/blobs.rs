@@ -10,7 +10,7 @@ use super::{Call, Registry, RegistryError};
 use crate::reference::{Digest, Repository};
 
 /// Configs are small; refuse to read one without bound.
-const CONFIG_LIMIT: usize = 8 << 20;
+pub(crate) const CONFIG_LIMIT: usize = 8 << 20;
 
 impl Registry {
     /// GET a blob, from byte `range_from` on when resuming.

@@ -35,6 +35,7 @@ use error::{ErrorBody, ErrorCode};
 use retry::Answer;
 
 pub(crate) use auth::{parse_challenge, Challenge};
+pub(crate) use blobs::CONFIG_LIMIT;
 pub(crate) use error::RegistryError;
 pub(crate) use retry::RetryPolicy;
 pub(crate) use tags::MAX_TAG_PAGES;
