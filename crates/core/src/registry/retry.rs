@@ -95,6 +95,7 @@ pub(super) async fn exchange<E>(
     what: &str,
     mut make: impl AsyncFnMut() -> Result<reqwest::RequestBuilder, E>,
 ) -> Result<Answer, E> {
+    let mut unanswered = 0;
     retrying(policy, async || {
         let request = match make().await {
             Ok(r) => r,
@@ -117,6 +118,11 @@ pub(super) async fn exchange<E>(
                 otherwise: Ok(Ok(response)),
             },
             Ok(response) => Step::Done(Ok(Ok(response))),
+            // A peer that held the request for the whole headers budget is tried once more,
+            // not the policy's five times over (which would take minutes).
+            Err(e @ Broken::NoAnswer) if unanswered + 1 >= MAX_UNANSWERED => {
+                Step::Done(Ok(Err((Failure::Transient, e))))
+            }
             Err(e) => match classify(&e) {
                 Failure::Transient => Step::Again {
                     why: format!(
@@ -124,7 +130,10 @@ pub(super) async fn exchange<E>(
                         chain(&e)
                     ),
                     after: None,
-                    otherwise: Ok(Err((Failure::Transient, e))),
+                    otherwise: {
+                        unanswered += usize::from(matches!(e, Broken::NoAnswer));
+                        Ok(Err((Failure::Transient, e)))
+                    },
                 },
                 failure => Step::Done(Ok(Err((failure, e)))),
             },
@@ -132,6 +141,9 @@ pub(super) async fn exchange<E>(
     })
     .await
 }
+
+/// Tries of one request that got no answer within [`pace::HEADERS_TIMEOUT`].
+const MAX_UNANSWERED: usize = 2;
 
 /// The longest `Retry-After` waited for; a registry asking for more gets no other try.
 pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
