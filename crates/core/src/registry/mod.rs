@@ -345,6 +345,22 @@ impl Registry {
             what: call.what.clone(),
             detail: ": the registry sent a link that is not a URL".into(),
         })?;
+        // A link (a tag page, an upload location) from https to plain http is refused as a
+        // redirect would be: what it answers could be changed on the way.
+        if conn.base.starts_with("https:")
+            && url.scheme() == "http"
+            && !self.config.may_send_credentials(&url)
+        {
+            return Err(RegistryError::Status {
+                host: self.host.to_string(),
+                status: StatusCode::BAD_GATEWAY,
+                what: call.what.clone(),
+                detail: format!(
+                    ": the registry sent a link to plain {}, refused",
+                    url.origin().ascii_serialization()
+                ),
+            });
+        }
         let mut reauthenticated = false;
         loop {
             let answer = retry::exchange(&self.retry, &self.host, &call.what, async || {
