@@ -42,3 +42,5 @@ pub use error::Error;
 
 #[cfg(test)]
 mod layering;
+#[cfg(test)]
+mod proptests;
