@@ -248,6 +248,12 @@ impl Unpacker {
             numeric_or_zero(&old.uid, header.uid())?,
             numeric_or_zero(&old.gid, header.gid())?,
         );
+        // Base-256 fields hold up to 64 bits; truncated, 2^32 would be root.
+        if u32::try_from(uid_).is_err() || u32::try_from(gid_).is_err() {
+            return Err(io::Error::other(format!(
+                "owner {uid_}:{gid_} does not fit in 32 bits"
+            )));
+        }
         let mtime = header.mtime().unwrap_or(0);
         let dir = self.resolve_dir(parent, true)?;
 
@@ -717,6 +723,26 @@ mod tests {
     }
 
     use tar::EntryType::{Directory, Regular, Symlink};
+
+    #[test]
+    fn an_owner_over_32_bits_is_refused_not_truncated_to_root() {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_path("f").unwrap();
+        h.set_entry_type(Regular);
+        h.set_size(1);
+        h.set_mode(0o644);
+        h.set_uid(1 << 32);
+        h.set_cksum();
+        tar.append(&h, &b"x"[..]).unwrap();
+        let (tmp, result) = apply(&[tar.into_inner().unwrap()]);
+        let e = chain(&result.unwrap_err());
+        assert!(
+            e.ends_with("owner 4294967296:0 does not fit in 32 bits"),
+            "{e}"
+        );
+        assert!(!tmp.path().join("f").exists());
+    }
 
     #[test]
     fn a_pax_path_of_40000_components_is_refused_by_length() {
