@@ -9,7 +9,6 @@ use base64::Engine as _;
 use bollard::auth::DockerCredentials;
 
 use super::dockerfile::from_images;
-use super::input;
 use crate::error::Error;
 use crate::source::Settings;
 
@@ -42,6 +41,9 @@ pub(super) fn credentials(settings: &Settings) -> HashMap<String, DockerCredenti
         .collect()
 }
 
+/// The Dockerfile is read for its `FROM` lines; a larger one is refused rather than read whole.
+const MAX_DOCKERFILE_BYTES: u64 = 4 << 20;
+
 /// Registry credentials for the daemon's pulls during the build (X-Registry-Config).
 /// ECR tokens for the repository's registry and for every ECR registry a `FROM` line names
 /// (after `ARG` defaults and build args are substituted), so the daemon can pull base images
@@ -52,7 +54,8 @@ pub(super) async fn add_ecr_credentials(
     build_args: &BTreeMap<String, String>,
     settings: &Settings,
 ) -> Result<(), Error> {
-    let text = std::fs::read_to_string(dockerfile).map_err(|e| input(dockerfile, e))?;
+    let text =
+        crate::layout::read_capped_text(dockerfile, "params.dockerfile", MAX_DOCKERFILE_BYTES)?;
     let mut hosts = vec![settings.repository.host().clone()];
     for image in from_images(&text, build_args) {
         if let Ok(r) = image.parse::<crate::reference::Repository>() {

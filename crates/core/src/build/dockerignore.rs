@@ -13,6 +13,9 @@ pub(super) struct Ignore {
     rules: Vec<(Pattern, bool)>,
 }
 
+/// Real ones are a few lines; a larger one is refused rather than read whole.
+const MAX_DOCKERIGNORE_BYTES: u64 = 4 << 20;
+
 const OPTIONS: MatchOptions = MatchOptions {
     case_sensitive: true,
     require_literal_separator: true,
@@ -23,15 +26,13 @@ impl Ignore {
     /// The rules of `<context>/.dockerignore`; none when there is no such file.
     pub(super) fn load(context: &Path) -> Result<Ignore, Error> {
         let path = context.join(".dockerignore");
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
+        let text = match std::fs::metadata(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => {
-                return Err(Error::Input {
-                    path: path.display().to_string(),
-                    source: e.into(),
-                })
-            }
+            _ => crate::layout::read_capped_text(
+                &path,
+                "params.build's .dockerignore",
+                MAX_DOCKERIGNORE_BYTES,
+            )?,
         };
         Ignore::parse(&text).map_err(|reason| Error::Input {
             path: path.display().to_string(),
@@ -105,6 +106,18 @@ fn clean(pattern: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_file_is_no_rules_and_a_huge_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Ignore::load(dir.path()).is_ok());
+        std::fs::write(dir.path().join(".dockerignore"), vec![b'a'; 5 << 20]).unwrap();
+        let e = crate::report::chain(&Ignore::load(dir.path()).err().unwrap());
+        assert!(
+            e.ends_with(".dockerignore: params.build's .dockerignore: larger than the 4 MiB limit"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn docker_semantics() {
