@@ -12,6 +12,16 @@ use crate::reference::{Digest, Repository};
 /// Configs are small; refuse to read one without bound.
 pub(crate) const CONFIG_LIMIT: usize = 8 << 20;
 
+/// What one blob download needs.
+#[derive(Clone, Copy)]
+struct Download<'a> {
+    repository: &'a Repository,
+    digest: &'a Digest,
+    size: Option<u64>,
+    dest: &'a std::path::Path,
+    progress: &'a (dyn Fn(u64) + Send + Sync),
+}
+
 impl Registry {
     /// GET a blob, from byte `range_from` on when resuming.
     fn blob_call(
@@ -42,56 +52,39 @@ impl Registry {
         dest: &std::path::Path,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<(), RegistryError> {
-        match self
-            .download_blob_once(repository, digest, size, dest, progress, true)
-            .await
-        {
-            // Resumed parts that do not add up: once more from the start, in one piece.
-            Err((e @ RegistryError::DigestMismatch { .. }, true)) => {
-                tracing::warn!("{e}; the download was resumed, downloading it again whole");
-                self.download_blob_once(repository, digest, size, dest, progress, false)
-                    .await
-                    .map_err(|(e, _)| e)
-            }
-            other => other.map_err(|(e, _)| e),
-        }
-    }
-
-    /// One download; the error says whether a part of it came from a resumed request.
-    async fn download_blob_once(
-        &self,
-        repository: &Repository,
-        digest: &Digest,
-        size: Option<u64>,
-        dest: &std::path::Path,
-        progress: &(dyn Fn(u64) + Send + Sync),
-        resume: bool,
-    ) -> Result<(), (RegistryError, bool)> {
-        let mut resumed = false;
-        self.download_into(
+        let download = Download {
             repository,
             digest,
             size,
             dest,
             progress,
-            resume,
-            &mut resumed,
-        )
-        .await
-        .map_err(|e| (e, resumed))
+        };
+        let mut resumed = false;
+        match self.download_into(download, true, &mut resumed).await {
+            // Resumed parts that do not add up: once more from the start, in one piece.
+            Err(e @ RegistryError::DigestMismatch { .. }) if resumed => {
+                tracing::warn!("{e}; the download was resumed, downloading it again whole");
+                self.download_into(download, false, &mut resumed).await
+            }
+            other => other,
+        }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// One download, resumed with `Range` after a break when `resume`; sets `resumed` when a
+    /// part of it came from a resumed request.
     async fn download_into(
         &self,
-        repository: &Repository,
-        digest: &Digest,
-        size: Option<u64>,
-        dest: &std::path::Path,
-        progress: &(dyn Fn(u64) + Send + Sync),
+        download: Download<'_>,
         resume: bool,
         resumed: &mut bool,
     ) -> Result<(), RegistryError> {
+        let Download {
+            repository,
+            digest,
+            size,
+            dest,
+            progress,
+        } = download;
         use sha2::Digest as _;
         use tokio::io::AsyncWriteExt as _;
         let what = format!("blob {digest}");
