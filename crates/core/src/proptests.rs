@@ -1,6 +1,6 @@
 //! Properties of the parsers that read what a pipeline or a registry hands over: a request
-//! on stdin, a `WWW-Authenticate` challenge, names, tags, RFC 3339 times, semver
-//! constraints. On any input they return (never panic); a request's error, as the binaries
+//! on stdin, a `WWW-Authenticate` challenge, a tag list's `Link`, manifests, indexes and
+//! configs, names, tags, RFC 3339 times, semver constraints. On any input they return (never panic); a request's error, as the binaries
 //! print it, is one line holding none of the request's secrets; the tag order is a total
 //! order (a sort on an inconsistent order may panic).
 //!
@@ -320,6 +320,125 @@ proptest! {
                 prop_assert!(tags.contains(&candidate.tag));
                 let _ = selection.key_of(&candidate.tag, None);
             }
+        }
+    }
+}
+
+/// JSON shaped like what a registry serves for a manifest, an index or a config: the keys
+/// these documents have, each holding a value of any type (or the right type with any
+/// content), nested a few levels.
+fn document() -> BoxedStrategy<Value> {
+    let digest = prop_oneof![
+        "sha256:[0-9a-f]{64}",
+        "sha256:[0-9a-f]{0,70}",
+        "[a-z0-9]{1,10}:[ -~]{0,20}",
+        "[ -~]{0,20}",
+    ];
+    let scalar = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        any::<f64>().prop_map(Value::from),
+        "[ -~]{0,16}".prop_map(Value::from),
+        digest.prop_map(Value::from),
+    ];
+    const KEYS: &[&str] = &[
+        "schemaVersion",
+        "mediaType",
+        "config",
+        "layers",
+        "manifests",
+        "digest",
+        "size",
+        "platform",
+        "os",
+        "architecture",
+        "variant",
+        "annotations",
+        "urls",
+        "rootfs",
+        "diff_ids",
+        "type",
+        "created",
+        "Env",
+        "User",
+        "Cmd",
+        "Entrypoint",
+        "Labels",
+        "history",
+        "subject",
+        "artifactType",
+    ];
+    scalar
+        .prop_recursive(4, 64, 8, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::vec((prop::sample::select(KEYS), inner), 0..8).prop_map(
+                    |pairs| Value::Object(
+                        pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+                    )
+                ),
+            ]
+        })
+        .boxed()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+    /// Whatever a registry serves as a manifest, an index or a config: each reader returns,
+    /// and what parses can be chosen from and described.
+    #[test]
+    fn manifests_and_configs_parse_or_are_refused(doc in document(), media_type in prop_oneof![
+        Just(String::new()),
+        Just(crate::image::OCI_INDEX.to_string()),
+        Just(crate::image::DOCKER_MANIFEST.to_string()),
+        Just("application/json".to_string()),
+    ]) {
+        use crate::image::{choose_platform, is_index, ImageConfig, ImageIndex, ImageManifest, Platform};
+        let bytes = serde_json::to_vec(&doc).expect("a JSON value serializes");
+        let _ = is_index(&media_type, &bytes);
+        if let Ok(index) = serde_json::from_slice::<ImageIndex>(&bytes) {
+            for wanted in [None, Some(Platform { os: "linux".into(), architecture: "arm64".into(), variant: None })] {
+                if let Err(e) = choose_platform(&index, &Platform::wanted(wanted.as_ref())) {
+                    prop_assert!(!e.contains('\n'), "{e:?}");
+                }
+            }
+        }
+        if let Ok(manifest) = serde_json::from_slice::<ImageManifest>(&bytes) {
+            let total = manifest.layers.iter().fold(manifest.config.size, |t, l| t.saturating_add(l.size));
+            prop_assert!(total >= manifest.config.size);
+        }
+        if let Ok(config) = serde_json::from_slice::<ImageConfig>(&bytes) {
+            let _ = Platform::of_config(&config).to_string();
+        }
+        let repository: crate::reference::Repository = "team/app".parse().expect("a name");
+        let raw = crate::image::RawManifest {
+            digest: "sha256:0000000000000000000000000000000000000000000000000000000000000000".parse().expect("a digest"),
+            media_type,
+            bytes,
+        };
+        if let Err(e) = crate::pull::parse_manifest(&repository, &raw) {
+            let line = printed(&e);
+            prop_assert!(!line.contains('\n'), "{line:?}");
+        }
+    }
+
+    /// A tag list's `Link` header and the page it is resolved against, as a registry may
+    /// write them: the next page is found or not, never a panic.
+    #[test]
+    fn tag_page_links_parse_whatever_the_registry_sends(
+        header in prop_oneof![
+            "[ -~]{0,200}",
+            ("[ -~]{0,60}", prop_oneof![Just("rel=\"next\""), Just("rel=next"), Just("rel=\"prev\"")])
+                .prop_map(|(target, rel)| format!("<{target}>; {rel}")),
+        ],
+        current in prop_oneof![Just("/v2/team/app/tags/list?n=1000".to_string()), "[ -~]{0,60}"],
+    ) {
+        if let Some(next) = crate::registry::next_link(&header) {
+            prop_assert!(!next.is_empty());
+            let _ = crate::registry::resolve_link(&current, &next);
         }
     }
 }

@@ -39,6 +39,8 @@ pub(crate) use blobs::CONFIG_LIMIT;
 pub(crate) use error::RegistryError;
 pub(crate) use retry::RetryPolicy;
 pub(crate) use tags::MAX_TAG_PAGES;
+#[cfg(test)]
+pub(crate) use tags::{next_link, resolve_link};
 pub(crate) use transport::check_tls_material;
 pub(crate) use upload::Mount;
 

@@ -142,7 +142,7 @@ fn page_url(base: &str, size: Option<u32>) -> String {
 
 /// The target of a `rel="next"` link: `<url>; rel="next"` as the spec writes it, or a bare
 /// `url; rel=next` as some registries send it. A header may hold several comma-separated links.
-fn next_link(header: &str) -> Option<String> {
+pub(crate) fn next_link(header: &str) -> Option<String> {
     header.split(',').find_map(|part| {
         let mut pieces = part.split(';');
         let target = pieces.next()?.trim();
@@ -160,7 +160,7 @@ fn next_link(header: &str) -> Option<String> {
 
 /// Links are absolute URLs, absolute paths, or (rarely) a bare `?query` relative to the
 /// current page.
-fn resolve_link(current: &str, link: &str) -> String {
+pub(crate) fn resolve_link(current: &str, link: &str) -> String {
     if link.starts_with("http://") || link.starts_with("https://") || link.starts_with('/') {
         link.to_string()
     } else if let Some(query) = link.strip_prefix('?') {

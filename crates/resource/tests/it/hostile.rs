@@ -463,9 +463,37 @@ fn a_blob_redirect_to_another_origin_never_gets_the_password() {
     sandbox.assert_nothing_outside_dest(what);
 }
 
-// A bearer realm on plain http at a non-loopback host must not get basic credentials, but
-// every server here is on loopback (where plain http is allowed), and no DNS name can be made
-// to point elsewhere: not tested.
+/// A bearer realm on plain http at a host that is neither loopback nor insecure-listed gets
+/// no basic credentials. Every server here is on loopback, where plain http is allowed; but
+/// `[::ffff:127.0.0.1]` (IPv4 mapped into IPv6) is not a loopback address by its name, and
+/// still reaches this machine's 127.0.0.1.
+#[test]
+fn a_plain_http_token_realm_off_loopback_gets_no_credentials() {
+    let (hostile, _layout, _) = registry_with_image(Challenge::Bearer, "realm");
+    hostile.set_realm(&format!("http://[::ffff:127.0.0.1]:{}/token", hostile.port));
+    let source = with_credentials(json!({"repository": hostile.repo("app")}));
+    let run = check(&json!({"source": source}), LIMIT);
+    let what = "plain http realm off loopback";
+    let asked: Vec<_> = hostile
+        .seen()
+        .into_iter()
+        .filter(|r| r.path() == "/token")
+        .collect();
+    assert!(!asked.is_empty(), "{what}: the realm was never asked");
+    for r in &asked {
+        assert!(
+            r.header("authorization").is_none(),
+            "{what}: the realm got {:?}",
+            r.header("authorization")
+        );
+    }
+    assert!(
+        run.outcome.stderr.contains("without the credentials"),
+        "{what}: no warning: {}",
+        run.outcome.stderr
+    );
+    expect_clean_end(what, &run, &secrets(&hostile.tokens()));
+}
 
 // 4. Numbers chosen to overflow.
 
