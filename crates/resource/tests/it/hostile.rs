@@ -463,6 +463,58 @@ fn a_blob_redirect_to_another_origin_never_gets_the_password() {
     sandbox.assert_nothing_outside_dest(what);
 }
 
+/// An upload whose `Location` names another origin: the blob may go there (the spec allows
+/// it), the registry's credentials may not.
+#[test]
+fn an_upload_location_on_another_origin_gets_no_credentials() {
+    each_case(
+        [Challenge::Basic, Challenge::Bearer],
+        |c| format!("{c:?}"),
+        |challenge| {
+            let hostile = Hostile::start(challenge.clone(), USER, PASSWORD);
+            let other = Hostile::open();
+            hostile.on(
+                Some("POST"),
+                "/blobs/uploads/",
+                None,
+                Reply::status(202).header(
+                    "Location",
+                    &format!("{}/v2/app/blobs/uploads/elsewhere", other.url()),
+                ),
+            );
+            let layout = Image::marked("uploaded").layout();
+            let src = tempfile::tempdir().unwrap();
+            copy_dir(layout.path(), &src.path().join("image"));
+            let request = json!({
+                "source": with_credentials(json!({"repository": hostile.repo("app")})),
+                "params": {"image": "image"},
+            });
+            let run = Run::new("out")
+                .arg(src.path().display().to_string())
+                .stdin_json(&request)
+                .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+                .run_measured(LIMIT, RSS_KILL_KIB);
+            let what = format!("{challenge:?}: upload location on another origin");
+            assert!(
+                other.seen().iter().any(|r| r.path().contains("/uploads/")),
+                "{what}: the location was not followed"
+            );
+            let basic = Hostile::basic_value(USER, PASSWORD);
+            for r in other.seen() {
+                assert!(
+                    r.header("authorization").is_none()
+                        && !r.headers.iter().any(|(_, v)| v.contains(&basic)),
+                    "{what}: the other origin got credentials on {} {}: {:?}",
+                    r.method,
+                    r.target,
+                    r.headers
+                );
+            }
+            expect_clean_end(&what, &run, &secrets(&hostile.tokens()));
+        },
+    );
+}
+
 /// A bearer realm on plain http at a host that is neither loopback nor insecure-listed gets
 /// no basic credentials. Every server here is on loopback, where plain http is allowed; but
 /// `[::ffff:127.0.0.1]` (IPv4 mapped into IPv6) is not a loopback address by its name, and
@@ -890,6 +942,19 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
             (x >> 24) as u8
         })
         .collect()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
 }
 
 fn read_if_there(path: &Path) -> Option<Vec<u8>> {
