@@ -12,6 +12,7 @@ use serde::Deserialize;
 use super::field;
 use crate::blocking::blocking;
 use crate::build::{Build, BuildParams};
+use crate::compression::{Codec, Encoding};
 use crate::error::Error;
 use crate::image::{Blob, Image, RawManifest};
 use crate::layout::{quote, read as archive, read_capped_text};
@@ -62,6 +63,10 @@ pub struct Params {
     pub load_base: Option<String>,
     pub load_bases: Option<Vec<String>>,
     pub skip_download: Option<bool>,
+
+    /// How layers that `out` compresses itself are written: `gzip` (default) or `zstd`.
+    pub compression: Option<String>,
+    pub compression_level: Option<u32>,
 }
 
 impl crate::protocol::Params for Params {
@@ -96,7 +101,39 @@ impl crate::protocol::Params for Params {
         "load_base",
         "load_bases",
         "skip_download",
+        "compression",
+        "compression_level",
     ];
+}
+
+impl Params {
+    /// `compression` and `compression_level`, checked: gzip 1-9, zstd 1-19.
+    fn encoding(&self) -> Result<Encoding, Error> {
+        let codec = match self.compression.as_deref().map(str::trim) {
+            None | Some("") | Some("gzip") => Codec::Gzip,
+            Some("zstd") => Codec::Zstd,
+            Some(other) => {
+                return Err(Error::field(
+                    "params.compression",
+                    format!("{other:?} is not a compression: use gzip or zstd"),
+                ))
+            }
+        };
+        let (levels, default) = codec.levels();
+        let level = self.compression_level.unwrap_or(default);
+        if !levels.contains(&level) {
+            return Err(Error::field(
+                "params.compression_level",
+                format!(
+                    "{level} is not a {} level: use {} to {}",
+                    codec.name(),
+                    levels.start(),
+                    levels.end()
+                ),
+            ));
+        }
+        Ok(Encoding { codec, level })
+    }
 }
 
 pub async fn put(request: &Request, src: &Path) -> Result<Response, Error> {
@@ -105,6 +142,7 @@ pub async fn put(request: &Request, src: &Path) -> Result<Response, Error> {
     let variant = settings.variant.as_deref();
     let repository = &settings.repository;
     let mut tags = tags(&params, &settings.tag, src, variant)?;
+    let encoding = params.encoding()?;
 
     let staging = staging_dir()?;
     let result = async {
@@ -121,7 +159,7 @@ pub async fn put(request: &Request, src: &Path) -> Result<Response, Error> {
             result?;
             let dir = staging.path().to_path_buf();
             (
-                blocking(move || archive::read_image(&built, &dir, None)).await?,
+                blocking(move || archive::read_image(&built, &dir, None, encoding)).await?,
                 None,
             )
         } else if params.load.is_none()
@@ -219,6 +257,7 @@ impl Drop for TempDir {
 /// The image to push, from the first source param given (docker-image-resource's order,
 /// then `image`), and the repository it came from when known (for mounts).
 fn plan(params: &Params, src: &Path, staging: &Path) -> Result<(Image, Option<Repository>), Error> {
+    let encoding = params.encoding()?;
     if let Some(load) = &params.load {
         let dir = src.join(load);
         let image = dir.join("image");
@@ -231,7 +270,7 @@ fn plan(params: &Params, src: &Path, staging: &Path) -> Result<(Image, Option<Re
         let from = read_capped_text(&dir.join("repository"), "params.load", MAX_TAG_FILE_BYTES)
             .ok()
             .and_then(|r| r.trim().parse().ok());
-        return Ok((archive::read_image(&image, staging, None)?, from));
+        return Ok((archive::read_image(&image, staging, None, encoding)?, from));
     }
     if let Some(file) = &params.load_file {
         let path = src.join(file);
@@ -249,7 +288,10 @@ fn plan(params: &Params, src: &Path, staging: &Path) -> Result<(Image, Option<Re
                 params.load_tag.as_deref().unwrap_or("latest").trim()
             )
         });
-        return Ok((archive::read_image(&path, staging, name.as_deref())?, None));
+        return Ok((
+            archive::read_image(&path, staging, name.as_deref(), encoding)?,
+            None,
+        ));
     }
     if let Some(file) = &params.import_file {
         let path = src.join(file);
@@ -259,11 +301,11 @@ fn plan(params: &Params, src: &Path, staging: &Path) -> Result<(Image, Option<Re
                 source: "params.import_file: no such file".into(),
             });
         }
-        return Ok((archive::import_rootfs(&path, staging)?, None));
+        return Ok((archive::import_rootfs(&path, staging, encoding)?, None));
     }
     if let Some(pattern) = &params.image {
         let path = glob_one(src, pattern)?;
-        return Ok((archive::read_image(&path, staging, None)?, None));
+        return Ok((archive::read_image(&path, staging, None, encoding)?, None));
     }
     Err(Error::field(
         "params",

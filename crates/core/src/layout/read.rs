@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::blob::Body;
-use crate::compression::{gzip_to, open_layer, sniff, Compression};
+use crate::compression::{compress_to, open_layer, sniff, Codec, Compression, Encoding};
 use crate::error::Error;
 use crate::hash::HashingReader;
 use crate::image::{
@@ -200,13 +200,18 @@ fn blob_name(d: &Digest) -> String {
 /// `name` (`repository:tag`, from `load_repository`/`load_tag`) picks the image of a `docker
 /// save` archive whose `RepoTags` has it, as `docker load` + `docker tag` would; without it the
 /// first image is taken.
-pub(crate) fn read_image(path: &Path, staging: &Path, name: Option<&str>) -> Result<Image, Error> {
+pub(crate) fn read_image(
+    path: &Path,
+    staging: &Path,
+    name: Option<&str>,
+    encoding: Encoding,
+) -> Result<Image, Error> {
     let files = Files::open(path)?;
     if files.has("index.json")? && files.has("oci-layout")? {
         return read_oci_layout(&files);
     }
     if files.has("manifest.json")? {
-        return read_docker_archive(&files, staging, name);
+        return read_docker_archive(&files, staging, name, encoding);
     }
     Err(bad(
         path,
@@ -404,7 +409,12 @@ struct PreparedLayer {
     zstd: bool,
 }
 
-fn read_docker_archive(files: &Files, staging: &Path, name: Option<&str>) -> Result<Image, Error> {
+fn read_docker_archive(
+    files: &Files,
+    staging: &Path,
+    name: Option<&str>,
+    encoding: Encoding,
+) -> Result<Image, Error> {
     let entries: Vec<SaveEntry> = serde_json::from_slice(
         &files.read_small("manifest.json", MAX_MANIFEST_BYTES)?,
     )
@@ -442,7 +452,8 @@ fn read_docker_archive(files: &Files, staging: &Path, name: Option<&str>) -> Res
             .enumerate()
             .map(|(i, name)| {
                 scope.spawn(move || {
-                    prepare_layer(files, name, &staging.join(format!("layer-{i}.tar.gz")))
+                    let out = staging.join(format!("layer-{i}.tar.{}", encoding.codec.name()));
+                    prepare_layer(files, name, &out, encoding)
                 })
             })
             .collect();
@@ -456,6 +467,7 @@ fn read_docker_archive(files: &Files, staging: &Path, name: Option<&str>) -> Res
     });
     let layers = prepared.into_iter().collect::<Result<Vec<_>, _>>()?;
     let oci = layers.iter().any(|l| l.zstd);
+    // zstd layers need OCI media types: docker's manifest has none for them.
     let (manifest_type, config_type, gzip_type, zstd_type) = if oci {
         (OCI_MANIFEST, OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_ZSTD)
     } else {
@@ -501,8 +513,14 @@ fn read_docker_archive(files: &Files, staging: &Path, name: Option<&str>) -> Res
     })
 }
 
-/// A compressed layer is sent as it is (hashed); an uncompressed one is gzipped to `out`.
-fn prepare_layer(files: &Files, name: &str, out: &Path) -> Result<PreparedLayer, Error> {
+/// A compressed layer is sent as it is (hashed); an uncompressed one is compressed to `out`
+/// as `encoding` says.
+fn prepare_layer(
+    files: &Files,
+    name: &str,
+    out: &Path,
+    encoding: Encoding,
+) -> Result<PreparedLayer, Error> {
     let mut head = [0u8; 4];
     let n = files
         .reader(name)?
@@ -521,7 +539,8 @@ fn prepare_layer(files: &Files, name: &str, out: &Path) -> Result<PreparedLayer,
             })
         }
         Compression::None => {
-            let (digest, size) = gzip_to(files.reader(name)?, out).map_err(|e| bad(out, e))?;
+            let (digest, size) =
+                compress_to(files.reader(name)?, out, encoding).map_err(|e| bad(out, e))?;
             Ok(PreparedLayer {
                 digest,
                 size,
@@ -530,7 +549,7 @@ fn prepare_layer(files: &Files, name: &str, out: &Path) -> Result<PreparedLayer,
                     offset: 0,
                     len: size,
                 },
-                zstd: false,
+                zstd: encoding.codec == Codec::Zstd,
             })
         }
     }
@@ -538,13 +557,18 @@ fn prepare_layer(files: &Files, name: &str, out: &Path) -> Result<PreparedLayer,
 
 /// `import_file`: a rootfs tarball (plain or compressed) as a one-layer image, as
 /// `docker import` makes it.
-pub(crate) fn import_rootfs(path: &Path, staging: &Path) -> Result<Image, Error> {
+pub(crate) fn import_rootfs(
+    path: &Path,
+    staging: &Path,
+    encoding: Encoding,
+) -> Result<Image, Error> {
     std::fs::create_dir_all(staging).map_err(|e| bad(staging, e))?;
-    let layer_path = staging.join("import.tar.gz");
+    let layer_path = staging.join(format!("import.tar.{}", encoding.codec.name()));
     let input = open_layer(path).map_err(|e| bad(path, e))?;
     // Hash the uncompressed stream (the diff id) while gzipping it.
     let mut reader = HashingReader::new(input);
-    let (digest, size) = gzip_to(&mut reader, &layer_path).map_err(|e| bad(path, e))?;
+    let (digest, size) =
+        compress_to(&mut reader, &layer_path, encoding).map_err(|e| bad(path, e))?;
     let diff_id = reader.digest();
     let architecture = match std::env::consts::ARCH {
         "x86_64" => "amd64",
@@ -561,11 +585,15 @@ pub(crate) fn import_rootfs(path: &Path, staging: &Path) -> Result<Image, Error>
     }))
     .expect("serialisable");
     let config_digest = Digest::of(&config);
+    let (manifest_type, config_type, layer_type) = match encoding.codec {
+        Codec::Gzip => (DOCKER_MANIFEST, DOCKER_CONFIG, DOCKER_LAYER_GZIP),
+        Codec::Zstd => (OCI_MANIFEST, OCI_CONFIG, OCI_LAYER_ZSTD),
+    };
     let manifest = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
-        "mediaType": DOCKER_MANIFEST,
-        "config": {"mediaType": DOCKER_CONFIG, "size": config.len(), "digest": config_digest},
-        "layers": [{"mediaType": DOCKER_LAYER_GZIP, "size": size, "digest": digest}],
+        "mediaType": manifest_type,
+        "config": {"mediaType": config_type, "size": config.len(), "digest": config_digest},
+        "layers": [{"mediaType": layer_type, "size": size, "digest": digest}],
     }))
     .expect("serialisable");
     Ok(Image {
@@ -591,7 +619,7 @@ pub(crate) fn import_rootfs(path: &Path, staging: &Path) -> Result<Image, Error>
         children: Vec::new(),
         top: RawManifest {
             digest: Digest::of(&manifest),
-            media_type: DOCKER_MANIFEST.to_string(),
+            media_type: manifest_type.to_string(),
             bytes: manifest,
         },
         image_id: Some(config_digest),
@@ -617,7 +645,12 @@ mod tests {
 
     fn refused(dir: &tempfile::TempDir) -> String {
         let staging = dir.path().join("staging");
-        match read_image(&dir.path().join("image"), &staging, None) {
+        match read_image(
+            &dir.path().join("image"),
+            &staging,
+            None,
+            Encoding::default(),
+        ) {
             Ok(_) => panic!("read an image naming a file outside it"),
             Err(e) => crate::report::chain(&e),
         }
@@ -663,7 +696,13 @@ mod tests {
         // A symlink that stays inside is followed.
         let dir = save_dir("link", "layer.tar");
         std::os::unix::fs::symlink("config.json", dir.path().join("image/link")).unwrap();
-        read_image(&dir.path().join("image"), &dir.path().join("staging"), None).unwrap();
+        read_image(
+            &dir.path().join("image"),
+            &dir.path().join("staging"),
+            None,
+            Encoding::default(),
+        )
+        .unwrap();
     }
 
     #[test]

@@ -485,3 +485,126 @@ fn load_repository_and_load_tag_pick_the_image_of_a_multi_image_archive() {
     );
     assert!(err.contains("dockhand-test/busybox:latest"), "{err}");
 }
+
+/// A rootfs of a few MiB (several compression blocks) that compresses, as a tarball.
+fn multi_block_rootfs() -> Vec<u8> {
+    let text: Vec<u8> = (0..3_000_000u32)
+        .map(|i| b"dockhand layer text "[(i % 20) as usize] ^ ((i / 4096 % 7) as u8))
+        .collect();
+    common::image::tar_bytes(&[
+        Entry::dir("data"),
+        Entry::file("data/blob.txt", text),
+        Entry::file("data/marker.txt", "compressed"),
+    ])
+}
+
+/// The layer descriptor of the single-platform manifest `reference` (skopeo reads it).
+fn only_layer(reg: &common::Registry, reference: &str) -> Value {
+    let manifest: Value = serde_json::from_slice(&reg.skopeo_raw(reference)).unwrap();
+    assert_eq!(
+        manifest["layers"].as_array().map(Vec::len),
+        Some(1),
+        "{manifest}"
+    );
+    manifest["layers"][0].clone()
+}
+
+#[test]
+fn layers_out_compresses_are_one_valid_gzip_with_a_digest_that_does_not_change() {
+    let reg = &env().plain;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rootfs.tar"), multi_block_rootfs()).unwrap();
+    let to = common::unique("put-gzip");
+    let source = json!({"repository": reg.repo(&to)});
+    // Two pushes, the second with one thread: the same layer bytes.
+    let mut digests = Vec::new();
+    for (tag, threads) in [("first", "2"), ("second", "1")] {
+        let out = Run::new("out")
+            .arg(dir.path().display().to_string())
+            .stdin_json(&json!({"source": source, "params": {"import_file": "rootfs.tar", "tag_file": tag}}))
+            .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+            .env("DOCKHAND_THREADS", threads);
+        std::fs::write(dir.path().join(tag), tag).unwrap();
+        out.run().success();
+        let layer = only_layer(reg, &format!("{to}:{tag}"));
+        assert_eq!(
+            layer["mediaType"],
+            json!("application/vnd.docker.image.rootfs.diff.tar.gzip")
+        );
+        digests.push(layer["digest"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        digests[0], digests[1],
+        "the layer digest changed between pushes"
+    );
+    // gzip itself reads the stored blob as one member, back to the tarball.
+    let blob = reg.blob_path(&digests[0]);
+    let gunzip = std::process::Command::new("gzip")
+        .args(["-dc", &blob.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(gunzip.status.success(), "{gunzip:?}");
+    assert_eq!(gunzip.stdout, multi_block_rootfs());
+}
+
+#[test]
+fn compression_zstd_pushes_an_oci_image_that_reads_back() {
+    let reg = &env().plain;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rootfs.tar"), multi_block_rootfs()).unwrap();
+    let to = common::unique("put-zstd");
+    let source = json!({"repository": reg.repo(&to)});
+    let out = put(
+        source.clone(),
+        json!({"import_file": "rootfs.tar", "compression": "zstd", "compression_level": 9}),
+        dir.path(),
+    )
+    .success();
+    let manifest: Value = serde_json::from_slice(&reg.skopeo_raw(&format!("{to}:latest"))).unwrap();
+    assert_eq!(
+        manifest["mediaType"],
+        json!("application/vnd.oci.image.manifest.v1+json")
+    );
+    assert_eq!(
+        manifest["layers"][0]["mediaType"],
+        json!("application/vnd.oci.image.layer.v1.tar+zstd")
+    );
+    let zstd_magic = [0x28, 0xb5, 0x2f, 0xfd];
+    let blob =
+        std::fs::read(reg.blob_path(manifest["layers"][0]["digest"].as_str().unwrap())).unwrap();
+    assert_eq!(blob[..4], zstd_magic);
+    let back = tempfile::tempdir().unwrap();
+    get(source, out["version"].clone(), json!({}), back.path()).success();
+    assert_eq!(
+        read(&back.path().join("rootfs/data/marker.txt")),
+        "compressed"
+    );
+}
+
+#[test]
+fn compression_params_out_of_range_are_field_errors() {
+    let reg = &env().plain;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rootfs.tar"), multi_block_rootfs()).unwrap();
+    let source = json!({"repository": reg.repo("it/put-compression-errors")});
+    for (params, want) in [
+        (
+            json!({"compression": "brotli"}),
+            r#"params.compression: "brotli" is not a compression: use gzip or zstd"#,
+        ),
+        (
+            json!({"compression_level": 0}),
+            "params.compression_level: 0 is not a gzip level: use 1 to 9",
+        ),
+        (
+            json!({"compression": "zstd", "compression_level": 42}),
+            "params.compression_level: 42 is not a zstd level: use 1 to 19",
+        ),
+    ] {
+        let mut params = params;
+        params["import_file"] = json!("rootfs.tar");
+        let err = put(source.clone(), params, dir.path()).failure();
+        assert!(err.contains(want), "got: {err}\nwant: {want}");
+    }
+    assert!(!reg.exists("it/put-compression-errors:latest"));
+}
