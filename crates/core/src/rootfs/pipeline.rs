@@ -13,7 +13,9 @@ use super::{LayerIds, RootfsError};
 use crate::compression::open_layer;
 use crate::hash::HashingReader;
 
-/// How many layers decompress ahead of the one being written.
+/// How many layers decompress ahead of the one being written, at the least: one core writes
+/// while the others inflate, so on more cores as many layers as there are cores (each holds
+/// at most a few chunks: memory stays bounded).
 const DECOMPRESS_AHEAD: usize = 2;
 const CHUNK: usize = 256 << 10;
 
@@ -30,8 +32,10 @@ pub(crate) fn unpack_layers(
     std::fs::create_dir_all(target)?;
     let mut unpacker = Unpacker::new(target)?;
     // A dispatcher starts each layer's decompression as soon as it is downloaded, at most
-    // DECOMPRESS_AHEAD beyond the one being applied (the bounded queue blocks it).
-    let (queued_tx, queued) = sync_channel::<Receiver<io::Result<Vec<u8>>>>(DECOMPRESS_AHEAD - 1);
+    // `ahead` beyond the one being applied (the bounded queue blocks it).
+    let ahead = crate::compression::threads().max(DECOMPRESS_AHEAD);
+    tracing::debug!("rootfs: one thread writes, up to {ahead} layers decompress ahead");
+    let (queued_tx, queued) = sync_channel::<Receiver<io::Result<Vec<u8>>>>(ahead - 1);
     std::thread::spawn(move || {
         for path in ready {
             if queued_tx.send(decompress_in_background(path)).is_err() {
