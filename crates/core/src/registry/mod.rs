@@ -6,16 +6,20 @@
 //!
 //! Every request goes through [`Registry::send`] (or, for pings and tokens, the same
 //! [`retry::exchange`] under it): `retry.rs` holds the only retry loop. `manifests.rs`,
-//! `blobs.rs`, `tags.rs` and `upload.rs` are the operations; `auth.rs`, `docker_config.rs` and
-//! `ecr.rs` the credentials; `transport.rs` the TLS clients and the reading of their errors.
+//! `blobs.rs`, `tags.rs` and `upload.rs` are the operations; `auth.rs`, `docker_config.rs`,
+//! `ecr.rs` and the cloud logins (`cloud.rs`, `azure.rs`, `gcp.rs`) the credentials;
+//! `transport.rs` the TLS clients and the reading of their errors.
 
 mod auth;
+mod azure;
 mod blobs;
 mod body;
+mod cloud;
 pub(crate) mod config;
 mod docker_config;
 mod ecr;
 mod error;
+mod gcp;
 mod manifests;
 mod pace;
 mod retry;
@@ -37,6 +41,7 @@ use retry::Answer;
 pub(crate) use auth::{parse_challenge, Challenge};
 pub(crate) use blobs::CONFIG_LIMIT;
 pub(crate) use error::RegistryError;
+pub(crate) use gcp::register_key_secrets;
 pub(crate) use retry::RetryPolicy;
 pub(crate) use tags::MAX_TAG_PAGES;
 pub(crate) use transport::check_tls_material;
@@ -59,6 +64,7 @@ pub(crate) async fn ecr_credentials(
                 session_token: None,
                 roles: Vec::new(),
                 account_id: None,
+                registry_id: None,
                 repository_host: host.clone(),
             };
             &fallback
@@ -141,6 +147,8 @@ pub(crate) struct Registry {
     retry: RetryPolicy,
     /// Credentials that could not be had (ECR: region, why), reported on every use.
     credentials_error: Option<(String, ecr::EcrProblem)>,
+    /// `azure_acr`/`gcp_metadata` for this host, run once the registry answered its ping.
+    cloud: Option<config::CloudLogin>,
 }
 
 /// One request: where, what for (in messages), in which token scope.
@@ -160,9 +168,19 @@ impl Registry {
     /// A client for `host`; credentials come from the pipeline, else `~/.docker/config.json`.
     /// Nothing is sent until the first request.
     pub(crate) async fn new(host: Host, config: &RegistryConfig) -> Registry {
-        let (credentials, credentials_error) = match auth::credentials_for(&host, config).await {
-            Ok(c) => (c, None),
-            Err(e) => (None, Some(e)),
+        // A cloud login for the host stands in for every other source of credentials but
+        // the pipeline's own.
+        let cloud = config
+            .cloud
+            .clone()
+            .filter(|c| c.host == host && config.credentials_for(&host).is_none());
+        let (credentials, credentials_error) = if cloud.is_some() {
+            (None, None)
+        } else {
+            match auth::credentials_for(&host, config).await {
+                Ok(c) => (c, None),
+                Err(e) => (None, Some(e)),
+            }
         };
         Registry {
             auth: auth::Auth::new(host.clone(), credentials, config.clone()),
@@ -171,6 +189,7 @@ impl Registry {
             connection: OnceCell::new(),
             retry: RetryPolicy::default(),
             credentials_error,
+            cloud,
         }
     }
 
@@ -191,7 +210,24 @@ impl Registry {
                 problem: problem.clone(),
             });
         }
-        self.connection.get_or_try_init(|| self.connect()).await
+        self.connection
+            .get_or_try_init(async || {
+                let connection = self.connect().await?;
+                if let Some(login) = &self.cloud {
+                    let target = cloud::Target {
+                        host: &self.host,
+                        http: &connection.http,
+                        base: &connection.base,
+                        challenge: self.auth.challenge().await,
+                        config: &self.config,
+                        policy: &self.retry,
+                    };
+                    let credentials = cloud::credentials(login, target).await?;
+                    self.auth.set_credentials(credentials);
+                }
+                Ok(connection)
+            })
+            .await
     }
 
     /// Pings `/v2/` to choose the scheme and learn the challenge. HTTPS is tried first;
