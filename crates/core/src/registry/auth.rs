@@ -174,7 +174,7 @@ impl Auth {
         let _ = self.credentials.set(credentials);
     }
 
-    fn credentials(&self) -> Option<&Credentials> {
+    pub(super) fn credentials(&self) -> Option<&Credentials> {
         self.credentials.get()
     }
 

@@ -81,6 +81,25 @@ pub(crate) async fn ecr_credentials(
     }
 }
 
+/// The credentials the cloud login (`azure_acr`, `gcp_metadata`) gives for `host`, when it
+/// applies there and the pipeline gave none, as `(username, password)`; for a daemon that
+/// pulls. Pings the registry (Azure's exchange is made there).
+pub(crate) async fn cloud_credentials(
+    host: &Host,
+    config: &RegistryConfig,
+) -> Result<Option<(String, crate::secret::Secret)>, RegistryError> {
+    let applies = config.cloud.as_ref().is_some_and(|c| &c.host == host);
+    if !applies || config.credentials_for(host).is_some() {
+        return Ok(None);
+    }
+    let registry = Registry::new(host.clone(), config).await;
+    registry.connection().await?;
+    Ok(registry
+        .auth
+        .credentials()
+        .map(|c| (c.username.clone(), c.password.clone())))
+}
+
 /// Whether `host` is an Amazon ECR registry.
 pub(crate) fn ecr_host(host: &str) -> bool {
     ecr::parse_host(host).is_some()

@@ -137,6 +137,93 @@ fn azure_acr_gets_a_managed_identity_token_exchanges_it_and_pulls_with_the_refre
 }
 
 #[test]
+fn out_pushes_to_acr_and_with_gcp_metadata_through_the_cloud_login() {
+    let r = common::registries();
+    let dir = tempfile::tempdir().unwrap();
+    Image::marked("pushed with a cloud login").write_layout(&dir.path().join("layout"), "t");
+    let (aad, refresh) = (token("aad-push-token"), token("acr-push-refresh"));
+    let imds = MetadataServer::azure(&aad, None);
+    r.token_server.accept_exchange(&aad, &refresh);
+    let access = token("ya29.push-access-token");
+    let metadata = MetadataServer::gce(&access);
+    r.token_server.also_accept("oauth2accesstoken", &access);
+    let acr = acr_front();
+    for (host, login, env) in [
+        (acr.host(), "azure_acr", (IMDS_VARIABLE, imds.url())),
+        (
+            r.token.host.clone(),
+            "gcp_metadata",
+            (GCE_VARIABLE, metadata.host()),
+        ),
+    ] {
+        let repo = common::unique("cloud-push");
+        let mut source = json!({"repository": format!("{host}/{repo}"), "tag": "pushed"});
+        source[login] = true.into();
+        let out = Run::new("out")
+            .arg(dir.path().display().to_string())
+            .stdin_json(&json!({"source": source, "params": {"image": "layout"}}))
+            .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+            .env_remove(IMDS_VARIABLE)
+            .env_remove(GCE_VARIABLE)
+            .env(env.0, env.1)
+            .run();
+        let digest = out.success()["version"]["digest"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_no_secret(&out, &[&aad, &refresh, &access]);
+        assert_eq!(
+            r.token.skopeo_digest(&format!("{repo}:pushed")),
+            digest,
+            "{login}"
+        );
+    }
+}
+
+/// `out` with `build` hands the login's credentials to the daemon that `out` starts, so a
+/// `FROM` on the same ACR pulls (modelled on ecr.rs
+/// `out_builds_from_an_ecr_base_image_and_pushes_with_a_token`).
+#[test]
+fn out_builds_from_an_acr_base_image_with_the_logins_credentials() {
+    let r = common::registries();
+    let acr = acr_front();
+    let base = common::unique("acr-base");
+    r.token.push(&Image::busybox(), &format!("{base}:latest"));
+    let src = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(src.path().join("ctx")).unwrap();
+    std::fs::write(
+        src.path().join("ctx/Dockerfile"),
+        format!(
+            "FROM {}/{base}:latest\nRUN echo from-acr > /acr\n",
+            acr.host()
+        ),
+    )
+    .unwrap();
+    let (aad, refresh) = (token("aad-build-token"), token("acr-build-refresh"));
+    let imds = MetadataServer::azure(&aad, None);
+    r.token_server.accept_exchange(&aad, &refresh);
+    let app = common::unique("acr-app");
+    let source = json!({"repository": acr.repo(&app), "azure_acr": true});
+    let out = Run::new("out")
+        .arg(src.path().display().to_string())
+        .stdin_json(&json!({"source": source, "params": {"build": "ctx"}}))
+        .env_remove(GCE_VARIABLE)
+        .env(IMDS_VARIABLE, imds.url())
+        .run();
+    assert!(
+        out.stderr.contains("using the cloud login's credentials"),
+        "{}",
+        out.stderr
+    );
+    let digest = out.success()["version"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_no_secret(&out, &[&aad, &refresh]);
+    assert_eq!(r.token.skopeo_digest(&format!("{app}:latest")), digest);
+}
+
+#[test]
 fn azure_acr_system_identity_without_a_tenant_and_another_cloud() {
     let r = common::registries();
     let repo = common::unique("acr-system");
