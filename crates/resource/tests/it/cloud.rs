@@ -4,6 +4,7 @@
 //! usernames, and a test GCE metadata server for `gcp_metadata`). Each test's tokens are its
 //! own, and none may appear in anything a binary prints.
 
+use base64::Engine as _;
 use serde_json::{json, Value};
 
 use crate::common::cloud::{MetadataServer, AZURE_TOKEN_PATH, GCE_TOKEN_PATH};
@@ -419,7 +420,13 @@ fn gcp_json_key_and_access_token_usernames_reach_the_token_realm_as_basic_creden
     r.token_server.also_accept("_json_key", &key);
     let access = token("ya29.pipeline-access-token");
     r.token_server.also_accept("oauth2accesstoken", &access);
-    for (user, password) in [("_json_key", &key), ("oauth2accesstoken", &access)] {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(json_key("k3"));
+    r.token_server.also_accept("_json_key_base64", &encoded);
+    for (user, password) in [
+        ("_json_key", &key),
+        ("oauth2accesstoken", &access),
+        ("_json_key_base64", &encoded),
+    ] {
         let source = json!({
             "repository": r.token.repo(&repo),
             "username": user,
