@@ -473,3 +473,34 @@ fn gcp_json_key_and_access_token_usernames_reach_the_token_realm_as_basic_creden
         ],
     );
 }
+
+#[test]
+fn the_acr_and_artifact_registry_example_payloads() {
+    let r = common::registries();
+    let digest = pushed("team/app", "latest");
+    let (aad, refresh) = (token("aad-example-token"), token("acr-example-refresh"));
+    let imds = MetadataServer::azure(&aad, Some("11111111-2222-3333-4444-555555555555"));
+    r.token_server.accept_exchange(&aad, &refresh);
+    let acr = acr_front();
+    let text = crate::examples::payload("acr/check.json", &acr.host(), None)
+        .replace("myregistry.azurecr.io", &acr.host());
+    let out = Run::new("check")
+        .stdin(text)
+        .env_remove(GCE_VARIABLE)
+        .env(IMDS_VARIABLE, imds.url())
+        .run();
+    assert_eq!(out.success(), json!([{"tag": "latest", "digest": digest}]));
+
+    let access = token("ya29.example-access-token");
+    let metadata = MetadataServer::gce(&access);
+    r.token_server.also_accept("oauth2accesstoken", &access);
+    let digest = pushed("my-project/my-repo/app", "latest");
+    let text = crate::examples::payload("gcp-artifact-registry/check.json", &r.token.host, None)
+        .replace("europe-docker.pkg.dev", &r.token.host);
+    let out = Run::new("check")
+        .stdin(text)
+        .env_remove(IMDS_VARIABLE)
+        .env(GCE_VARIABLE, metadata.host())
+        .run();
+    assert_eq!(out.success(), json!([{"tag": "latest", "digest": digest}]));
+}
