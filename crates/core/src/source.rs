@@ -14,7 +14,10 @@ use serde::Deserialize;
 use crate::error::Error;
 use crate::image::{null_as_default, Platform};
 use crate::reference::{Host, Repository, Tag};
-use crate::registry::config::{DomainPem, EcrConfig, HostCredentials, Insecure, RegistryConfig};
+use crate::registry::config::{
+    AzureCloud, AzureConfig, CloudKind, CloudLogin, DomainPem, EcrConfig, HostCredentials,
+    Insecure, RegistryConfig,
+};
 use crate::secret::Secret;
 use crate::select::{self, Selection};
 
@@ -33,6 +36,12 @@ pub(crate) const FIELDS: &[&str] = &[
     "aws_role_arn",
     "aws_role_arns",
     "aws_account_id",
+    "aws_ecr_registry_id",
+    "azure_acr",
+    "azure_client_id",
+    "azure_tenant_id",
+    "azure_environment",
+    "gcp_metadata",
     "insecure_registries",
     "insecure",
     "registry_mirror",
@@ -73,6 +82,16 @@ pub(crate) struct Source {
     #[serde(default, deserialize_with = "null_as_default")]
     pub aws_role_arns: Vec<String>,
     pub aws_account_id: Option<TagText>,
+    /// registry-image-resource's cross-account field: the registry whose token is asked for.
+    pub aws_ecr_registry_id: Option<TagText>,
+
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub azure_acr: bool,
+    pub azure_client_id: Option<String>,
+    pub azure_tenant_id: Option<String>,
+    pub azure_environment: Option<String>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub gcp_metadata: bool,
 
     #[serde(default, deserialize_with = "null_as_default")]
     pub insecure_registries: Vec<String>,
@@ -220,6 +239,7 @@ impl Source {
         self.insecure_hosts(&repository, &mut registries)?;
         let mirror = self.mirror(&mut registries)?;
         registries.ecr = self.ecr(&repository)?;
+        registries.cloud = self.cloud_login(&repository)?;
         crate::registry::check_tls_material(&registries)
             .map_err(|(field, reason)| field_error(field, format!("cannot be used: {reason}")))?;
         let concurrency = |c: Option<Count>, field: &str| -> Result<usize, Error> {
@@ -284,6 +304,7 @@ impl Source {
     ) -> Result<(), Error> {
         if let Some(username) = self.username.as_deref().filter(|u| !u.is_empty()) {
             let password = self.password.clone().unwrap_or_default();
+            crate::registry::register_key_secrets(username, &password);
             registries.credentials.push(HostCredentials {
                 host: repository.host().clone(),
                 username: username.to_string(),
@@ -308,12 +329,14 @@ impl Source {
                 .username
                 .clone()
                 .ok_or_else(|| field_error(format!("{field}.username"), "required"))?;
+            let password = reg.password.clone().unwrap_or_default();
+            crate::registry::register_key_secrets(&username, &password);
             // source.username wins for the repository's own registry.
             if registries.credentials_for(&host).is_none() {
                 registries.credentials.push(HostCredentials {
                     host,
                     username,
-                    password: reg.password.clone().unwrap_or_default(),
+                    password,
                     origin: field,
                 });
             }
@@ -495,15 +518,18 @@ impl Source {
                 ));
             }
         }
-        let account_id = self
-            .aws_account_id
-            .as_ref()
-            .map(|TagText(t)| t.trim().to_string());
-        if let Some(a) = &account_id {
-            if a.len() != 12 || !a.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(field_error("source.aws_account_id", "must be 12 digits"));
+        let account = |value: &Option<TagText>, field: &str| -> Result<Option<String>, Error> {
+            let Some(TagText(t)) = value else {
+                return Ok(None);
+            };
+            let t = t.trim();
+            if t.len() != 12 || !t.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(field_error(field, "must be 12 digits"));
             }
-        }
+            Ok(Some(t.to_string()))
+        };
+        let account_id = account(&self.aws_account_id, "source.aws_account_id")?;
+        let registry_id = account(&self.aws_ecr_registry_id, "source.aws_ecr_registry_id")?;
         let mut roles: Vec<String> = text(&self.aws_role_arn).into_iter().collect();
         for (i, role) in self.aws_role_arns.iter().enumerate() {
             if !role.trim().starts_with("arn:") {
@@ -528,7 +554,92 @@ impl Source {
             session_token,
             roles,
             account_id,
+            registry_id,
             repository_host: repository.host().clone(),
+        }))
+    }
+}
+
+impl Source {
+    /// `azure_acr` (with `azure_client_id`, `azure_tenant_id`, `azure_environment`) or
+    /// `gcp_metadata`: a login for the repository's registry with the machine's identity.
+    /// Either is refused beside `username` (whose credentials would win) or the other.
+    fn cloud_login(&self, repository: &Repository) -> Result<Option<CloudLogin>, Error> {
+        let text = |v: &Option<String>| {
+            v.as_deref()
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_string)
+        };
+        let client_id = text(&self.azure_client_id);
+        let tenant_id = text(&self.azure_tenant_id);
+        let environment = text(&self.azure_environment);
+        if !self.azure_acr {
+            for (value, field) in [
+                (&client_id, "source.azure_client_id"),
+                (&tenant_id, "source.azure_tenant_id"),
+                (&environment, "source.azure_environment"),
+            ] {
+                if value.is_some() {
+                    return Err(field_error(field, "needs source.azure_acr: true"));
+                }
+            }
+        }
+        let with_username = self.username.as_deref().is_some_and(|u| !u.is_empty());
+        let field = match (self.azure_acr, self.gcp_metadata) {
+            (false, false) => return Ok(None),
+            (true, true) => {
+                return Err(field_error(
+                    "source.gcp_metadata",
+                    "cannot be used with source.azure_acr",
+                ))
+            }
+            (true, false) => "source.azure_acr",
+            (false, true) => "source.gcp_metadata",
+        };
+        if with_username {
+            return Err(field_error(
+                field,
+                "cannot be used with source.username (the login gives the credentials)",
+            ));
+        }
+        let kind = if self.gcp_metadata {
+            CloudKind::Gcp
+        } else {
+            for (value, field) in [
+                (&client_id, "source.azure_client_id"),
+                (&tenant_id, "source.azure_tenant_id"),
+            ] {
+                if value.as_deref().is_some_and(|v| {
+                    !v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+                }) {
+                    return Err(field_error(
+                        field,
+                        "must be an id (letters, digits, '-', '.', '_')",
+                    ));
+                }
+            }
+            let cloud = match &environment {
+                None => AzureCloud::for_host(repository.host()),
+                Some(name) => AzureCloud::from_name(name).ok_or_else(|| {
+                    field_error(
+                        "source.azure_environment",
+                        format!(
+                            "{name:?} is not an Azure cloud (AzurePublic, AzureGovernment or AzureChina)"
+                        ),
+                    )
+                })?,
+            };
+            CloudKind::Azure(AzureConfig {
+                client_id,
+                tenant_id,
+                cloud,
+            })
+        };
+        Ok(Some(CloudLogin {
+            host: repository.host().clone(),
+            kind,
         }))
     }
 }
@@ -858,6 +969,101 @@ mod tests {
         assert!(r.is_insecure(&Host::parse("other.reg:443").unwrap()));
         assert!(r.is_insecure(&Host::parse("10.1.2.3:5000").unwrap()));
         assert!(!r.is_insecure(&Host::parse("11.1.2.3:5000").unwrap()));
+    }
+
+    #[test]
+    fn cloud_logins_are_for_the_repository_registry_and_checked() {
+        let r = source(json!({
+            "repository": "myreg.azurecr.us/team/app",
+            "azure_acr": true,
+            "azure_client_id": " 11111111-2222-3333-4444-555555555555 ",
+        }))
+        .resolve()
+        .unwrap()
+        .registries;
+        let login = r.cloud.unwrap();
+        assert_eq!(login.host.as_str(), "myreg.azurecr.us");
+        assert_eq!(
+            login.kind,
+            CloudKind::Azure(AzureConfig {
+                client_id: Some("11111111-2222-3333-4444-555555555555".into()),
+                tenant_id: None,
+                cloud: AzureCloud::Government,
+            })
+        );
+        let r = source(json!({
+            "repository": "myreg.azurecr.io/app",
+            "azure_acr": true,
+            "azure_tenant_id": "72f988bf-86f1-41af-91ab-2d7cd011db47",
+            "azure_environment": "AzureChina",
+        }))
+        .resolve()
+        .unwrap()
+        .registries;
+        let CloudKind::Azure(azure) = r.cloud.unwrap().kind else {
+            panic!("not azure")
+        };
+        assert_eq!(azure.cloud, AzureCloud::China);
+        assert_eq!(
+            azure.tenant_id.as_deref(),
+            Some("72f988bf-86f1-41af-91ab-2d7cd011db47")
+        );
+        let r =
+            source(json!({"repository": "europe-docker.pkg.dev/p/r/app", "gcp_metadata": true}))
+                .resolve()
+                .unwrap()
+                .registries;
+        assert_eq!(r.cloud.unwrap().kind, CloudKind::Gcp);
+        let r = source(json!({"repository": "a", "azure_acr": false, "gcp_metadata": null}))
+            .resolve()
+            .unwrap()
+            .registries;
+        assert!(r.cloud.is_none());
+
+        for (input, want) in [
+            (
+                json!({"repository": "a", "azure_client_id": "x"}),
+                "source.azure_client_id: needs source.azure_acr: true",
+            ),
+            (
+                json!({"repository": "a", "azure_acr": true, "azure_environment": "Mars"}),
+                "source.azure_environment: \"Mars\" is not an Azure cloud",
+            ),
+            (
+                json!({"repository": "a", "azure_acr": true, "azure_tenant_id": "a b"}),
+                "source.azure_tenant_id: must be an id",
+            ),
+            (
+                json!({"repository": "a", "azure_acr": true, "gcp_metadata": true}),
+                "source.gcp_metadata: cannot be used with source.azure_acr",
+            ),
+            (
+                json!({"repository": "a", "gcp_metadata": true, "username": "u", "password": "p"}),
+                "source.gcp_metadata: cannot be used with source.username",
+            ),
+            (
+                json!({"repository": "a", "aws_ecr_registry_id": "12"}),
+                "source.aws_ecr_registry_id: must be 12 digits",
+            ),
+        ] {
+            let got = resolve_err(input.clone());
+            assert!(got.starts_with(want), "{input}: {got}");
+        }
+    }
+
+    #[test]
+    fn aws_ecr_registry_id_is_the_ecr_registry_id() {
+        let ecr = source(json!({
+            "repository": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/app",
+            "aws_ecr_registry_id": 210987654321u64,
+        }))
+        .resolve()
+        .unwrap()
+        .registries
+        .ecr
+        .unwrap();
+        assert_eq!(ecr.registry_id.as_deref(), Some("210987654321"));
+        assert_eq!(ecr.account_id, None);
     }
 
     #[test]

@@ -44,11 +44,11 @@ pub(super) fn credentials(settings: &Settings) -> HashMap<String, DockerCredenti
 /// The Dockerfile is read for its `FROM` lines; a larger one is refused rather than read whole.
 const MAX_DOCKERFILE_BYTES: u64 = 4 << 20;
 
-/// Registry credentials for the daemon's pulls during the build (X-Registry-Config).
-/// ECR tokens for the repository's registry and for every ECR registry a `FROM` line names
-/// (after `ARG` defaults and build args are substituted), so the daemon can pull base images
-/// and the cache image from ECR.
-pub(super) async fn add_ecr_credentials(
+/// Registry credentials for the daemon's pulls during the build (X-Registry-Config): the
+/// cloud login's (`azure_acr`, `gcp_metadata`) for the repository's registry, and ECR tokens
+/// for it and for every ECR registry a `FROM` line names (after `ARG` defaults and build args
+/// are substituted), so the daemon can pull base images and the cache image from there.
+pub(super) async fn add_token_credentials(
     auth: &mut HashMap<String, DockerCredentials>,
     dockerfile: &Path,
     build_args: &BTreeMap<String, String>,
@@ -68,10 +68,20 @@ pub(super) async fn add_ecr_credentials(
         if auth.contains_key(&auth_key(&host)) {
             continue;
         }
-        if let Some((username, password)) =
-            crate::registry::ecr_credentials(&host, &settings.registries).await?
-        {
-            tracing::info!("using an ECR token for {host} in the build");
+        let token = match crate::registry::cloud_credentials(&host, &settings.registries).await? {
+            Some(c) => {
+                tracing::info!("using the cloud login's credentials for {host} in the build");
+                Some(c)
+            }
+            None => {
+                let c = crate::registry::ecr_credentials(&host, &settings.registries).await?;
+                if c.is_some() {
+                    tracing::info!("using an ECR token for {host} in the build");
+                }
+                c
+            }
+        };
+        if let Some((username, password)) = token {
             auth.insert(
                 auth_key(&host),
                 DockerCredentials {

@@ -31,7 +31,7 @@ use crate::source::Settings;
 pub(crate) use params::BuildParams;
 
 use args::{build_args, labels};
-use credentials::{add_ecr_credentials, auth_key, credentials};
+use credentials::{add_token_credentials, auth_key, credentials};
 use saved::Saved;
 use secrets::{secrets, SecretSource};
 use stream::drain;
@@ -115,7 +115,7 @@ impl Build {
     ) -> Result<(), Error> {
         let docker = &daemon.docker;
         let mut registry_auth = credentials(settings);
-        add_ecr_credentials(
+        add_token_credentials(
             &mut registry_auth,
             &self.dockerfile,
             &self.build_args,

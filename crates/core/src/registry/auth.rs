@@ -138,7 +138,8 @@ struct TokenResponse {
 /// Authentication state for one registry host, shared by concurrent requests.
 pub(super) struct Auth {
     host: Host,
-    credentials: Option<Credentials>,
+    /// Set when the client is made, or once by a cloud login after the ping.
+    credentials: std::sync::OnceLock<Credentials>,
     /// Which token realms may get the credentials in clear.
     config: RegistryConfig,
     state: Mutex<State>,
@@ -156,17 +157,35 @@ impl Auth {
         credentials: Option<Credentials>,
         config: RegistryConfig,
     ) -> Auth {
+        let cell = std::sync::OnceLock::new();
+        if let Some(c) = credentials {
+            let _ = cell.set(c);
+        }
         Auth {
             host,
-            credentials,
+            credentials: cell,
             config,
             state: Mutex::new(State::default()),
         }
     }
 
+    /// The credentials a cloud login gave; ignored when the client already has some.
+    pub(super) fn set_credentials(&self, credentials: Credentials) {
+        let _ = self.credentials.set(credentials);
+    }
+
+    pub(super) fn credentials(&self) -> Option<&Credentials> {
+        self.credentials.get()
+    }
+
+    /// What the registry asked for at the ping.
+    pub(super) async fn challenge(&self) -> Challenge {
+        self.state.lock().await.challenge.clone()
+    }
+
     /// How the requests were authenticated, for an unauthorized message.
     pub(super) fn describe(&self) -> String {
-        match &self.credentials {
+        match self.credentials() {
             Some(c) => format!("as {:?} with credentials from {}", c.username, c.origin),
             None => "anonymously (no credentials: set source.username and source.password)".into(),
         }
@@ -186,7 +205,7 @@ impl Auth {
         let mut state = self.state.lock().await;
         match state.challenge.clone() {
             Challenge::None => Ok(None),
-            Challenge::Basic => Ok(self.credentials.as_ref().map(Credentials::basic_header)),
+            Challenge::Basic => Ok(self.credentials().map(Credentials::basic_header)),
             Challenge::Bearer { realm, service } => {
                 if let Some(token) = state.tokens.get(scope) {
                     if token.expires > Instant::now() {
@@ -219,7 +238,7 @@ impl Auth {
         state.tokens.remove(scope);
         match challenge {
             Challenge::Bearer { .. } => true,
-            Challenge::Basic => before != Challenge::Basic && self.credentials.is_some(),
+            Challenge::Basic => before != Challenge::Basic && self.credentials().is_some(),
             Challenge::None => false,
         }
     }
@@ -251,10 +270,9 @@ impl Auth {
         // Basic credentials go to a realm only over https, or in clear to a loopback or
         // insecure-listed one; any other realm is asked anonymously.
         let credentials = self
-            .credentials
-            .as_ref()
+            .credentials()
             .filter(|_| self.config.may_send_credentials(&url));
-        if credentials.is_none() && self.credentials.is_some() {
+        if credentials.is_none() && self.credentials().is_some() {
             tracing::warn!(
                 "token realm {} is plain http: asking it for a token without the credentials",
                 url.origin().ascii_serialization()

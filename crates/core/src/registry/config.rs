@@ -1,5 +1,5 @@
 //! What the registry client needs to know, owned by the client: credentials by host, TLS
-//! material by domain, insecure hosts, and ECR settings. `source` builds it once in
+//! material by domain, insecure hosts, ECR settings and a cloud login (Azure, GCP). `source` builds it once in
 //! `resolve()`; nothing here knows the pipeline's JSON.
 
 use crate::reference::Host;
@@ -14,6 +14,42 @@ pub(crate) struct RegistryConfig {
     pub insecure: Vec<Insecure>,
     /// Where ECR tokens apply and how to get them (`aws_*` fields).
     pub ecr: Option<EcrConfig>,
+    /// `azure_acr` or `gcp_metadata`: how the repository's registry is logged in to.
+    pub cloud: Option<CloudLogin>,
+}
+
+/// A login to `host` with a cloud identity of the machine, used when the pipeline gave no
+/// credentials for it.
+#[derive(Debug, Clone)]
+pub(crate) struct CloudLogin {
+    pub host: Host,
+    pub kind: CloudKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CloudKind {
+    /// `azure_acr`: a managed identity's token exchanged for an ACR refresh token.
+    Azure(AzureConfig),
+    /// `gcp_metadata`: the GCE metadata server's access token.
+    Gcp,
+}
+
+/// `azure_client_id`, `azure_tenant_id` and the cloud from `azure_environment` (or the host).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AzureConfig {
+    /// A user-assigned identity; `None` for the system-assigned one.
+    pub client_id: Option<String>,
+    /// The registry's tenant; `None`: the challenge's, if it names one.
+    pub tenant_id: Option<String>,
+    pub cloud: AzureCloud,
+}
+
+/// The Azure cloud whose management resource the managed identity's token is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AzureCloud {
+    Public,
+    Government,
+    China,
 }
 
 /// `source.aws_*`: ECR applies to ECR hostnames, and to `repository_host` when `region` is set.
@@ -26,6 +62,9 @@ pub(crate) struct EcrConfig {
     /// `aws_role_arn`, then `aws_role_arns`, assumed in this order.
     pub roles: Vec<String>,
     pub account_id: Option<String>,
+    /// `aws_ecr_registry_id`: the registry whose token is asked for, for the repository's
+    /// registry (wins over `account_id` and the host's account).
+    pub registry_id: Option<String>,
     pub repository_host: Host,
 }
 

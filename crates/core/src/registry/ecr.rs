@@ -44,15 +44,25 @@ pub(super) fn parse_host(host: &str) -> Option<(String, String)> {
     valid.then(|| (account.to_string(), region.to_string()))
 }
 
-/// Whether ECR credentials apply to `host`, and for which region and account.
+/// Whether ECR credentials apply to `host`, and for which region and registry (account):
+/// `aws_ecr_registry_id` for the repository's registry, else `aws_account_id`, else the
+/// host's own account.
 fn target(host: &Host, ecr: &EcrConfig) -> Option<(String, Option<String>)> {
+    let registry_id = ecr
+        .registry_id
+        .clone()
+        .filter(|_| host == &ecr.repository_host);
     if let Some((account, region)) = parse_host(host.as_str()) {
         let region = ecr.region.clone().unwrap_or(region);
-        return Some((region, Some(ecr.account_id.clone().unwrap_or(account))));
+        let id = registry_id.or_else(|| ecr.account_id.clone());
+        return Some((region, Some(id.unwrap_or(account))));
     }
     if host == &ecr.repository_host {
         if let Some(region) = &ecr.region {
-            return Some((region.clone(), ecr.account_id.clone()));
+            return Some((
+                region.clone(),
+                registry_id.or_else(|| ecr.account_id.clone()),
+            ));
         }
     }
     None
@@ -186,7 +196,35 @@ pub(super) async fn credentials_for(
 
 #[cfg(test)]
 mod tests {
-    use super::parse_host;
+    use super::{parse_host, target, EcrConfig, Host};
+
+    fn config(account_id: Option<&str>, registry_id: Option<&str>) -> EcrConfig {
+        EcrConfig {
+            region: Some("eu-west-1".into()),
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
+            roles: Vec::new(),
+            account_id: account_id.map(str::to_string),
+            registry_id: registry_id.map(str::to_string),
+            repository_host: Host::parse("111111111111.dkr.ecr.eu-west-1.amazonaws.com").unwrap(),
+        }
+    }
+
+    #[test]
+    fn aws_ecr_registry_id_names_the_repository_registrys_token() {
+        let repo = Host::parse("111111111111.dkr.ecr.eu-west-1.amazonaws.com").unwrap();
+        let base = Host::parse("333333333333.dkr.ecr.eu-west-1.amazonaws.com").unwrap();
+        let account = |c: &EcrConfig, h: &Host| target(h, c).and_then(|(_, a)| a);
+        let plain = config(None, None);
+        assert_eq!(account(&plain, &repo).as_deref(), Some("111111111111"));
+        let with_id = config(Some("444444444444"), Some("222222222222"));
+        assert_eq!(account(&with_id, &repo).as_deref(), Some("222222222222"));
+        // Another ECR registry (a base image) keeps aws_account_id, or its own account.
+        assert_eq!(account(&with_id, &base).as_deref(), Some("444444444444"));
+        let only_id = config(None, Some("222222222222"));
+        assert_eq!(account(&only_id, &base).as_deref(), Some("333333333333"));
+    }
 
     #[test]
     fn ecr_hosts() {

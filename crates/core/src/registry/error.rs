@@ -48,6 +48,16 @@ pub enum RegistryError {
         #[source]
         problem: super::ecr::EcrProblem,
     },
+    #[error("cannot log in to registry {host} with {login}: {endpoint}")]
+    CloudLogin {
+        host: String,
+        /// `an Azure managed identity`, `the GCE metadata server`.
+        login: &'static str,
+        /// Which endpoint failed, with its host: `the managed identity endpoint 169.254.169.254`.
+        endpoint: String,
+        #[source]
+        problem: CloudProblem,
+    },
     #[error("cannot get a token for registry {host} from {realm}")]
     Token {
         host: String,
@@ -115,6 +125,30 @@ pub enum TokenProblem {
     NotTokenResponse(#[source] serde_json::Error),
     #[error("the answer has no token")]
     NoToken,
+}
+
+/// What went wrong at a cloud login's endpoint. Never holds a token: an answer's error text
+/// is quoted through the redactor, and a JSON error never echoes the value it choked on.
+#[derive(Debug, thiserror::Error)]
+pub enum CloudProblem {
+    #[error("{0:?} is not an http(s) address")]
+    BadAddress(String),
+    #[error("cannot set up an http client")]
+    Client(#[source] reqwest::Error),
+    #[error("request failed")]
+    Transport(#[source] super::pace::Broken),
+    #[error("answered {status}{detail}")]
+    Status { status: StatusCode, detail: String },
+    #[error("reading the answer failed")]
+    Read(#[source] super::body::ReadError),
+    #[error("the answer is not a JSON object")]
+    NotJson,
+    #[error("the answer has no {0}")]
+    NoToken(&'static str),
+    #[error(
+        "the registry is reached over plain http: the Azure token is not sent in clear (use https)"
+    )]
+    Cleartext,
 }
 
 /// The registry's error body: `{"errors":[{"code":"MANIFEST_UNKNOWN","message":"..."}]}`.

@@ -6,16 +6,20 @@
 //!
 //! Every request goes through [`Registry::send`] (or, for pings and tokens, the same
 //! [`retry::exchange`] under it): `retry.rs` holds the only retry loop. `manifests.rs`,
-//! `blobs.rs`, `tags.rs` and `upload.rs` are the operations; `auth.rs`, `docker_config.rs` and
-//! `ecr.rs` the credentials; `transport.rs` the TLS clients and the reading of their errors.
+//! `blobs.rs`, `tags.rs` and `upload.rs` are the operations; `auth.rs`, `docker_config.rs`,
+//! `ecr.rs` and the cloud logins (`cloud.rs`, `azure.rs`, `gcp.rs`) the credentials;
+//! `transport.rs` the TLS clients and the reading of their errors.
 
 mod auth;
+mod azure;
 mod blobs;
 mod body;
+mod cloud;
 pub(crate) mod config;
 mod docker_config;
 mod ecr;
 mod error;
+mod gcp;
 mod manifests;
 mod pace;
 mod retry;
@@ -37,6 +41,7 @@ use retry::Answer;
 pub(crate) use auth::{parse_challenge, Challenge};
 pub(crate) use blobs::CONFIG_LIMIT;
 pub(crate) use error::RegistryError;
+pub(crate) use gcp::register_key_secrets;
 pub(crate) use retry::RetryPolicy;
 pub(crate) use tags::MAX_TAG_PAGES;
 #[cfg(test)]
@@ -61,6 +66,7 @@ pub(crate) async fn ecr_credentials(
                 session_token: None,
                 roles: Vec::new(),
                 account_id: None,
+                registry_id: None,
                 repository_host: host.clone(),
             };
             &fallback
@@ -75,6 +81,25 @@ pub(crate) async fn ecr_credentials(
             problem,
         }),
     }
+}
+
+/// The credentials the cloud login (`azure_acr`, `gcp_metadata`) gives for `host`, when it
+/// applies there and the pipeline gave none, as `(username, password)`; for a daemon that
+/// pulls. Pings the registry (Azure's exchange is made there).
+pub(crate) async fn cloud_credentials(
+    host: &Host,
+    config: &RegistryConfig,
+) -> Result<Option<(String, crate::secret::Secret)>, RegistryError> {
+    let applies = config.cloud.as_ref().is_some_and(|c| &c.host == host);
+    if !applies || config.credentials_for(host).is_some() {
+        return Ok(None);
+    }
+    let registry = Registry::new(host.clone(), config).await;
+    registry.connection().await?;
+    Ok(registry
+        .auth
+        .credentials()
+        .map(|c| (c.username.clone(), c.password.clone())))
 }
 
 /// Whether `host` is an Amazon ECR registry.
@@ -143,6 +168,8 @@ pub(crate) struct Registry {
     retry: RetryPolicy,
     /// Credentials that could not be had (ECR: region, why), reported on every use.
     credentials_error: Option<(String, ecr::EcrProblem)>,
+    /// `azure_acr`/`gcp_metadata` for this host, run once the registry answered its ping.
+    cloud: Option<config::CloudLogin>,
 }
 
 /// One request: where, what for (in messages), in which token scope.
@@ -162,9 +189,19 @@ impl Registry {
     /// A client for `host`; credentials come from the pipeline, else `~/.docker/config.json`.
     /// Nothing is sent until the first request.
     pub(crate) async fn new(host: Host, config: &RegistryConfig) -> Registry {
-        let (credentials, credentials_error) = match auth::credentials_for(&host, config).await {
-            Ok(c) => (c, None),
-            Err(e) => (None, Some(e)),
+        // A cloud login for the host stands in for every other source of credentials but
+        // the pipeline's own.
+        let cloud = config
+            .cloud
+            .clone()
+            .filter(|c| c.host == host && config.credentials_for(&host).is_none());
+        let (credentials, credentials_error) = if cloud.is_some() {
+            (None, None)
+        } else {
+            match auth::credentials_for(&host, config).await {
+                Ok(c) => (c, None),
+                Err(e) => (None, Some(e)),
+            }
         };
         Registry {
             auth: auth::Auth::new(host.clone(), credentials, config.clone()),
@@ -173,6 +210,7 @@ impl Registry {
             connection: OnceCell::new(),
             retry: RetryPolicy::default(),
             credentials_error,
+            cloud,
         }
     }
 
@@ -193,7 +231,24 @@ impl Registry {
                 problem: problem.clone(),
             });
         }
-        self.connection.get_or_try_init(|| self.connect()).await
+        self.connection
+            .get_or_try_init(async || {
+                let connection = self.connect().await?;
+                if let Some(login) = &self.cloud {
+                    let target = cloud::Target {
+                        host: &self.host,
+                        http: &connection.http,
+                        base: &connection.base,
+                        challenge: self.auth.challenge().await,
+                        config: &self.config,
+                        policy: &self.retry,
+                    };
+                    let credentials = cloud::credentials(login, target).await?;
+                    self.auth.set_credentials(credentials);
+                }
+                Ok(connection)
+            })
+            .await
     }
 
     /// Pings `/v2/` to choose the scheme and learn the challenge. HTTPS is tried first;

@@ -315,6 +315,51 @@ fn aws_account_id_names_whose_registry_token_is_asked_for() {
     assert!(err.contains("unauthorized"), "{err}");
 }
 
+/// registry-image-resource's `aws_ecr_registry_id` (types.go `AWSECRRegistryId`, and
+/// types_test.go "should include a registry id as part of the request for an authorization
+/// token when specified"): the registry whose token `GetAuthorizationToken` is asked for. It
+/// wins over `aws_account_id` for the repository's registry.
+#[test]
+fn aws_ecr_registry_id_names_the_registry_whose_token_is_asked_for() {
+    let Some(ecr) = ecr() else { return };
+    let registry = AccountRegistry::start("ecr-registry-id", ROLE_ACCOUNT);
+    let repo = common::unique("ecr-registry-id");
+    let digest = push(&registry.host, ROLE_ACCOUNT, &repo, "latest");
+    let source = |fields: Value| {
+        let mut s = json!({
+            "repository": format!("{}/{repo}", registry.host),
+            "aws_region": "us-east-1",
+            "aws_access_key_id": "AKIAEXAMPLEEXAMPLE",
+            "aws_secret_access_key": "very-secret-access-key",
+        });
+        s.as_object_mut()
+            .unwrap()
+            .extend(fields.as_object().unwrap().clone());
+        s
+    };
+    for fields in [
+        json!({"aws_ecr_registry_id": ROLE_ACCOUNT}),
+        json!({"aws_ecr_registry_id": ROLE_ACCOUNT, "aws_account_id": ACCOUNT}),
+    ] {
+        let out = run("check", ecr, &json!({"source": source(fields.clone())}));
+        assert_eq!(
+            out.success(),
+            json!([{"tag": "latest", "digest": digest}]),
+            "{fields}"
+        );
+        assert!(!out.all_output().contains("-auth-token"));
+        assert!(!out.stderr.contains("unknown field"), "{}", out.stderr);
+    }
+    // Another registry id gets that account's token, which this registry refuses.
+    let err = run(
+        "check",
+        ecr,
+        &json!({"source": source(json!({"aws_ecr_registry_id": ACCOUNT}))}),
+    )
+    .failure();
+    assert!(err.contains("unauthorized"), "{err}");
+}
+
 #[test]
 fn one_token_per_process_however_many_requests_need_it() {
     let Some(ecr) = ecr() else { return };
@@ -397,6 +442,10 @@ fn aws_field_errors_name_the_field() {
         (
             json!({"repository": "r", "aws_role_arns": ["pusher"]}),
             "source.aws_role_arns[0]",
+        ),
+        (
+            json!({"repository": "r", "aws_ecr_registry_id": "not-an-id"}),
+            "source.aws_ecr_registry_id",
         ),
     ] {
         let err = common::check(&json!({"source": source})).failure();

@@ -46,9 +46,12 @@ fn tags(versions: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Payloads covered by a test, here or (ECR, which needs moto) in ecr.rs.
+/// Payloads covered by a test, here or (ECR, which needs moto) in ecr.rs, or (the cloud
+/// logins, which need their metadata servers) in cloud.rs.
 const COVERED: &[&str] = &[
     "track-tag/check.json",
+    "acr/check.json",
+    "gcp-artifact-registry/check.json",
     "track-tag/check-with-cursor.json",
     "semver-variant/check.json",
     "build-on-commit/out-main.json",

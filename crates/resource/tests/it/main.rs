@@ -3,6 +3,7 @@
 
 mod build;
 mod check;
+mod cloud;
 mod common;
 mod ecr;
 mod examples;

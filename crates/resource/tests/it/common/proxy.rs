@@ -7,6 +7,9 @@
 //! fail in a chosen way; every request is recorded. Optionally it enforces a page size on tag
 //! listing, which distribution 2.8 itself does not do (it ignores `n` and `last`).
 //!
+//! [`FaultProxy::route`] sends paths under a prefix to another upstream (ACR serves its token
+//! endpoints on the registry's own host).
+//!
 //! Each `FaultProxy` is its own server on its own loopback port; dropping it stops accepting.
 
 use std::future::Future as _;
@@ -103,6 +106,8 @@ struct State {
     rules: Vec<Rule>,
     seen: Vec<Seen>,
     tag_page_limit: Option<usize>,
+    /// `(path prefix, upstream)`: the first match wins over the proxy's upstream.
+    routes: Vec<(String, String)>,
 }
 
 pub struct FaultProxy {
@@ -171,6 +176,16 @@ impl FaultProxy {
     /// whatever `n` the client asked for above `limit` (or none). `None` turns it off.
     pub fn limit_tag_pages(&self, limit: Option<usize>) {
         self.state.lock().unwrap().tag_page_limit = limit;
+    }
+
+    /// Requests whose path starts with `prefix` go to `upstream` (`host:port`, plain HTTP)
+    /// instead, faults and recording as for any other.
+    pub fn route(&self, prefix: &str, upstream: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .routes
+            .push((prefix.into(), upstream.into()));
     }
 
     /// Every request so far, oldest first.
@@ -256,7 +271,7 @@ async fn handle(
             )
         })
         .collect();
-    let (index, fault, page_limit) = {
+    let (index, fault, page_limit, upstream) = {
         let mut s = shared.state.lock().unwrap();
         let fault = s
             .rules
@@ -277,7 +292,13 @@ async fn handle(
             status: None,
             fault: fault.clone(),
         });
-        (s.seen.len() - 1, fault, s.tag_page_limit)
+        let path = req.uri().path();
+        let upstream = s
+            .routes
+            .iter()
+            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+            .map_or_else(|| shared.upstream.clone(), |(_, u)| u.clone());
+        (s.seen.len() - 1, fault, s.tag_page_limit, upstream)
     };
     let record = |status: u16| {
         if let Some(seen) = shared.state.lock().unwrap().seen.get_mut(index) {
@@ -307,16 +328,13 @@ async fn handle(
         (req.method() == hyper::Method::GET).then(|| (name.to_string(), limit))
     });
 
-    let response = match forward(shared, req).await {
+    let response = match forward(&upstream, req).await {
         Ok(r) => r,
         Err(e) => {
             record(502);
             return Ok(Response::builder()
                 .status(StatusCode::BAD_GATEWAY)
-                .body(full(format!(
-                    "fault proxy: upstream {}: {e}",
-                    shared.upstream
-                )))
+                .body(full(format!("fault proxy: upstream {upstream}: {e}")))
                 .unwrap());
         }
     };
@@ -359,8 +377,8 @@ async fn handle(
 }
 
 /// One upstream connection per request: simple, and a reset upstream cannot poison a pool.
-async fn forward(shared: &Shared, req: Request<Incoming>) -> Result<Response<Incoming>, BoxError> {
-    let stream = tokio::net::TcpStream::connect(&shared.upstream).await?;
+async fn forward(upstream: &str, req: Request<Incoming>) -> Result<Response<Incoming>, BoxError> {
+    let stream = tokio::net::TcpStream::connect(upstream).await?;
     let _ = stream.set_nodelay(true);
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake::<_, Incoming>(TokioIo::new(stream)).await?;

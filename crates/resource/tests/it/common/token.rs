@@ -10,6 +10,14 @@
 //! `rootcertbundle`, which is how distribution 2.8 verifies it (x5c chain verified against the
 //! bundle with `ExtKeyUsageAny`, `iss` = the configured issuer, `aud` = the service).
 //!
+//! `/oauth2/token` is the same endpoint (ACR's path), and `POST /oauth2/exchange` plays ACR's
+//! exchange of an Entra ID (AAD) access token for a refresh token
+//! (<https://github.com/Azure/acr/blob/main/docs/AAD-OAuth.md>): a form with
+//! `grant_type=access_token`, `service`, optional `tenant`, and an `access_token` that
+//! [`TokenServer::accept_exchange`] registered; the answer is `{"refresh_token": ...}`.
+//! [`TokenServer::also_accept`] adds a user and password (the refresh token's null-GUID user,
+//! GCP's `oauth2accesstoken`, `_json_key`) that get what the main user gets.
+//!
 //! What a token grants:
 //! - the user: every action asked for, except on repositories under a *denied* prefix
 //!   (default `forbidden/`), which get nothing (the registry then answers 401
@@ -34,6 +42,20 @@ pub const SERVICE: &str = "dockhand-test-registry";
 pub const ISSUER: &str = "dockhand-test-issuer";
 /// Lifetime of the tokens, seconds.
 pub const EXPIRES_IN: u64 = 300;
+/// The user of ACR's refresh tokens.
+pub const ACR_USER: &str = "00000000-0000-0000-0000-000000000000";
+
+/// One `/oauth2/exchange` request.
+#[derive(Clone, Debug)]
+pub struct ExchangeRequest {
+    pub grant_type: Option<String>,
+    pub service: Option<String>,
+    pub tenant: Option<String>,
+    pub access_token: Option<String>,
+    pub content_type: Option<String>,
+    /// 200, or 401 for an access token it does not know.
+    pub status: u16,
+}
 
 /// One request the token server answered.
 #[derive(Clone, Debug)]
@@ -55,6 +77,11 @@ struct State {
     x5c: String,
     username: String,
     password: String,
+    /// More `(user, password)` pairs that are the user.
+    also: Mutex<Vec<(String, String)>>,
+    /// ACR exchange: access token → refresh token.
+    exchanges: Mutex<Vec<(String, String)>>,
+    exchange_log: Mutex<Vec<ExchangeRequest>>,
     anonymous_pull: Mutex<Vec<String>>,
     denied: Mutex<Vec<String>>,
     log: Mutex<Vec<TokenRequest>>,
@@ -83,6 +110,9 @@ impl TokenServer {
             x5c: base64::engine::general_purpose::STANDARD.encode(&signer.cert_der),
             username: username.into(),
             password: password.into(),
+            also: Mutex::new(Vec::new()),
+            exchanges: Mutex::new(Vec::new()),
+            exchange_log: Mutex::new(Vec::new()),
             anonymous_pull: Mutex::new(vec!["public/".into()]),
             denied: Mutex::new(vec!["forbidden/".into()]),
             log: Mutex::new(Vec::new()),
@@ -136,6 +166,36 @@ impl TokenServer {
             .push(prefix.into());
     }
 
+    /// `user` with `password` is granted what the main user is.
+    pub fn also_accept(&self, user: &str, password: &str) {
+        self.state
+            .also
+            .lock()
+            .unwrap()
+            .push((user.into(), password.into()));
+    }
+
+    /// `/oauth2/exchange` answers `access_token` with `refresh_token` (which is then also
+    /// accepted as the password of ACR's null-GUID user).
+    pub fn accept_exchange(&self, access_token: &str, refresh_token: &str) {
+        self.state
+            .exchanges
+            .lock()
+            .unwrap()
+            .push((access_token.into(), refresh_token.into()));
+        self.also_accept(ACR_USER, refresh_token);
+    }
+
+    /// Every `/oauth2/exchange` request so far, oldest first.
+    pub fn exchange_log(&self) -> Vec<ExchangeRequest> {
+        self.state.exchange_log.lock().unwrap().clone()
+    }
+
+    /// `host:port`, for a proxy route to this server.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
     /// Even the user gets nothing on repositories whose name starts with `prefix`.
     pub fn deny(&self, prefix: &str) {
         self.state.denied.lock().unwrap().push(prefix.into());
@@ -155,7 +215,10 @@ async fn handle(
 ) -> Result<Response<Body>, Abort> {
     state.requests.fetch_add(1, Ordering::SeqCst);
     let method = req.method().clone();
-    if req.uri().path() != "/token" {
+    if req.uri().path() == "/oauth2/exchange" && method == Method::POST {
+        return Ok(exchange(state, req).await);
+    }
+    if req.uri().path() != "/token" && req.uri().path() != "/oauth2/token" {
         return Ok(json(StatusCode::NOT_FOUND, r#"{"details":"not found"}"#));
     }
     let query = req.uri().query().unwrap_or_default().to_string();
@@ -205,6 +268,16 @@ async fn handle(
     let who = match credentials {
         None => Who::Anonymous,
         Some((u, p)) if u == state.username && p == state.password => Who::User(u),
+        Some((u, p))
+            if state
+                .also
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|(au, ap)| *au == u && *ap == p) =>
+        {
+            Who::User(u)
+        }
         Some((u, _)) => Who::Wrong(u),
     };
     let mut record = TokenRequest {
@@ -259,6 +332,61 @@ async fn handle(
         "issued_at": http::rfc3339(now),
     });
     Ok(json(StatusCode::OK, &body.to_string()))
+}
+
+/// ACR's `/oauth2/exchange`: a known access token gets its refresh token.
+async fn exchange(state: &State, req: Request<Incoming>) -> Response<Body> {
+    let content_type = req
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let form = http::query_pairs(&String::from_utf8_lossy(&body));
+    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let mut record = ExchangeRequest {
+        grant_type: get("grant_type"),
+        service: get("service"),
+        tenant: get("tenant"),
+        access_token: get("access_token"),
+        content_type,
+        status: 401,
+    };
+    let refresh = state
+        .exchanges
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(a, _)| record.access_token.as_deref() == Some(a.as_str()))
+        .map(|(_, r)| r.clone());
+    let answer = match refresh {
+        Some(refresh) if record.grant_type.as_deref() == Some("access_token") => {
+            record.status = 200;
+            json(
+                StatusCode::OK,
+                &serde_json::json!({ "refresh_token": refresh }).to_string(),
+            )
+        }
+        // Echoes the token, as careless servers do: the client must not print it.
+        _ => json(
+            StatusCode::UNAUTHORIZED,
+            &serde_json::json!({"errors": [{
+                "code": "UNAUTHORIZED",
+                "message": format!(
+                    "access token {} is not valid for this registry",
+                    record.access_token.as_deref().unwrap_or_default()
+                ),
+            }]})
+            .to_string(),
+        ),
+    };
+    state.exchange_log.lock().unwrap().push(record);
+    answer
 }
 
 /// `type:name:actions` → the JWT `access` entries this caller gets.
