@@ -1,4 +1,11 @@
 //! Tag listing (`GET /v2/<name>/tags/list`) with `Link` paging.
+//!
+//! Every page is read: GHCR and Quay list tags oldest first, so a listing cut after N pages
+//! drops exactly the newest tags. What bounds it is time ([`TAG_LISTING_BUDGET`]) and memory
+//! ([`TAG_LIST_LIMIT`], [`MAX_TAGS`]); reaching either is an error that says which, never a
+//! silently shorter list.
+
+use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
@@ -8,13 +15,14 @@ use super::{Call, Registry, RegistryError};
 use crate::image::null_as_default;
 use crate::reference::Repository;
 
-/// Page sizes asked for, largest first; a registry that refuses one (400, as Quay and some
-/// proxies do above 100) is asked again with the next. `None` lets the registry choose.
+/// Page sizes asked for, largest first; a registry that refuses one (400 or 422, as Quay and
+/// some proxies do above 100; 405, as ECR-compatible proxies do to any `n`) is asked again
+/// with the next. `None` lets the registry choose.
 const PAGE_SIZES: [Option<u32>; 3] = [Some(1000), Some(100), None];
 
-/// Pages of the tag list read in one request budget (1000 tags each where the registry
-/// allows).
-pub(crate) const MAX_TAG_PAGES: usize = 100;
+/// The longest one listing may take, all pages together: 200,000 tags in Quay's pages of
+/// 100 are 2,000 requests. `check` has 15 minutes in all; this leaves time for the digests.
+const TAG_LISTING_BUDGET: Duration = Duration::from_secs(10 * 60);
 
 /// A page of tags is JSON text; refuse to read one without bound (1000 tags of the longest
 /// name the spec allows, 128 characters, take about 130 KiB).
@@ -24,13 +32,11 @@ const TAG_PAGE_LIMIT: usize = 8 << 20;
 const TAG_LIST_LIMIT: usize = 32 << 20;
 const MAX_TAGS: usize = 1_000_000;
 
-/// Every tag of a repository as far as the page budget reached.
+/// Every tag of a repository.
 #[derive(Debug, Default)]
 pub(crate) struct TagList {
     /// In the registry's order (which is not always sorted).
     pub tags: Vec<String>,
-    /// False when the page budget ran out before the last page.
-    pub complete: bool,
     /// Requests made, for the logs.
     pub requests: usize,
     /// False when the repository does not exist (404).
@@ -44,16 +50,16 @@ struct Page {
 }
 
 impl Registry {
-    /// Lists tags, following `Link: <…>; rel="next"` for at most `max_pages` pages.
+    /// Lists every tag, following `Link: <…>; rel="next"` to the last page, within
+    /// [`TAG_LISTING_BUDGET`].
     pub(crate) async fn list_tags(
         &self,
         repository: &Repository,
-        max_pages: usize,
     ) -> Result<TagList, RegistryError> {
         let base = format!("/v2/{}/tags/list", repository.path());
         let what = format!("the tags of {}", repository.path());
+        let started = Instant::now();
         let mut list = TagList {
-            complete: true,
             found: true,
             ..TagList::default()
         };
@@ -62,9 +68,13 @@ impl Registry {
         let mut first = true;
         let mut read = 0;
         while let Some(path) = next.take() {
-            if list.requests >= max_pages {
-                list.complete = false;
-                break;
+            if started.elapsed() > TAG_LISTING_BUDGET {
+                return Err(RegistryError::TooSlow {
+                    host: self.host.to_string(),
+                    what,
+                    budget: TAG_LISTING_BUDGET.as_secs(),
+                    done: format!("{} tags in {} pages", list.tags.len(), list.requests),
+                });
             }
             let call = Call {
                 method: Method::GET,
@@ -85,7 +95,9 @@ impl Registry {
             if first
                 && matches!(
                     status,
-                    StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY
+                    StatusCode::BAD_REQUEST
+                        | StatusCode::UNPROCESSABLE_ENTITY
+                        | StatusCode::METHOD_NOT_ALLOWED
                 )
                 && size + 1 < PAGE_SIZES.len()
             {
@@ -108,7 +120,7 @@ impl Registry {
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .find_map(next_link)
-                .map(|link| resolve_link(&path, &link));
+                .map(|link| same_repository(&base, &resolve_link(&path, &link)));
             let body = read_limited(response, TAG_PAGE_LIMIT)
                 .await
                 .map_err(|e| self.read_error(e, &what, TAG_PAGE_LIMIT))?;
@@ -174,6 +186,38 @@ fn resolve_link(current: &str, link: &str) -> String {
     }
 }
 
+/// Artifactory names the next page without the virtual repository's prefix
+/// (`/v2/app/tags/list?last=x` while listing `/v2/docker-virtual/app/tags/list`): a link to
+/// the tag list of a repository that our own name ends with is our list, with its query.
+fn same_repository(base: &str, link: &str) -> String {
+    let (head, query) = match link.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (link, None),
+    };
+    let (origin, path) = match head.find("://") {
+        Some(i) => match head[i + 3..].find('/') {
+            Some(j) => head.split_at(i + 3 + j),
+            None => return link.to_string(),
+        },
+        None => ("", head),
+    };
+    let name_of = |p: &'_ str| -> Option<String> {
+        Some(
+            p.strip_prefix("/v2/")?
+                .strip_suffix("/tags/list")?
+                .to_string(),
+        )
+    };
+    match (name_of(path), name_of(base)) {
+        (Some(theirs), Some(ours)) if theirs != ours && ours.ends_with(&format!("/{theirs}")) => {
+            tracing::debug!("the registry's next page names {theirs}, not {ours}; reading {ours}");
+            let query = query.map(|q| format!("?{q}")).unwrap_or_default();
+            format!("{origin}{base}{query}")
+        }
+        _ => link.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,5 +249,27 @@ mod tests {
         assert_eq!(resolve_link(cur, "?last=b"), "/v2/a/tags/list?last=b");
         assert_eq!(resolve_link(cur, "list?last=b"), "/v2/a/tags/list?last=b");
         assert_eq!(resolve_link(cur, "https://h/x"), "https://h/x");
+    }
+
+    #[test]
+    fn a_link_without_the_virtual_repository_prefix_stays_on_our_list() {
+        let base = "/v2/docker-virtual/team/app/tags/list";
+        assert_eq!(
+            same_repository(base, "/v2/team/app/tags/list?last=b&n=100"),
+            "/v2/docker-virtual/team/app/tags/list?last=b&n=100"
+        );
+        assert_eq!(
+            same_repository(base, "https://h:5000/v2/app/tags/list?last=b"),
+            "https://h:5000/v2/docker-virtual/team/app/tags/list?last=b"
+        );
+        // Our own list, another repository's (not a suffix of ours), and non-list links.
+        for link in [
+            "/v2/docker-virtual/team/app/tags/list?last=b",
+            "/v2/other/tags/list?last=b",
+            "/v2/eam/app/tags/list?last=b",
+            "https://h/next?page=2",
+        ] {
+            assert_eq!(same_repository(base, link), link);
+        }
     }
 }
