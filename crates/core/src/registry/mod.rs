@@ -34,7 +34,9 @@ use config::RegistryConfig;
 use error::{ErrorBody, ErrorCode};
 use retry::Answer;
 
-pub(crate) use auth::{parse_challenge, Challenge};
+#[cfg(test)]
+pub(crate) use auth::parse_challenge;
+pub(crate) use auth::Challenge;
 pub(crate) use blobs::CONFIG_LIMIT;
 pub(crate) use error::RegistryError;
 pub(crate) use retry::RetryPolicy;
@@ -285,12 +287,7 @@ impl Registry {
         let Ok(answer) = answer;
         let response = answer?;
         let challenge = match response.status() {
-            StatusCode::UNAUTHORIZED => response
-                .headers()
-                .get(reqwest::header::WWW_AUTHENTICATE)
-                .and_then(|v| v.to_str().ok())
-                .map(parse_challenge)
-                .unwrap_or_default(),
+            StatusCode::UNAUTHORIZED => auth::challenge_of(response.headers()).unwrap_or_default(),
             _ => Challenge::None,
         };
         Ok((response.status(), challenge))
