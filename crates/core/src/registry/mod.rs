@@ -120,6 +120,23 @@ fn rate_limit(headers: &reqwest::header::HeaderMap) -> String {
     text
 }
 
+/// Docker Hub's pull quota as its answers state it (`ratelimit-limit: 100;w=21600`,
+/// `ratelimit-remaining: 76;w=21600`): `76 of 100 pulls per 21600 s left`, logged with
+/// `debug` so a pipeline can see it run out before it does.
+fn log_quota(host: &Host, headers: &reqwest::header::HeaderMap) {
+    let (Some(limit), Some(remaining)) = (
+        retry::header_number(headers, "ratelimit-limit"),
+        retry::header_number(headers, "ratelimit-remaining"),
+    ) else {
+        return;
+    };
+    let window = retry::header_window(headers, "ratelimit-limit")
+        .or_else(|| retry::header_window(headers, "ratelimit-remaining"))
+        .map(|w| format!(" per {w} s"))
+        .unwrap_or_default();
+    tracing::debug!("registry {host} pull quota: {remaining} of {limit} pulls{window} left");
+}
+
 /// The scheme and client that answered the ping.
 struct Connection {
     base: String,
@@ -155,6 +172,9 @@ struct Call<'a> {
     range_from: Option<u64>,
     /// What to send; made again for every try.
     body: Option<Body>,
+    /// A 500 is the answer, not retried: the caller has a fallback (a HEAD of a manifest,
+    /// which some registries answer 500 when it is missing, is followed by a GET).
+    fallback_on_500: bool,
 }
 
 impl Registry {
@@ -359,9 +379,15 @@ impl Registry {
         }
         let mut reauthenticated = false;
         loop {
-            let answer = retry::exchange(&self.retry, &self.host, &call.what, async || {
-                self.request(conn, call, &url).await
-            })
+            let final_status =
+                |s: StatusCode| call.fallback_on_500 && s == StatusCode::INTERNAL_SERVER_ERROR;
+            let answer = retry::exchange_until(
+                &self.retry,
+                &self.host,
+                &call.what,
+                final_status,
+                async || self.request(conn, call, &url).await,
+            )
             .await?;
             match answer {
                 // A challenge is the registry's own: one from another origin (a redirect

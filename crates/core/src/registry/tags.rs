@@ -83,6 +83,7 @@ impl Registry {
                 scope: Self::pull_scope(repository),
                 what: what.clone(),
                 range_from: None,
+                fallback_on_500: false,
                 body: None,
             };
             let response = self.send(&call).await?;
