@@ -13,5 +13,6 @@ mod hostile;
 mod malformed;
 mod put;
 mod put_hostile;
+mod registries;
 mod select;
 mod sources;
