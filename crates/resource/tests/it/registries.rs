@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::common::proxy::Profile;
-use crate::common::{self, check, env, Fault, FaultProxy, Image, Registry, Run};
+use crate::common::{
+    self, check, env, Entry, Fault, FaultProxy, Image, IndexBuilder, Registry, Run, AMD64, ARM64,
+};
 
 fn get(source: &Value, version: &Value, dest: &Path) -> common::Outcome {
     Run::new("in")
@@ -392,4 +394,195 @@ fn check_in_and_out_through_every_family() {
             "{name}"
         );
     }
+}
+
+/// An attestation manifest as BuildKit writes one for the image `subject`: platform
+/// unknown/unknown, an in-toto layer, annotated with the image it is about. Its blobs go into
+/// the layout at `dir`; returns its descriptor.
+fn attestation(dir: &Path, subject: &str) -> Value {
+    let config = br#"{"architecture":"unknown","os":"unknown","config":{},"rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let statement = json!({
+        "_type": "https://in-toto.io/Statement/v0.1",
+        "predicateType": "https://spdx.dev/Document",
+        "subject": [{"name": "pkg:docker/app", "digest": {"sha256": subject.trim_start_matches("sha256:")}}],
+        "predicate": {"spdxVersion": "SPDX-2.3"},
+    })
+    .to_string();
+    let config_digest = common::image::write_blob(dir, config);
+    let layer_digest = common::image::write_blob(dir, statement.as_bytes());
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": common::image::OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": [{
+            "mediaType": "application/vnd.in-toto+json",
+            "digest": layer_digest,
+            "size": statement.len(),
+            "annotations": {"in-toto.io/predicate-type": "https://spdx.dev/Document"},
+        }],
+    })
+    .to_string();
+    let digest = common::image::write_blob(dir, manifest.as_bytes());
+    json!({
+        "mediaType": common::image::OCI_MANIFEST,
+        "digest": digest,
+        "size": manifest.len(),
+        "platform": {"architecture": "unknown", "os": "unknown"},
+        "annotations": {
+            "vnd.docker.reference.digest": subject,
+            "vnd.docker.reference.type": "attestation-manifest",
+        },
+    })
+}
+
+/// `docker buildx build --platform linux/amd64,linux/arm64 --output type=oci,tar=false`:
+/// index.json names one index (the wrap), which lists the two images and then an attestation
+/// manifest for each. Returns the inner index's digest.
+fn buildkit_layout(dir: &Path, marker: &str) -> String {
+    std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+    let mut index = IndexBuilder::new();
+    let mut attestations = Vec::new();
+    for platform in [AMD64, ARM64] {
+        let image = Image::marked(&format!("{marker} {}", platform.name()))
+            .platform(platform)
+            .layer(vec![Entry::file("platform", platform.name())]);
+        let built = image.write_blobs(dir);
+        attestations.push(attestation(dir, &built.digest));
+        index = index.image(image);
+    }
+    for a in attestations {
+        index = index.descriptor(a);
+    }
+    index.write_layout(dir, "latest").digest
+}
+
+#[test]
+fn buildkit_output_with_attestations_goes_out_comes_in_and_is_checked_by_platform() {
+    let reg = &env().plain;
+    let repo = common::unique("buildkit");
+    let src = tempfile::tempdir().unwrap();
+    let index = buildkit_layout(&src.path().join("image"), "buildkit");
+    // out with `image`: the wrapped index is pushed whole, attestations included.
+    let source = json!({"repository": reg.repo(&repo), "tag": "1.0.0"});
+    let out = put(&source, json!({"image": "image"}), src.path()).success();
+    assert_eq!(out["version"]["digest"], index.as_str());
+    let raw: Value = serde_json::from_slice(&reg.skopeo_raw(&format!("{repo}@{index}"))).unwrap();
+    let children = raw["manifests"].as_array().unwrap();
+    assert_eq!(children.len(), 4, "{raw}");
+    for child in children {
+        let digest = child["digest"].as_str().unwrap();
+        assert!(
+            reg.exists(&format!("{repo}@{digest}")),
+            "{digest} was pushed"
+        );
+    }
+
+    // check with a platform: the attestations' unknown/unknown do not hide the image.
+    for (platform, expected) in [
+        ("arm64", json!([{"tag": "1.0.0", "digest": index}])),
+        ("s390x", json!([])),
+    ] {
+        let out = check(&json!({"source": {
+            "repository": reg.repo(&repo),
+            "semver_constraint": "*",
+            "platform": {"os": "linux", "architecture": platform},
+        }}))
+        .success();
+        assert_eq!(out, expected, "{platform}");
+    }
+    let out = check(&json!({"source": {
+        "repository": reg.repo(&repo),
+        "tag": "1.0.0",
+        "platform": {"os": "linux", "architecture": "arm64"},
+    }}))
+    .success();
+    assert_eq!(out, json!([{"tag": "1.0.0", "digest": index}]));
+
+    // in: the platform's image, never an attestation; oci-layout keeps them all.
+    for (platform, marker) in [("amd64", "linux/amd64"), ("arm64", "linux/arm64/v8")] {
+        let dest = tempfile::tempdir().unwrap();
+        let run = Run::new("in")
+            .arg(dest.path().join("got").display().to_string())
+            .stdin_json(&json!({
+                "source": {"repository": reg.repo(&repo), "platform": {"os": "linux", "architecture": platform}},
+                "version": {"digest": index},
+            }))
+            .run();
+        run.success();
+        let file = std::fs::read_to_string(dest.path().join("got/rootfs/platform")).unwrap();
+        assert_eq!(file, marker);
+    }
+    let dest = tempfile::tempdir().unwrap();
+    get(
+        &json!({"repository": reg.repo(&repo)}),
+        &json!({"digest": index}),
+        &dest.path().join("plain"),
+    )
+    .success();
+    let run = Run::new("in")
+        .arg(dest.path().join("got").display().to_string())
+        .stdin_json(&json!({
+            "source": {"repository": reg.repo(&repo)},
+            "version": {"digest": index},
+            "params": {"format": "oci-layout"},
+        }))
+        .run();
+    run.success();
+    let got = std::fs::read(dest.path().join("got/oci/index.json")).unwrap();
+    assert_eq!(common::image::sha256(&got), index);
+    for child in children {
+        let hex = child["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:");
+        assert!(dest.path().join("got/oci/blobs/sha256").join(hex).is_file());
+    }
+}
+
+#[test]
+fn an_oci_layout_wrapping_the_index_in_another_index_pushes_the_inner_index() {
+    let reg = &env().plain;
+    let repo = common::unique("buildkit-wrapped");
+    let src = tempfile::tempdir().unwrap();
+    let dir = src.path().join("image");
+    let inner = buildkit_layout(&dir, "buildkit-wrapped");
+    // index.json → an index whose one entry is the image's index (no platform), as an
+    // exporter that wraps what it was given writes it.
+    let inner_bytes = std::fs::read(
+        dir.join("blobs/sha256")
+            .join(inner.trim_start_matches("sha256:")),
+    )
+    .unwrap();
+    let wrapper = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": inner,
+            "size": inner_bytes.len(),
+        }],
+    })
+    .to_string();
+    let wrapper_digest = common::image::write_blob(&dir, wrapper.as_bytes());
+    let index_json = json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": wrapper_digest,
+            "size": wrapper.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "latest"},
+        }],
+    });
+    std::fs::write(dir.join("index.json"), index_json.to_string()).unwrap();
+    let source = json!({"repository": reg.repo(&repo), "tag": "1.0.0"});
+    let run = put(&source, json!({"image": "image"}), src.path());
+    let out = run.success();
+    assert_eq!(out["version"]["digest"], inner.as_str(), "{}", run.stderr);
+    let out = check(&json!({"source": {
+        "repository": reg.repo(&repo),
+        "tag": "1.0.0",
+        "platform": {"os": "linux", "architecture": "arm64"},
+    }}))
+    .success();
+    assert_eq!(out, json!([{"tag": "1.0.0", "digest": inner}]));
 }
