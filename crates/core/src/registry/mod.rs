@@ -112,9 +112,12 @@ fn rate_limit(headers: &reqwest::header::HeaderMap) -> String {
             }
         })
         .or_else(|| retry::retry_after(headers).map(|d| d.as_secs()));
-    match reset {
-        Some(secs) => text.push_str(&format!(", resets in {secs} s")),
-        None => text.push_str(", resets when its window ends"),
+    // Docker Hub sends no reset time: its quota counts the pulls of a sliding window, so
+    // the first pull is allowed again at most one window after the quota ran out.
+    match (reset, window) {
+        (Some(secs), _) => text.push_str(&format!(", resets in {secs} s")),
+        (None, Some(window)) => text.push_str(&format!(", resets within {window} s")),
+        (None, None) => text.push_str(", resets when its window ends"),
     }
     text.push_str(": log in (source.username and source.password) for a higher limit");
     text

@@ -257,6 +257,45 @@ fn docker_hub_quota_left_is_logged_with_debug() {
 }
 
 #[test]
+fn docker_hub_spent_quota_leaves_head_free_and_fails_a_pull_at_once_saying_when_it_resets() {
+    let reg = &env().plain;
+    let repo = common::unique("hub-spent");
+    let digest = reg.push(&Image::marked("hub-spent"), &format!("{repo}:latest"));
+    let mut profile = Profile::docker_hub();
+    profile.rate_limit = Some((100, 0, 21_600));
+    let proxy = FaultProxy::with_profile(&reg.host, profile);
+    // check asks with a HEAD only: the spent quota does not stop it.
+    let source = json!({"repository": proxy.repo(&repo)});
+    let out = check(&json!({ "source": source })).success();
+    assert_eq!(out, json!([{"tag": "latest", "digest": digest}]));
+    // in GETs the manifest: refused, reported at once with when a pull is possible again.
+    let dest = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let err = get(
+        &source,
+        &json!({"digest": digest}),
+        &dest.path().join("got"),
+    )
+    .failure();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        err.contains(
+            "pull rate limit reached (0 of 100 pulls per 21600 s left), resets within 21600 s"
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        proxy.count_method(Some("GET"), "/manifests/"),
+        1,
+        "not retried"
+    );
+}
+
+#[test]
 fn accept_encoding_is_never_sent_to_a_registry_that_would_gzip_blobs() {
     let reg = &env().plain;
     let repo = common::unique("hub-gzip");

@@ -112,7 +112,8 @@ pub struct Profile {
     pub name: &'static str,
     pub challenge: ChallengeStyle,
     /// Docker Hub's `ratelimit-limit`/`ratelimit-remaining` on every manifest answer:
-    /// (limit, remaining, window in seconds).
+    /// (limit, remaining, window in seconds). With none remaining, a GET of a manifest is
+    /// answered 429 `TOOMANYREQUESTS`; a HEAD (free on Docker Hub) is answered as ever.
     pub rate_limit: Option<(u64, u64, u64)>,
     /// Tag paging; `None` leaves it to the upstream (or to `limit_tag_pages`).
     pub paging: Option<Paging>,
@@ -599,6 +600,12 @@ async fn handle(
         play_head(profile, &mut parts, is_manifest, is_head);
     }
     record(parts.status.as_u16());
+    if parts.status == StatusCode::TOO_MANY_REQUESTS && is_manifest && fault.is_none() {
+        // The quota the profile spent: Docker Hub's answer, not the manifest.
+        drop(body);
+        let text = r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"You have reached your unauthenticated pull rate limit. https://www.docker.com/increase-rate-limit"}]}"#;
+        return Ok(Response::from_parts(parts, full(text)));
+    }
     if let (Some((name, paging)), StatusCode::OK) = (profile_paging, parts.status) {
         let bytes = body.collect().await.map_err(|_| Abort)?.to_bytes();
         let query = target.split_once('?').map(|(_, q)| q).unwrap_or_default();
@@ -694,6 +701,14 @@ fn play_head(
         return;
     }
     if let Some((limit, remaining, window)) = profile.rate_limit {
+        // A spent quota refuses a GET of a manifest; a HEAD is free and still answered.
+        if remaining == 0 && !is_head && parts.status.is_success() {
+            parts.status = StatusCode::TOO_MANY_REQUESTS;
+            parts
+                .headers
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            parts.headers.remove(hyper::header::CONTENT_LENGTH);
+        }
         parts.headers.insert(
             "ratelimit-limit",
             format!("{limit};w={window}").parse().unwrap(),
