@@ -88,7 +88,7 @@ pub enum RegistryError {
     TooSlow {
         host: String,
         what: String,
-        budget: u64,
+        budget: f64,
         done: String,
     },
     #[error("blob {digest} not found in repository {repository} on registry {host}")]

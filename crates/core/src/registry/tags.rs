@@ -56,6 +56,14 @@ impl Registry {
         &self,
         repository: &Repository,
     ) -> Result<TagList, RegistryError> {
+        self.list_tags_within(repository, TAG_LISTING_BUDGET).await
+    }
+
+    async fn list_tags_within(
+        &self,
+        repository: &Repository,
+        budget: Duration,
+    ) -> Result<TagList, RegistryError> {
         let base = format!("/v2/{}/tags/list", repository.path());
         let what = format!("the tags of {}", repository.path());
         let started = Instant::now();
@@ -68,11 +76,11 @@ impl Registry {
         let mut first = true;
         let mut read = 0;
         while let Some(path) = next.take() {
-            if started.elapsed() > TAG_LISTING_BUDGET {
+            if started.elapsed() > budget {
                 return Err(RegistryError::TooSlow {
                     host: self.host.to_string(),
                     what,
-                    budget: TAG_LISTING_BUDGET.as_secs(),
+                    budget: budget.as_secs_f64(),
                     done: format!("{} tags in {} pages", list.tags.len(), list.requests),
                 });
             }
@@ -222,6 +230,98 @@ fn same_repository(base: &str, link: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{BufRead as _, BufReader, Write as _};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// A plain-HTTP registry on loopback whose every tag page takes `delay` and links to
+    /// another; TLS hellos are hung up on. Returns `host:port`.
+    fn endless_slow_registry(delay: Duration) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        let pages = Arc::new(AtomicUsize::new(0));
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let pages = pages.clone();
+                std::thread::spawn(move || {
+                    let mut first = [0u8; 1];
+                    if stream.peek(&mut first).is_err() || first[0] == 0x16 {
+                        return;
+                    }
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut stream = stream;
+                    loop {
+                        let mut request = String::new();
+                        if reader.read_line(&mut request).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        loop {
+                            let mut header = String::new();
+                            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if header.trim().is_empty() {
+                                break;
+                            }
+                        }
+                        let (body, link) = if request.contains("/tags/list") {
+                            std::thread::sleep(delay);
+                            let n = pages.fetch_add(1, Ordering::SeqCst);
+                            (
+                                format!(r#"{{"name":"app","tags":["t{n}"]}}"#),
+                                format!(
+                                    "Link: </v2/app/tags/list?last=t{n}&n=1000>; rel=\"next\"\r\n"
+                                ),
+                            )
+                        } else {
+                            ("{}".to_string(), String::new())
+                        };
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{link}Content-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if stream.write_all(answer.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        host
+    }
+
+    #[test]
+    fn a_listing_over_its_time_budget_is_an_error_saying_so() {
+        let host = endless_slow_registry(Duration::from_millis(100));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let err = runtime.block_on(async {
+            let registry = Registry::new(
+                crate::reference::Host::parse(&host).unwrap(),
+                &super::super::config::RegistryConfig::default(),
+            )
+            .await;
+            let repository: Repository = format!("{host}/app").parse().unwrap();
+            registry
+                .list_tags_within(&repository, Duration::from_millis(500))
+                .await
+                .unwrap_err()
+        });
+        let text = err.to_string();
+        assert!(matches!(err, RegistryError::TooSlow { .. }), "{text}");
+        assert!(
+            text.starts_with(&format!(
+                "reading the tags of app from registry {host} took more than 0.5 s ("
+            )),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("read); the newest tags may be on the pages not read"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn links() {
