@@ -600,7 +600,11 @@ async fn handle(
         play_head(profile, &mut parts, is_manifest, is_head);
     }
     record(parts.status.as_u16());
-    if parts.status == StatusCode::TOO_MANY_REQUESTS && is_manifest && fault.is_none() {
+    let quota_spent = profile
+        .as_ref()
+        .and_then(|p| p.rate_limit)
+        .is_some_and(|(_, remaining, _)| remaining == 0);
+    if quota_spent && parts.status == StatusCode::TOO_MANY_REQUESTS && is_manifest {
         // The quota the profile spent: Docker Hub's answer, not the manifest.
         drop(body);
         let text = r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"You have reached your unauthenticated pull rate limit. https://www.docker.com/increase-rate-limit"}]}"#;
