@@ -2,8 +2,9 @@
 //! still exists); in selection mode ([`crate::select`]), the matching tags newer than the
 //! cursor, one version per digest, oldest first.
 //!
-//! Request budget: the tag list is read in pages of up to 1000 tags, at most
-//! [`MAX_TAG_PAGES`] of them; digests are asked for (HEAD) only for tags newer than the cursor
+//! Request budget: the tag list is read whole, in pages of up to 1000 tags, within the
+//! registry client's time and memory bounds (GHCR and Quay list oldest first: a list cut
+//! short would lose the newest tags); digests are asked for (HEAD) only for tags newer than the cursor
 //! and never for more than [`MAX_DIGEST_REQUESTS`] tags in one check, newest first. An
 //! up-to-date check with a cursor costs a ping, one page, and a HEAD of the cursor's tag (and
 //! of `latest` when it counts). With the cursor at `latest`, only `latest` is asked about.
@@ -17,7 +18,7 @@ use crate::image::{ImageConfig, Platform};
 use crate::protocol::{Request, Version};
 use crate::pull::{self, across_endpoints, Choice, Missing};
 use crate::reference::{Digest, Repository, Tag};
-use crate::registry::{Registry, MAX_TAG_PAGES};
+use crate::registry::Registry;
 use crate::select::{Candidate, Key, Selection};
 use crate::source::Settings;
 use crate::time::parse_rfc3339;
@@ -120,7 +121,7 @@ async fn select_mode(
     selection: &Selection,
     cursor: Option<Version>,
 ) -> Result<Vec<Version>, Error> {
-    let listed = registry.list_tags(repository, MAX_TAG_PAGES).await?;
+    let listed = registry.list_tags(repository).await?;
     if !listed.found {
         if settings.fail_when_missing {
             return Err(Error::Image {
@@ -130,12 +131,6 @@ async fn select_mode(
         }
         tracing::info!("repository {repository} not found");
         return Ok(Vec::new());
-    }
-    if !listed.complete {
-        tracing::warn!(
-            "{repository} has more tags than {MAX_TAG_PAGES} pages; tags after the first {} are not considered",
-            listed.tags.len()
-        );
     }
     let plan = selection.plan(&listed.tags);
     tracing::debug!(

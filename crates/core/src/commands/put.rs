@@ -180,9 +180,7 @@ pub async fn put(request: &Request, src: &Path) -> Result<Response, Error> {
         let registry = Registry::new(repository.host().clone(), &settings.registries).await;
         if params.bump_aliases {
             let version = params.version.as_deref().map(str::trim).unwrap_or_default();
-            let listed = registry
-                .list_tags(repository, crate::registry::MAX_TAG_PAGES)
-                .await?;
+            let listed = registry.list_tags(repository).await?;
             for alias in aliases(version, variant, &listed.tags) {
                 let tag: Tag = alias
                     .parse()

@@ -248,6 +248,7 @@ fn read_oci_layout(files: &Files) -> Result<Image, Error> {
             bytes: index_bytes,
         },
     };
+    let top = unwrap_index(files, top)?;
     let mut image = Image {
         blobs: Vec::new(),
         children: Vec::new(),
@@ -279,6 +280,41 @@ fn read_oci_layout(files: &Files) -> Result<Image, Error> {
         image.image_id = Some(id);
     }
     Ok(image)
+}
+
+/// Indexes that only wrap another index, unwrapped at most this many times.
+const MAX_INDEX_WRAPS: usize = 4;
+
+/// An index whose one entry is another index without a platform only wraps it (as some
+/// exporters write what BuildKit gave them): the inner index is the image. Registries take
+/// an index of images, not an index of an index.
+fn unwrap_index(files: &Files, mut top: RawManifest) -> Result<RawManifest, Error> {
+    for _ in 0..MAX_INDEX_WRAPS {
+        if !is_index(&top.media_type, &top.bytes) {
+            break;
+        }
+        let Ok(index) = serde_json::from_slice::<ImageIndex>(&top.bytes) else {
+            break;
+        };
+        let [only] = index.manifests.as_slice() else {
+            break;
+        };
+        if only.platform.is_some() {
+            break;
+        }
+        let bytes = read_verified(files, &only.digest)?;
+        let media_type = media_type_of(&only.media_type, &bytes);
+        if !is_index(&media_type, &bytes) {
+            break;
+        }
+        tracing::debug!("{} only wraps the index {}", top.digest, only.digest);
+        top = RawManifest {
+            digest: only.digest.clone(),
+            media_type,
+            bytes,
+        };
+    }
+    Ok(top)
 }
 
 /// Adds a manifest's config and layers to the image; returns the config digest.

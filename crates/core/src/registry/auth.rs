@@ -53,68 +53,94 @@ pub(crate) enum Challenge {
     },
 }
 
-/// Parses a `WWW-Authenticate` value: `Bearer realm="...",service="...",scope="..."` or
-/// `Basic realm="..."`. Unknown schemes read as no challenge.
+/// Parses a `WWW-Authenticate` value: `Bearer realm="...",service="...",scope="..."`,
+/// `Basic realm="..."`, or several challenges in one value (Forgejo's `Bearer ...,Basic ...`;
+/// several headers read as one value joined by commas). Bearer with a realm wins over Basic,
+/// whatever the order; unknown schemes read as no challenge.
 pub(crate) fn parse_challenge(header: &str) -> Challenge {
-    let header = header.trim();
-    let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
-    let params = parse_params(rest);
-    match scheme.to_ascii_lowercase().as_str() {
-        "basic" => Challenge::Basic,
-        "bearer" => match params.get("realm") {
-            Some(realm) => Challenge::Bearer {
-                realm: realm.clone(),
-                service: params.get("service").cloned(),
-            },
-            None => Challenge::None,
-        },
-        _ => Challenge::None,
+    let mut basic = false;
+    for (scheme, params) in parse_challenges(header) {
+        match scheme.to_ascii_lowercase().as_str() {
+            "bearer" => {
+                if let Some(realm) = params.get("realm") {
+                    return Challenge::Bearer {
+                        realm: realm.clone(),
+                        service: params.get("service").cloned(),
+                    };
+                }
+            }
+            "basic" => basic = true,
+            _ => {}
+        }
+    }
+    if basic {
+        Challenge::Basic
+    } else {
+        Challenge::None
     }
 }
 
-/// `key=value` pairs separated by commas; values are tokens or quoted strings with `\` escapes.
-fn parse_params(s: &str) -> HashMap<String, String> {
-    let mut out = HashMap::new();
-    let mut chars = s.chars().peekable();
+/// The challenge of a 401's `WWW-Authenticate` headers, all of them.
+pub(crate) fn challenge_of(headers: &reqwest::header::HeaderMap) -> Option<Challenge> {
+    let values: Vec<&str> = headers
+        .get_all(WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    (!values.is_empty()).then(|| parse_challenge(&values.join(",")))
+}
+
+/// `scheme key=value, key="value", ..., scheme key=value ...`: a new challenge starts at a
+/// token that no `=` follows. Values are tokens or quoted strings with `\` escapes.
+fn parse_challenges(header: &str) -> Vec<(String, HashMap<String, String>)> {
+    let separator = |c: char| c.is_whitespace() || c == ',';
+    let mut out = Vec::new();
+    let mut rest = header;
     loop {
-        while chars.peek().is_some_and(|c| c.is_whitespace() || *c == ',') {
-            chars.next();
+        rest = rest.trim_start_matches(separator);
+        if rest.is_empty() {
+            return out;
         }
-        let key: String = chars
-            .by_ref()
-            .take_while(|c| *c != '=')
-            .collect::<String>()
-            .trim()
-            .to_ascii_lowercase();
-        if key.is_empty() {
-            break;
-        }
-        let mut value = String::new();
-        while chars.peek().is_some_and(|c| *c == ' ' || *c == '\t') {
-            chars.next();
-        }
-        if chars.peek() == Some(&'"') {
-            chars.next();
-            while let Some(c) = chars.next() {
-                match c {
-                    '\\' => value.extend(chars.next()),
-                    '"' => break,
-                    c => value.push(c),
-                }
+        let end = rest.find(separator).unwrap_or(rest.len());
+        let scheme = rest[..end].to_string();
+        rest = &rest[end..];
+        let mut params = HashMap::new();
+        loop {
+            rest = rest.trim_start_matches(separator);
+            let key_end = rest
+                .find(|c: char| c == '=' || separator(c))
+                .unwrap_or(rest.len());
+            let after_key = rest[key_end..].trim_start_matches([' ', '\t']);
+            if key_end == 0 || !after_key.starts_with('=') {
+                // The next challenge's scheme, or the end.
+                break;
             }
-        } else {
-            while let Some(c) = chars.peek().copied() {
-                if c == ',' {
-                    break;
+            let key = rest[..key_end].to_ascii_lowercase();
+            rest = after_key[1..].trim_start_matches([' ', '\t']);
+            let mut value = String::new();
+            if let Some(quoted) = rest.strip_prefix('"') {
+                let mut chars = quoted.char_indices();
+                let mut consumed = quoted.len();
+                while let Some((i, c)) = chars.next() {
+                    match c {
+                        '\\' => value.extend(chars.next().map(|(_, c)| c)),
+                        '"' => {
+                            consumed = i + 1;
+                            break;
+                        }
+                        c => value.push(c),
+                    }
                 }
-                value.push(c);
-                chars.next();
+                rest = &quoted[consumed..];
+            } else {
+                let end = rest.find(',').unwrap_or(rest.len());
+                value = rest[..end].trim().to_string();
+                rest = &rest[end..];
             }
-            value = value.trim().to_string();
+            params.insert(key, value);
         }
-        out.insert(key, value);
+        out.push((scheme, params));
     }
-    out
 }
 
 /// The longest a token is trusted for, whatever `expires_in` says.
@@ -225,12 +251,7 @@ impl Auth {
     /// After a 401: take the challenge of the response and drop the cached token for the
     /// scope. True when another try could succeed.
     pub(super) async fn refresh(&self, response: &reqwest::Response, scope: &str) -> bool {
-        let Some(challenge) = response
-            .headers()
-            .get(WWW_AUTHENTICATE)
-            .and_then(|v| v.to_str().ok())
-            .map(parse_challenge)
-        else {
+        let Some(challenge) = challenge_of(response.headers()) else {
             return false;
         };
         let mut state = self.state.lock().await;
@@ -400,6 +421,34 @@ mod tests {
         );
         assert_eq!(parse_challenge("Negotiate"), Challenge::None);
         assert_eq!(parse_challenge("Bearer service=x"), Challenge::None);
+    }
+
+    #[test]
+    fn two_challenges_in_one_header_prefer_bearer() {
+        let bearer = Challenge::Bearer {
+            realm: "https://codeberg.org/v2/token".into(),
+            service: Some("container_registry".into()),
+        };
+        let token = r#"Bearer realm="https://codeberg.org/v2/token",service="container_registry",scope="*""#;
+        for header in [
+            format!(r#"{token},Basic realm="Forgejo""#),
+            format!(r#"Basic realm="Forgejo",{token}"#),
+            format!(r#"Basic realm="a, b" , {token}"#),
+            format!(r#"Basic, {token}"#),
+        ] {
+            assert_eq!(parse_challenge(&header), bearer, "{header}");
+        }
+        // ECR's and Artifactory's Basic alone, a Bearer without a realm beside a Basic.
+        for header in [
+            r#"Basic realm="https://123456789012.dkr.ecr.eu-west-1.amazonaws.com/",service="ecr.amazonaws.com""#,
+            r#"Basic realm="Artifactory Realm""#,
+            r#"Bearer service="x",Basic realm="y""#,
+            "Negotiate abc==, Basic",
+        ] {
+            assert_eq!(parse_challenge(header), Challenge::Basic, "{header}");
+        }
+        assert_eq!(parse_challenge(""), Challenge::None);
+        assert_eq!(parse_challenge(",, ,"), Challenge::None);
     }
 
     #[test]

@@ -37,6 +37,7 @@ impl Registry {
             what: format!("blob {digest}"),
             range_from,
             body: None,
+            fallback_on_500: false,
         }
     }
 

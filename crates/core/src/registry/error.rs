@@ -91,6 +91,16 @@ pub enum RegistryError {
         what: String,
         limit: String,
     },
+    #[error(
+        "reading {what} from registry {host} took more than {budget} s ({done} read); \
+         the newest tags may be on the pages not read"
+    )]
+    TooSlow {
+        host: String,
+        what: String,
+        budget: f64,
+        done: String,
+    },
     #[error("blob {digest} not found in repository {repository} on registry {host}")]
     BlobNotFound {
         host: String,

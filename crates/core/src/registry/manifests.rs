@@ -10,6 +10,24 @@ use crate::blob::Body;
 use crate::image::{RawManifest as Manifest, MANIFEST_ACCEPT};
 use crate::reference::{Digest, Repository};
 
+/// The digest a HEAD names: `Docker-Content-Digest`, else Artifactory's `X-Checksum-Sha256`
+/// (the hex of the stored manifest's sha256, sent without the former on some versions, with
+/// `Content-Type: application/octet-stream`).
+fn head_digest(headers: &reqwest::header::HeaderMap) -> Option<Digest> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(digest) = header("docker-content-digest").and_then(|v| v.parse().ok()) {
+        return Some(digest);
+    }
+    header("x-checksum-sha256")
+        .filter(|hex| hex.len() == 64)
+        .and_then(|hex| format!("sha256:{}", hex.to_ascii_lowercase()).parse().ok())
+}
+
 /// Distribution refuses manifests over 4 MiB; so do we, rather than read without bound.
 const MANIFEST_LIMIT: usize = 4 << 20;
 
@@ -22,6 +40,7 @@ impl Registry {
             scope: Self::pull_scope(repository),
             what: format!("manifest {}:{reference}", repository.path()),
             range_from: None,
+            fallback_on_500: false,
             body: None,
         }
     }
@@ -34,18 +53,17 @@ impl Registry {
         repository: &Repository,
         reference: &str,
     ) -> Result<Option<Digest>, RegistryError> {
-        let call = Self::manifest_call(Method::HEAD, repository, reference);
+        let mut call = Self::manifest_call(Method::HEAD, repository, reference);
+        // Some registries (Artifactory) answer 500 to a HEAD of a missing manifest: the GET
+        // below decides, without five tries of the HEAD first.
+        call.fallback_on_500 = true;
         let what = &call.what;
         let response = self.send(&call).await?;
+        super::log_quota(&self.host, response.headers());
         match response.status() {
             StatusCode::NOT_FOUND => return Ok(None),
             s if s.is_success() => {
-                let header = response
-                    .headers()
-                    .get("docker-content-digest")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<Digest>().ok());
-                if let Some(digest) = header {
+                if let Some(digest) = head_digest(response.headers()) {
                     return Ok(Some(digest));
                 }
                 tracing::debug!("no digest header for {what}; reading the manifest");
@@ -72,6 +90,7 @@ impl Registry {
         let call = Self::manifest_call(Method::GET, repository, reference);
         let what = call.what.clone();
         let response = self.send(&call).await?;
+        super::log_quota(&self.host, response.headers());
         if response.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -148,5 +167,30 @@ impl Registry {
             }),
             _ => Ok(ours),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderMap;
+
+    #[test]
+    fn a_head_digest_is_docker_content_digest_else_x_checksum_sha256() {
+        let hex = "a".repeat(64);
+        let mut h = HeaderMap::new();
+        h.insert("x-checksum-sha256", hex.to_uppercase().parse().unwrap());
+        assert_eq!(head_digest(&h).unwrap().as_str(), format!("sha256:{hex}"));
+        let b = "b".repeat(64);
+        h.insert(
+            "docker-content-digest",
+            format!("sha256:{b}").parse().unwrap(),
+        );
+        assert_eq!(head_digest(&h).unwrap().as_str(), format!("sha256:{b}"));
+        let mut bad = HeaderMap::new();
+        bad.insert("x-checksum-sha256", "abc".parse().unwrap());
+        assert_eq!(head_digest(&bad), None);
+        bad.insert("x-checksum-sha256", "g".repeat(64).parse().unwrap());
+        assert_eq!(head_digest(&bad), None);
     }
 }

@@ -38,12 +38,13 @@ use config::RegistryConfig;
 use error::{ErrorBody, ErrorCode};
 use retry::Answer;
 
-pub(crate) use auth::{parse_challenge, Challenge};
+#[cfg(test)]
+pub(crate) use auth::parse_challenge;
+pub(crate) use auth::Challenge;
 pub(crate) use blobs::CONFIG_LIMIT;
 pub(crate) use error::RegistryError;
 pub(crate) use gcp::register_key_secrets;
 pub(crate) use retry::RetryPolicy;
-pub(crate) use tags::MAX_TAG_PAGES;
 #[cfg(test)]
 pub(crate) use tags::{next_link, resolve_link};
 pub(crate) use transport::check_tls_material;
@@ -138,12 +139,32 @@ fn rate_limit(headers: &reqwest::header::HeaderMap) -> String {
             }
         })
         .or_else(|| retry::retry_after(headers).map(|d| d.as_secs()));
-    match reset {
-        Some(secs) => text.push_str(&format!(", resets in {secs} s")),
-        None => text.push_str(", resets when its window ends"),
+    // Docker Hub sends no reset time: its quota counts the pulls of a sliding window, so
+    // the first pull is allowed again at most one window after the quota ran out.
+    match (reset, window) {
+        (Some(secs), _) => text.push_str(&format!(", resets in {secs} s")),
+        (None, Some(window)) => text.push_str(&format!(", resets within {window} s")),
+        (None, None) => text.push_str(", resets when its window ends"),
     }
     text.push_str(": log in (source.username and source.password) for a higher limit");
     text
+}
+
+/// Docker Hub's pull quota as its answers state it (`ratelimit-limit: 100;w=21600`,
+/// `ratelimit-remaining: 76;w=21600`): `76 of 100 pulls per 21600 s left`, logged with
+/// `debug` so a pipeline can see it run out before it does.
+fn log_quota(host: &Host, headers: &reqwest::header::HeaderMap) {
+    let (Some(limit), Some(remaining)) = (
+        retry::header_number(headers, "ratelimit-limit"),
+        retry::header_number(headers, "ratelimit-remaining"),
+    ) else {
+        return;
+    };
+    let window = retry::header_window(headers, "ratelimit-limit")
+        .or_else(|| retry::header_window(headers, "ratelimit-remaining"))
+        .map(|w| format!(" per {w} s"))
+        .unwrap_or_default();
+    tracing::debug!("registry {host} pull quota: {remaining} of {limit} pulls{window} left");
 }
 
 /// The scheme and client that answered the ping.
@@ -183,6 +204,9 @@ struct Call<'a> {
     range_from: Option<u64>,
     /// What to send; made again for every try.
     body: Option<Body>,
+    /// A 500 is the answer, not retried: the caller has a fallback (a HEAD of a manifest,
+    /// which some registries answer 500 when it is missing, is followed by a GET).
+    fallback_on_500: bool,
 }
 
 impl Registry {
@@ -343,12 +367,7 @@ impl Registry {
         let Ok(answer) = answer;
         let response = answer?;
         let challenge = match response.status() {
-            StatusCode::UNAUTHORIZED => response
-                .headers()
-                .get(reqwest::header::WWW_AUTHENTICATE)
-                .and_then(|v| v.to_str().ok())
-                .map(parse_challenge)
-                .unwrap_or_default(),
+            StatusCode::UNAUTHORIZED => auth::challenge_of(response.headers()).unwrap_or_default(),
             _ => Challenge::None,
         };
         Ok((response.status(), challenge))
@@ -420,9 +439,15 @@ impl Registry {
         }
         let mut reauthenticated = false;
         loop {
-            let answer = retry::exchange(&self.retry, &self.host, &call.what, async || {
-                self.request(conn, call, &url).await
-            })
+            let final_status =
+                |s: StatusCode| call.fallback_on_500 && s == StatusCode::INTERNAL_SERVER_ERROR;
+            let answer = retry::exchange_until(
+                &self.retry,
+                &self.host,
+                &call.what,
+                final_status,
+                async || self.request(conn, call, &url).await,
+            )
             .await?;
             match answer {
                 // A challenge is the registry's own: one from another origin (a redirect

@@ -93,6 +93,17 @@ pub(super) async fn exchange<E>(
     policy: &RetryPolicy,
     host: &Host,
     what: &str,
+    make: impl AsyncFnMut() -> Result<reqwest::RequestBuilder, E>,
+) -> Result<Answer, E> {
+    exchange_until(policy, host, what, |_| false, make).await
+}
+
+/// [`exchange`], where a status `is_final` says is the answer even when it would be retried.
+pub(super) async fn exchange_until<E>(
+    policy: &RetryPolicy,
+    host: &Host,
+    what: &str,
+    is_final: impl Fn(StatusCode) -> bool,
     mut make: impl AsyncFnMut() -> Result<reqwest::RequestBuilder, E>,
 ) -> Result<Answer, E> {
     let mut unanswered = 0;
@@ -104,6 +115,7 @@ pub(super) async fn exchange<E>(
         match pace::send(request).await {
             // A spent pull quota, or a wait longer than we would wait, is the answer:
             // the caller's error says what the registry asked.
+            Ok(response) if is_final(response.status()) => Step::Done(Ok(Ok(response))),
             Ok(response)
                 if retryable(response.status())
                     && (quota_spent(response.headers())

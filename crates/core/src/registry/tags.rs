@@ -1,4 +1,11 @@
 //! Tag listing (`GET /v2/<name>/tags/list`) with `Link` paging.
+//!
+//! Every page is read: GHCR and Quay list tags oldest first, so a listing cut after N pages
+//! drops exactly the newest tags. What bounds it is time ([`TAG_LISTING_BUDGET`]) and memory
+//! ([`TAG_LIST_LIMIT`], [`MAX_TAGS`]); reaching either is an error that says which, never a
+//! silently shorter list.
+
+use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
@@ -8,13 +15,14 @@ use super::{Call, Registry, RegistryError};
 use crate::image::null_as_default;
 use crate::reference::Repository;
 
-/// Page sizes asked for, largest first; a registry that refuses one (400, as Quay and some
-/// proxies do above 100) is asked again with the next. `None` lets the registry choose.
+/// Page sizes asked for, largest first; a registry that refuses one (400 or 422, as Quay and
+/// some proxies do above 100; 405, as ECR-compatible proxies do to any `n`) is asked again
+/// with the next. `None` lets the registry choose.
 const PAGE_SIZES: [Option<u32>; 3] = [Some(1000), Some(100), None];
 
-/// Pages of the tag list read in one request budget (1000 tags each where the registry
-/// allows).
-pub(crate) const MAX_TAG_PAGES: usize = 100;
+/// The longest one listing may take, all pages together: 200,000 tags in Quay's pages of
+/// 100 are 2,000 requests. `check` has 15 minutes in all; this leaves time for the digests.
+const TAG_LISTING_BUDGET: Duration = Duration::from_secs(10 * 60);
 
 /// A page of tags is JSON text; refuse to read one without bound (1000 tags of the longest
 /// name the spec allows, 128 characters, take about 130 KiB).
@@ -24,13 +32,11 @@ const TAG_PAGE_LIMIT: usize = 8 << 20;
 const TAG_LIST_LIMIT: usize = 32 << 20;
 const MAX_TAGS: usize = 1_000_000;
 
-/// Every tag of a repository as far as the page budget reached.
+/// Every tag of a repository.
 #[derive(Debug, Default)]
 pub(crate) struct TagList {
     /// In the registry's order (which is not always sorted).
     pub tags: Vec<String>,
-    /// False when the page budget ran out before the last page.
-    pub complete: bool,
     /// Requests made, for the logs.
     pub requests: usize,
     /// False when the repository does not exist (404).
@@ -44,16 +50,24 @@ struct Page {
 }
 
 impl Registry {
-    /// Lists tags, following `Link: <…>; rel="next"` for at most `max_pages` pages.
+    /// Lists every tag, following `Link: <…>; rel="next"` to the last page, within
+    /// [`TAG_LISTING_BUDGET`].
     pub(crate) async fn list_tags(
         &self,
         repository: &Repository,
-        max_pages: usize,
+    ) -> Result<TagList, RegistryError> {
+        self.list_tags_within(repository, TAG_LISTING_BUDGET).await
+    }
+
+    async fn list_tags_within(
+        &self,
+        repository: &Repository,
+        budget: Duration,
     ) -> Result<TagList, RegistryError> {
         let base = format!("/v2/{}/tags/list", repository.path());
         let what = format!("the tags of {}", repository.path());
+        let started = Instant::now();
         let mut list = TagList {
-            complete: true,
             found: true,
             ..TagList::default()
         };
@@ -62,9 +76,13 @@ impl Registry {
         let mut first = true;
         let mut read = 0;
         while let Some(path) = next.take() {
-            if list.requests >= max_pages {
-                list.complete = false;
-                break;
+            if started.elapsed() > budget {
+                return Err(RegistryError::TooSlow {
+                    host: self.host.to_string(),
+                    what,
+                    budget: budget.as_secs_f64(),
+                    done: format!("{} tags in {} pages", list.tags.len(), list.requests),
+                });
             }
             let call = Call {
                 method: Method::GET,
@@ -73,6 +91,7 @@ impl Registry {
                 scope: Self::pull_scope(repository),
                 what: what.clone(),
                 range_from: None,
+                fallback_on_500: false,
                 body: None,
             };
             let response = self.send(&call).await?;
@@ -85,7 +104,9 @@ impl Registry {
             if first
                 && matches!(
                     status,
-                    StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY
+                    StatusCode::BAD_REQUEST
+                        | StatusCode::UNPROCESSABLE_ENTITY
+                        | StatusCode::METHOD_NOT_ALLOWED
                 )
                 && size + 1 < PAGE_SIZES.len()
             {
@@ -108,7 +129,7 @@ impl Registry {
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .find_map(next_link)
-                .map(|link| resolve_link(&path, &link));
+                .map(|link| same_repository(&base, &resolve_link(&path, &link)));
             let body = read_limited(response, TAG_PAGE_LIMIT)
                 .await
                 .map_err(|e| self.read_error(e, &what, TAG_PAGE_LIMIT))?;
@@ -174,9 +195,133 @@ pub(crate) fn resolve_link(current: &str, link: &str) -> String {
     }
 }
 
+/// Artifactory names the next page without the virtual repository's prefix
+/// (`/v2/app/tags/list?last=x` while listing `/v2/docker-virtual/app/tags/list`): a link to
+/// the tag list of a repository that our own name ends with is our list, with its query.
+fn same_repository(base: &str, link: &str) -> String {
+    let (head, query) = match link.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (link, None),
+    };
+    let (origin, path) = match head.find("://") {
+        Some(i) => match head[i + 3..].find('/') {
+            Some(j) => head.split_at(i + 3 + j),
+            None => return link.to_string(),
+        },
+        None => ("", head),
+    };
+    let name_of = |p: &'_ str| -> Option<String> {
+        Some(
+            p.strip_prefix("/v2/")?
+                .strip_suffix("/tags/list")?
+                .to_string(),
+        )
+    };
+    match (name_of(path), name_of(base)) {
+        (Some(theirs), Some(ours)) if theirs != ours && ours.ends_with(&format!("/{theirs}")) => {
+            tracing::debug!("the registry's next page names {theirs}, not {ours}; reading {ours}");
+            let query = query.map(|q| format!("?{q}")).unwrap_or_default();
+            format!("{origin}{base}{query}")
+        }
+        _ => link.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{BufRead as _, BufReader, Write as _};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// A plain-HTTP registry on loopback whose every tag page takes `delay` and links to
+    /// another; TLS hellos are hung up on. Returns `host:port`.
+    fn endless_slow_registry(delay: Duration) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        let pages = Arc::new(AtomicUsize::new(0));
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let pages = pages.clone();
+                std::thread::spawn(move || {
+                    let mut first = [0u8; 1];
+                    if stream.peek(&mut first).is_err() || first[0] == 0x16 {
+                        return;
+                    }
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut stream = stream;
+                    loop {
+                        let mut request = String::new();
+                        if reader.read_line(&mut request).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        loop {
+                            let mut header = String::new();
+                            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if header.trim().is_empty() {
+                                break;
+                            }
+                        }
+                        let (body, link) = if request.contains("/tags/list") {
+                            std::thread::sleep(delay);
+                            let n = pages.fetch_add(1, Ordering::SeqCst);
+                            (
+                                format!(r#"{{"name":"app","tags":["t{n}"]}}"#),
+                                format!(
+                                    "Link: </v2/app/tags/list?last=t{n}&n=1000>; rel=\"next\"\r\n"
+                                ),
+                            )
+                        } else {
+                            ("{}".to_string(), String::new())
+                        };
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{link}Content-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if stream.write_all(answer.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        host
+    }
+
+    #[test]
+    fn a_listing_over_its_time_budget_is_an_error_saying_so() {
+        let host = endless_slow_registry(Duration::from_millis(100));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let err = runtime.block_on(async {
+            let registry = Registry::new(
+                crate::reference::Host::parse(&host).unwrap(),
+                &super::super::config::RegistryConfig::default(),
+            )
+            .await;
+            let repository: Repository = format!("{host}/app").parse().unwrap();
+            registry
+                .list_tags_within(&repository, Duration::from_millis(500))
+                .await
+                .unwrap_err()
+        });
+        let text = err.to_string();
+        assert!(matches!(err, RegistryError::TooSlow { .. }), "{text}");
+        assert!(
+            text.starts_with(&format!(
+                "reading the tags of app from registry {host} took more than 0.5 s ("
+            )),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("read); the newest tags may be on the pages not read"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn links() {
@@ -205,5 +350,27 @@ mod tests {
         assert_eq!(resolve_link(cur, "?last=b"), "/v2/a/tags/list?last=b");
         assert_eq!(resolve_link(cur, "list?last=b"), "/v2/a/tags/list?last=b");
         assert_eq!(resolve_link(cur, "https://h/x"), "https://h/x");
+    }
+
+    #[test]
+    fn a_link_without_the_virtual_repository_prefix_stays_on_our_list() {
+        let base = "/v2/docker-virtual/team/app/tags/list";
+        assert_eq!(
+            same_repository(base, "/v2/team/app/tags/list?last=b&n=100"),
+            "/v2/docker-virtual/team/app/tags/list?last=b&n=100"
+        );
+        assert_eq!(
+            same_repository(base, "https://h:5000/v2/app/tags/list?last=b"),
+            "https://h:5000/v2/docker-virtual/team/app/tags/list?last=b"
+        );
+        // Our own list, another repository's (not a suffix of ours), and non-list links.
+        for link in [
+            "/v2/docker-virtual/team/app/tags/list?last=b",
+            "/v2/other/tags/list?last=b",
+            "/v2/eam/app/tags/list?last=b",
+            "https://h/next?page=2",
+        ] {
+            assert_eq!(same_repository(base, link), link);
+        }
     }
 }

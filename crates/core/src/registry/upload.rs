@@ -37,6 +37,7 @@ impl Registry {
             scope,
             what,
             range_from: None,
+            fallback_on_500: false,
             body,
         }
     }

@@ -14,5 +14,6 @@ mod hostile;
 mod malformed;
 mod put;
 mod put_hostile;
+mod registries;
 mod select;
 mod sources;

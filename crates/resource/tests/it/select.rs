@@ -358,27 +358,27 @@ fn paging_returns_every_tag_and_steps_down_a_refused_size() {
 }
 
 #[test]
-fn the_page_budget_stops_listing_and_says_so() {
+fn every_page_is_read_past_the_old_100_page_budget() {
     let reg = &env().plain;
     let repo = common::unique("page-budget");
     reg.push(&Image::marked("page-budget"), &format!("{repo}:1.0.0"));
-    for i in 1..=100 {
+    for i in 1..=99 {
         retag(reg, &repo, "1.0.0", &format!("1.0.{i}"));
     }
-    // One tag a page: 101 tags would take 101 pages, one more than the budget.
+    // One tag a page: 101 tags take 101 pages, one more than the page budget that used to
+    // end the listing (and drop the newest, 1.0.100, the last listed).
+    let newest = reg.push(
+        &Image::marked("page-budget-newest"),
+        &format!("{repo}:1.0.100"),
+    );
     let proxy = FaultProxy::start(&reg.host);
     proxy.limit_tag_pages(Some(1));
     let run =
         check(&json!({"source": {"repository": proxy.repo(&repo), "semver_constraint": "*"}}));
     let out = run.success();
-    assert_eq!(proxy.count("/tags/list"), 100, "{:?}", proxy.seen());
-    assert!(
-        run.stderr
-            .contains("has more tags than 100 pages; tags after the first 100 are not considered"),
-        "{}",
-        run.stderr
-    );
-    assert_eq!(out.as_array().unwrap().len(), 1, "{out}");
+    assert_eq!(proxy.count("/tags/list"), 101, "{:?}", proxy.seen());
+    assert_eq!(tags_in(&out), ["1.0.99", "1.0.100"], "{}", run.stderr);
+    assert_eq!(out[1]["digest"], newest.as_str());
 }
 
 #[test]

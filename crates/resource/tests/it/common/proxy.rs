@@ -10,6 +10,11 @@
 //! [`FaultProxy::route`] sends paths under a prefix to another upstream (ACR serves its token
 //! endpoints on the registry's own host).
 //!
+//! A [`Profile`] makes it behave as one registry family does where that differs from
+//! distribution (Docker Hub, GHCR, Quay, ECR, ACR, Artifactory, Forgejo): its challenges, its
+//! tag paging and order, its manifest headers, its answers to a missing manifest, its
+//! compression of blobs. The README's "Registries" table lists what each one plays.
+//!
 //! Each `FaultProxy` is its own server on its own loopback port; dropping it stops accepting.
 
 use std::future::Future as _;
@@ -66,6 +71,192 @@ impl Fault {
     }
 }
 
+/// How the `WWW-Authenticate` of a 401 is rewritten.
+#[derive(Clone, Debug)]
+pub enum ChallengeStyle {
+    /// As the upstream sent it.
+    Upstream,
+    /// Replaced by this value (ECR's and Artifactory's `Basic realm=...`).
+    Replace(String),
+    /// The upstream's, then `,` and this second challenge in the same header (Forgejo's
+    /// `Bearer ...,Basic ...`).
+    Append(String),
+    /// This challenge, then `,` and the upstream's in the same header.
+    Prepend(String),
+}
+
+/// How the next page of tags is named.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkStyle {
+    /// `</v2/NAME/tags/list?last=TAG&n=N>; rel="next"` (distribution, GHCR, ECR).
+    Last,
+    /// `</v2/NAME/tags/list?n=N&next_page=OPAQUE>; rel="next"` (Quay).
+    Opaque,
+}
+
+/// Tag listing as a registry family pages it.
+#[derive(Clone, Debug)]
+pub struct Paging {
+    /// Tags a page when `n` is absent.
+    pub default: usize,
+    /// The most tags a page holds; a larger `n` is silently clamped to it.
+    pub max: usize,
+    pub links: LinkStyle,
+    /// Tags listed before the repository's own, named `old-<number>`, the number padded to
+    /// `old_width` digits: a repository with a long history, listed oldest first (GHCR,
+    /// Quay).
+    pub old_tags: usize,
+    pub old_width: usize,
+}
+
+/// What one registry family does differently from distribution, as the proxy plays it.
+#[derive(Clone, Debug)]
+pub struct Profile {
+    pub name: &'static str,
+    pub challenge: ChallengeStyle,
+    /// Docker Hub's `ratelimit-limit`/`ratelimit-remaining` on every manifest answer:
+    /// (limit, remaining, window in seconds). With none remaining, a GET of a manifest is
+    /// answered 429 `TOOMANYREQUESTS`; a HEAD (free on Docker Hub) is answered as ever.
+    pub rate_limit: Option<(u64, u64, u64)>,
+    /// Tag paging; `None` leaves it to the upstream (or to `limit_tag_pages`).
+    pub paging: Option<Paging>,
+    /// Artifactory's virtual repositories: requests name `/v2/<prefix>/NAME/...`, the
+    /// upstream knows `NAME`; next-page links name `NAME` without the prefix.
+    pub virtual_prefix: Option<String>,
+    /// Artifactory: a manifest HEAD answers `application/octet-stream`, without
+    /// `Docker-Content-Digest`, with `X-Checksum-Sha256`.
+    pub checksum_head: bool,
+    /// A HEAD of a missing manifest answers 500 (a GET still answers 404).
+    pub head_missing_is_500: bool,
+    /// Blobs are gzipped (`Content-Encoding: gzip`) when the request accepts it.
+    pub gzip_when_asked: bool,
+}
+
+impl Profile {
+    /// Distribution as it is: the proxy forwards.
+    pub fn distribution() -> Profile {
+        Profile {
+            name: "distribution",
+            challenge: ChallengeStyle::Upstream,
+            rate_limit: None,
+            paging: None,
+            virtual_prefix: None,
+            checksum_head: false,
+            head_missing_is_500: false,
+            gzip_when_asked: false,
+        }
+    }
+
+    /// Docker Hub: manifest answers carry the pull quota (100 per 6 h, 76 left); blobs come
+    /// gzipped to a client that asks.
+    pub fn docker_hub() -> Profile {
+        Profile {
+            name: "docker hub",
+            rate_limit: Some((100, 76, 21_600)),
+            gzip_when_asked: true,
+            ..Profile::distribution()
+        }
+    }
+
+    /// GHCR: tags oldest first, `old_tags` of them before the repository's own, 1000 a page
+    /// with `last` links (anonymous pulls take a token: put it in front of the token
+    /// registry).
+    pub fn ghcr(old_tags: usize) -> Profile {
+        Profile {
+            name: "ghcr",
+            paging: Some(Paging {
+                default: 100,
+                max: 1000,
+                links: LinkStyle::Last,
+                old_tags,
+                old_width: 6,
+            }),
+            ..Profile::distribution()
+        }
+    }
+
+    /// Quay: tags oldest first, 50 a page by default and at most 100, opaque `next_page`
+    /// links.
+    pub fn quay(old_tags: usize) -> Profile {
+        Profile {
+            name: "quay",
+            paging: Some(Paging {
+                default: 50,
+                max: 100,
+                links: LinkStyle::Opaque,
+                old_tags,
+                old_width: 6,
+            }),
+            ..Profile::distribution()
+        }
+    }
+
+    /// ECR: `Basic realm="https://HOST/",service="ecr.amazonaws.com"` without Bearer, pages
+    /// of at most 1000.
+    pub fn ecr() -> Profile {
+        Profile {
+            name: "ecr",
+            challenge: ChallengeStyle::Replace(
+                r#"Basic realm="https://123456789012.dkr.ecr.eu-west-1.amazonaws.com/",service="ecr.amazonaws.com""#
+                    .into(),
+            ),
+            paging: Some(Paging {
+                default: 100,
+                max: 1000,
+                links: LinkStyle::Last,
+                old_tags: 0,
+                old_width: 6,
+            }),
+            ..Profile::distribution()
+        }
+    }
+
+    /// ACR: token auth, pages of at most 100 (put it in front of the token registry).
+    pub fn acr() -> Profile {
+        Profile {
+            name: "acr",
+            paging: Some(Paging {
+                default: 100,
+                max: 100,
+                links: LinkStyle::Last,
+                old_tags: 0,
+                old_width: 6,
+            }),
+            ..Profile::distribution()
+        }
+    }
+
+    /// Artifactory: `Basic realm="Artifactory Realm"`, a virtual repository prefix the
+    /// next-page links leave out, manifest HEADs with `X-Checksum-Sha256` only, and 500 to
+    /// a HEAD of a missing manifest.
+    pub fn artifactory(prefix: &str) -> Profile {
+        Profile {
+            name: "artifactory",
+            challenge: ChallengeStyle::Replace(r#"Basic realm="Artifactory Realm""#.into()),
+            paging: Some(Paging {
+                default: 100,
+                max: 100,
+                links: LinkStyle::Last,
+                old_tags: 0,
+                old_width: 6,
+            }),
+            virtual_prefix: Some(prefix.trim_matches('/').to_string()),
+            checksum_head: true,
+            head_missing_is_500: true,
+            ..Profile::distribution()
+        }
+    }
+
+    /// Forgejo (and Codeberg): the token challenge and a Basic one in one header.
+    pub fn forgejo() -> Profile {
+        Profile {
+            name: "forgejo",
+            challenge: ChallengeStyle::Append(r#"Basic realm="Forgejo""#.into()),
+            ..Profile::distribution()
+        }
+    }
+}
+
 struct Rule {
     path_contains: String,
     method: Option<String>,
@@ -108,6 +299,7 @@ struct State {
     tag_page_limit: Option<usize>,
     /// `(path prefix, upstream)`: the first match wins over the proxy's upstream.
     routes: Vec<(String, String)>,
+    profile: Option<Profile>,
 }
 
 pub struct FaultProxy {
@@ -186,6 +378,34 @@ impl FaultProxy {
             .unwrap()
             .routes
             .push((prefix.into(), upstream.into()));
+    }
+
+    /// Behave as `profile`'s registry family from now on.
+    pub fn set_profile(&self, profile: Profile) {
+        self.state.lock().unwrap().profile = Some(profile);
+    }
+
+    /// A proxy playing `profile` in front of `upstream`.
+    pub fn with_profile(upstream: &str, profile: Profile) -> FaultProxy {
+        let proxy = FaultProxy::start(upstream);
+        proxy.set_profile(profile);
+        proxy
+    }
+
+    /// `127.0.0.1:PORT/<prefix>/<name>` with the profile's virtual repository prefix, else
+    /// as [`FaultProxy::repo`].
+    pub fn profile_repo(&self, name: &str) -> String {
+        match self
+            .state
+            .lock()
+            .unwrap()
+            .profile
+            .as_ref()
+            .and_then(|p| p.virtual_prefix.clone())
+        {
+            Some(prefix) => format!("{}/{prefix}/{name}", self.host()),
+            None => self.repo(name),
+        }
     }
 
     /// Every request so far, oldest first.
@@ -322,11 +542,43 @@ async fn handle(
         _ => {}
     }
 
-    let tag_list = page_limit.and_then(|limit| {
-        let path = req.uri().path();
-        let name = path.strip_prefix("/v2/")?.strip_suffix("/tags/list")?;
-        (req.method() == hyper::Method::GET).then(|| (name.to_string(), limit))
-    });
+    let profile = shared.state.lock().unwrap().profile.clone();
+    let mut req = req;
+    if let Some(prefix) = profile.as_ref().and_then(|p| p.virtual_prefix.as_ref()) {
+        let virtual_path = format!("/v2/{prefix}/");
+        if let Some(rest) = target.strip_prefix(&virtual_path) {
+            *req.uri_mut() = format!("/v2/{rest}").parse().unwrap();
+        } else if target.starts_with("/v2/") && req.uri().path() != "/v2/" {
+            // Outside the virtual repository: Artifactory knows no such repository key.
+            record(404);
+            return Ok(Response::builder()
+                .status(StatusCode::NOT_FOUND)
+                .header("Content-Type", "application/json")
+                .body(full(
+                    r#"{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known to registry"}]}"#,
+                ))
+                .unwrap());
+        }
+    }
+    let accepts_gzip = req
+        .headers()
+        .get(hyper::header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("gzip"));
+    let is_get = req.method() == hyper::Method::GET;
+    let is_head = req.method() == hyper::Method::HEAD;
+    let forwarded_path = req.uri().path().to_string();
+    let tag_list_name = forwarded_path
+        .strip_prefix("/v2/")
+        .and_then(|p| p.strip_suffix("/tags/list"))
+        .filter(|_| is_get)
+        .map(str::to_string);
+    let tag_list = page_limit.and_then(|limit| Some((tag_list_name.clone()?, limit)));
+    let profile_paging = profile
+        .as_ref()
+        .and_then(|p| Some((tag_list_name.clone()?, p.paging.clone()?)));
+    let is_manifest = forwarded_path.contains("/manifests/");
+    let is_blob = forwarded_path.contains("/blobs/sha256:");
 
     let response = match forward(&upstream, req).await {
         Ok(r) => r,
@@ -348,17 +600,60 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
     {
         let from = format!("http://{}", shared.upstream);
-        if let Some(rest) = location.strip_prefix(&from) {
-            let rewritten = format!("http://{}{rest}", shared.me);
-            parts
-                .headers
-                .insert(hyper::header::LOCATION, rewritten.parse().unwrap());
+        let mut rewritten = match location.strip_prefix(&from) {
+            Some(rest) => format!("http://{}{rest}", shared.me),
+            None => location.to_string(),
+        };
+        if let Some(prefix) = profile.as_ref().and_then(|p| p.virtual_prefix.as_ref()) {
+            rewritten = rewritten.replacen("/v2/", &format!("/v2/{prefix}/"), 1);
         }
+        parts
+            .headers
+            .insert(hyper::header::LOCATION, rewritten.parse().unwrap());
     }
     if let Some(Fault::StripHeader(name)) = &fault {
         parts.headers.remove(name.as_str());
     }
+    if let Some(profile) = &profile {
+        play_head(profile, &mut parts, is_manifest, is_head);
+    }
     record(parts.status.as_u16());
+    let quota_spent = profile
+        .as_ref()
+        .and_then(|p| p.rate_limit)
+        .is_some_and(|(_, remaining, _)| remaining == 0);
+    if quota_spent && parts.status == StatusCode::TOO_MANY_REQUESTS && is_manifest {
+        // The quota the profile spent: Docker Hub's answer, not the manifest.
+        drop(body);
+        let text = r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"You have reached your unauthenticated pull rate limit. https://www.docker.com/increase-rate-limit"}]}"#;
+        return Ok(Response::from_parts(parts, full(text)));
+    }
+    if let (Some((name, paging)), StatusCode::OK) = (profile_paging, parts.status) {
+        let bytes = body.collect().await.map_err(|_| Abort)?.to_bytes();
+        let query = target.split_once('?').map(|(_, q)| q).unwrap_or_default();
+        let (page, link) = profile_page(&name, &bytes, query, &paging);
+        parts.headers.remove(hyper::header::CONTENT_LENGTH);
+        if let Some(link) = link {
+            parts.headers.insert("link", link.parse().unwrap());
+        }
+        return Ok(Response::from_parts(parts, full(page)));
+    }
+    let gzip = profile.as_ref().is_some_and(|p| p.gzip_when_asked);
+    if gzip && accepts_gzip && is_blob && is_get && parts.status == StatusCode::OK {
+        let bytes = body.collect().await.map_err(|_| Abort)?.to_bytes();
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut encoder, &bytes).unwrap();
+        let gzipped = encoder.finish().unwrap();
+        parts.headers.insert(
+            hyper::header::CONTENT_ENCODING,
+            hyper::header::HeaderValue::from_static("gzip"),
+        );
+        parts.headers.insert(
+            hyper::header::CONTENT_LENGTH,
+            gzipped.len().to_string().parse().unwrap(),
+        );
+        return Ok(Response::from_parts(parts, full(gzipped)));
+    }
     let body = match (&fault, tag_list) {
         (_, Some((name, limit))) if parts.status == StatusCode::OK => {
             let bytes = body.collect().await.map_err(|_| Abort)?.to_bytes();
@@ -397,6 +692,180 @@ async fn forward(upstream: &str, req: Request<Incoming>) -> Result<Response<Inco
     Ok(sender
         .send_request(Request::from_parts(parts, body))
         .await?)
+}
+
+/// The response head as `profile`'s registry family sends it.
+fn play_head(
+    profile: &Profile,
+    parts: &mut hyper::http::response::Parts,
+    is_manifest: bool,
+    is_head: bool,
+) {
+    use hyper::header::{HeaderValue, CONTENT_TYPE, WWW_AUTHENTICATE};
+    if parts.status == StatusCode::UNAUTHORIZED {
+        let upstream = parts
+            .headers
+            .get(WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let value = match &profile.challenge {
+            ChallengeStyle::Upstream => upstream,
+            ChallengeStyle::Replace(v) => v.clone(),
+            ChallengeStyle::Append(v) => format!("{upstream},{v}"),
+            ChallengeStyle::Prepend(v) => format!("{v},{upstream}"),
+        };
+        parts
+            .headers
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_str(&value).unwrap());
+    }
+    if !is_manifest {
+        return;
+    }
+    if let Some((limit, remaining, window)) = profile.rate_limit {
+        // A spent quota refuses a GET of a manifest; a HEAD is free and still answered.
+        if remaining == 0 && !is_head && parts.status.is_success() {
+            parts.status = StatusCode::TOO_MANY_REQUESTS;
+            parts
+                .headers
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            parts.headers.remove(hyper::header::CONTENT_LENGTH);
+        }
+        parts.headers.insert(
+            "ratelimit-limit",
+            format!("{limit};w={window}").parse().unwrap(),
+        );
+        parts.headers.insert(
+            "ratelimit-remaining",
+            format!("{remaining};w={window}").parse().unwrap(),
+        );
+    }
+    if is_head && profile.head_missing_is_500 && parts.status == StatusCode::NOT_FOUND {
+        parts.status = StatusCode::INTERNAL_SERVER_ERROR;
+        parts.headers.remove(CONTENT_TYPE);
+    }
+    if is_head && profile.checksum_head && parts.status.is_success() {
+        if let Some(digest) = parts.headers.remove("docker-content-digest") {
+            let hex = digest
+                .to_str()
+                .unwrap()
+                .trim_start_matches("sha256:")
+                .to_string();
+            parts
+                .headers
+                .insert("x-checksum-sha256", hex.parse().unwrap());
+        }
+        parts.headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+    }
+}
+
+/// The old tags' names and the upstream's own, in the order the family lists them.
+struct Listing<'a> {
+    paging: &'a Paging,
+    own: Vec<String>,
+}
+
+impl Listing<'_> {
+    fn len(&self) -> usize {
+        self.paging.old_tags + self.own.len()
+    }
+
+    fn name(&self, i: usize) -> String {
+        if i < self.paging.old_tags {
+            format!("old-{i:0w$}", w = self.paging.old_width)
+        } else {
+            self.own[i - self.paging.old_tags].clone()
+        }
+    }
+
+    /// The position after the tag `last`.
+    fn after(&self, last: &str) -> usize {
+        if let Some(i) = last
+            .strip_prefix("old-")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            return i + 1;
+        }
+        match self.own.iter().position(|t| t == last) {
+            Some(i) => self.paging.old_tags + i + 1,
+            None => self.len(),
+        }
+    }
+}
+
+/// Quay's opaque page token for the position `offset`.
+fn opaque_token(offset: usize) -> String {
+    use base64::Engine as _;
+    format!(
+        "gAAAAAB{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("quay:{offset}"))
+    )
+}
+
+fn opaque_offset(token: &str) -> Option<usize> {
+    use base64::Engine as _;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.strip_prefix("gAAAAAB")?)
+        .ok()?;
+    String::from_utf8(raw)
+        .ok()?
+        .strip_prefix("quay:")?
+        .parse()
+        .ok()
+}
+
+/// One page of the tag list as `paging` serves it, and its next-page link. The links name
+/// `name` (for Artifactory, the upstream's name: without the virtual prefix).
+fn profile_page(
+    name: &str,
+    body: &[u8],
+    query: &str,
+    paging: &Paging,
+) -> (Vec<u8>, Option<String>) {
+    let Ok(mut list) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return (body.to_vec(), None);
+    };
+    let own: Vec<String> = list["tags"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let listing = Listing { paging, own };
+    let n = match http::query_values(query, "n")
+        .pop()
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        Some(n) if n > 0 => n.min(paging.max),
+        _ => paging.default,
+    };
+    let start = match paging.links {
+        LinkStyle::Last => http::query_values(query, "last")
+            .pop()
+            .map_or(0, |l| listing.after(&l)),
+        LinkStyle::Opaque => http::query_values(query, "next_page")
+            .pop()
+            .map_or(0, |t| opaque_offset(&t).unwrap_or(usize::MAX)),
+    };
+    let end = start.saturating_add(n).min(listing.len());
+    let page: Vec<String> = (start.min(end)..end).map(|i| listing.name(i)).collect();
+    let link = (end < listing.len()).then(|| match paging.links {
+        LinkStyle::Last => format!(
+            "</v2/{name}/tags/list?last={}&n={n}>; rel=\"next\"",
+            listing.name(end - 1)
+        ),
+        LinkStyle::Opaque => format!(
+            "</v2/{name}/tags/list?n={n}&next_page={}>; rel=\"next\"",
+            opaque_token(end)
+        ),
+    });
+    list["tags"] = serde_json::json!(page);
+    (serde_json::to_vec(&list).unwrap(), link)
 }
 
 /// Applies the page limit to a distribution tag list body.
