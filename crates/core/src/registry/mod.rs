@@ -464,6 +464,7 @@ impl Registry {
             return RegistryError::Unauthorized {
                 host: self.host.to_string(),
                 repository: repository.path().to_string(),
+                image: None,
                 detail: if summary.is_empty() {
                     status.to_string()
                 } else {
