@@ -158,6 +158,12 @@ pub async fn get(request: &Request, dest: &Path) -> Result<Response, Error> {
     if let Some(created) = &config.created {
         metadata.push(field("created", created));
     }
+    metadata.extend(outputs::image_metadata(
+        settings.label_regex.as_ref(),
+        settings.annotation_regex.as_ref(),
+        &config,
+        &manifest.annotations,
+    ));
     Ok(Response { version, metadata })
 }
 
@@ -188,17 +194,19 @@ impl Fetch<'_> {
         )?;
         let layer_paths = self.layers(&config).await?;
         outputs::write_labels_json(self.out, &config)?;
+        // Names are the repository the pipeline asked for, even when a mirror served it.
+        let asked = &self.settings.repository;
         outputs::write_docker_inspect(
             self.out,
             &config,
             &config_raw,
-            self.repository,
+            asked,
             self.tag,
             self.digest,
             &manifest.config.digest,
         )?;
         let archive = layout::Archive {
-            repo_tag: format!("{}:{}", docker_name(self.repository), self.tag),
+            repo_tag: format!("{}:{}", docker_name(asked), self.tag),
             tag: self.tag.to_string(),
             config: (manifest.config.digest.clone(), config_path),
             layers: manifest
