@@ -26,6 +26,8 @@ pub enum RegistryError {
         #[source]
         source: reqwest::Error,
     },
+    #[error("{field}: cannot be used as a client certificate: {reason}")]
+    Identity { field: String, reason: String },
     #[error("cannot set up an http client for registry {host}")]
     Client {
         host: String,

@@ -16,6 +16,7 @@ pub(crate) mod config;
 mod docker_config;
 mod ecr;
 mod error;
+mod identity;
 mod manifests;
 mod pace;
 mod retry;

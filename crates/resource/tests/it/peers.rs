@@ -322,3 +322,118 @@ fn content_trust_gets_a_warning_of_its_own() {
         "{all}"
     );
 }
+
+/// Runs `openssl` with `args` in `dir`; panics with its stderr when it fails.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl is installed");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A client certificate made the way many teams make one, `openssl x509 -req` without an
+/// extension file: an X.509 v1 certificate. Docker, curl and the registry accept it; so
+/// does dockhand, in check, in and out, against a registry that requires client certificates.
+/// A key that is not the certificate's is refused naming the field, never as a "peer"'s.
+#[test]
+fn a_v1_client_certificate_made_by_openssl_is_accepted() {
+    let env = env();
+    let reg = &env.mtls;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca_key = env.ca_key_path.display().to_string();
+    let ca_cert = env.ca_path.display().to_string();
+    for (name, algorithm) in [("rsa", "rsa:2048"), ("ec", "ec")] {
+        let mut req = vec!["req", "-new", "-nodes", "-subj", "/CN=dockhand-v1-client"];
+        let key = format!("{name}.key");
+        let csr = format!("{name}.csr");
+        let crt = format!("{name}.crt");
+        if algorithm == "ec" {
+            openssl(
+                d,
+                &[
+                    "ecparam",
+                    "-name",
+                    "prime256v1",
+                    "-genkey",
+                    "-noout",
+                    "-out",
+                    &key,
+                ],
+            );
+            req.extend(["-key", &key]);
+        } else {
+            req.extend(["-newkey", algorithm, "-keyout", &key]);
+        }
+        req.extend(["-out", &csr]);
+        openssl(d, &req);
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &ca_cert,
+                "-CAkey",
+                &ca_key,
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                &crt,
+            ],
+        );
+        let text = std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-text", "-in", &crt])
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&text.stdout).contains("Version: 1 (0x0)"),
+            "not a v1 certificate"
+        );
+    }
+    let read = |f: &str| std::fs::read_to_string(d.join(f)).unwrap();
+    let repo = common::unique("peers-v1");
+    let digest = reg.push(&Image::marked("peers-v1"), &format!("{repo}:latest"));
+    for name in ["rsa", "ec"] {
+        let source = json!({
+            "repository": reg.repo(&repo),
+            "ca_certs": [{"domain": reg.host, "cert": env.ca_pem}],
+            "client_certs": [{"domain": reg.host, "cert": read(&format!("{name}.crt")), "key": read(&format!("{name}.key"))}],
+        });
+        let out = check(&json!({"source": source})).success();
+        assert_eq!(out, json!([{"tag": "latest", "digest": digest}]), "{name}");
+        let dest = tempfile::tempdir().unwrap();
+        get(
+            source.clone(),
+            json!({"tag": "latest", "digest": digest}),
+            json!({"format": "oci"}),
+            &dest.path().join("got"),
+        )
+        .success();
+        let mut pushed = source.clone();
+        pushed["tag"] = json!(format!("pushed-{name}"));
+        let out = put(pushed, json!({"image": "got/image.tar"}), dest.path()).success();
+        assert_eq!(out["version"]["digest"], digest.as_str(), "{name}");
+    }
+    // The RSA certificate with the EC key: refused before any request, naming the field.
+    let source = json!({
+        "repository": reg.repo(&repo),
+        "client_certs": [{"domain": reg.host, "cert": read("rsa.crt"), "key": read("ec.key")}],
+    });
+    let err = check(&json!({"source": source})).failure();
+    assert!(
+        err.starts_with("error: source.client_certs[0]: cannot be used: the private key does not belong to the certificate"),
+        "{err}"
+    );
+    assert!(!err.contains("peer"), "{err}");
+}
