@@ -651,6 +651,55 @@ mod tests {
         assert_eq!(got, std::slice::from_ref(&source));
     }
 
+    /// docker-image-resource's tag cases (tests/out_test.go, with its fixtures `tag` = "foo"
+    /// and `tags` = "a b c\n"): "When passing tag", "When passing tag_file", "When passing
+    /// tag and tag_file" (tag_file wins; `tag` names a file that does not exist) and "When
+    /// passing additional_tags" (source.tag first, then each, in order).
+    #[test]
+    fn docker_image_resource_tag_cases() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tag"), "foo").unwrap();
+        std::fs::write(dir.path().join("tags"), "a b c\n").unwrap();
+        let source: Tag = "latest".parse().unwrap();
+        let pushed = |params: Params| {
+            tags(&params, &source, dir.path(), None)
+                .unwrap()
+                .iter()
+                .map(|t| t.to_string())
+                .collect::<Vec<_>>()
+        };
+        let text = |s: &str| Some(s.to_string());
+        assert_eq!(
+            pushed(Params {
+                tag: text("tag"),
+                ..Params::default()
+            }),
+            ["foo"]
+        );
+        assert_eq!(
+            pushed(Params {
+                tag_file: text("tag"),
+                ..Params::default()
+            }),
+            ["foo"]
+        );
+        assert_eq!(
+            pushed(Params {
+                tag: text("doesnotexist"),
+                tag_file: text("tag"),
+                ..Params::default()
+            }),
+            ["foo"]
+        );
+        assert_eq!(
+            pushed(Params {
+                additional_tags: text("tags"),
+                ..Params::default()
+            }),
+            ["latest", "a", "b", "c"]
+        );
+    }
+
     fn existing(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
     }

@@ -186,39 +186,73 @@ fn archive_names(path: &Path) -> (Value, Value) {
 }
 
 /// `format: oci` through `registry_mirror`: `image.tar` (and docker_inspect.json) name the
-/// repository the pipeline asked for, not the mirror's copy.
+/// repository the pipeline asked for, not the mirror's copy. registry-image-resource
+/// in_test.go, "using a mirror": "which has the image" "in an explicit namespace" and "in an
+/// implied namespace" ("saving an OCI tarball names the image with the original repository
+/// and tag, not the mirror"), and "when the repository contains a registry host name prefixed
+/// image" (the mirror is not asked).
 #[test]
 fn oci_image_tar_through_a_mirror_names_the_repository_asked_for() {
     let mirror = &env().plain;
-    let path = format!("dockhand-mirror/{}", common::unique("peers-oci"));
-    let digest = mirror.push(&Image::marked(&path), &format!("{path}:1.0"));
+    // One path segment, so that Docker Hub's implied `library/` applies.
+    let name = common::unique("peers-oci").replace('/', "-");
+    // (repository as the pipeline writes it, the path on the mirror)
+    for (repository, path) in [
+        (
+            format!("dockhand-mirror/{name}"),
+            format!("dockhand-mirror/{name}"),
+        ),
+        (name.clone(), format!("library/{name}")),
+    ] {
+        let digest = mirror.push(&Image::marked(&path), &format!("{path}:1.0"));
+        let dest = tempfile::tempdir().unwrap();
+        let out = get(
+            json!({"repository": repository, "tag": "1.0", "registry_mirror": format!("http://{}", mirror.host)}),
+            json!({"tag": "1.0", "digest": digest}),
+            json!({"format": "oci"}),
+            dest.path(),
+        );
+        assert!(
+            out.stderr
+                .contains(&format!("using mirror {}", mirror.host)),
+            "{}",
+            out.stderr
+        );
+        out.success();
+        let (manifest, index) = archive_names(&dest.path().join("image.tar"));
+        assert_eq!(
+            manifest[0]["RepoTags"],
+            json!([format!("{repository}:1.0")]),
+            "{manifest}"
+        );
+        assert_eq!(
+            index["manifests"][0]["annotations"]["io.containerd.image.name"],
+            json!(format!("{repository}:1.0")),
+            "{index}"
+        );
+        let inspect = std::fs::read_to_string(dest.path().join("docker_inspect.json")).unwrap();
+        assert!(!inspect.contains(&mirror.host), "{inspect}");
+    }
+
+    // A repository on another registry: the mirror (here one that is down) is not asked.
+    let down = format!("127.0.0.1:{}", common::free_port());
+    let repo = common::unique("peers-not-hub");
+    let digest = mirror.push(&Image::marked(&repo), &format!("{repo}:1.0"));
     let dest = tempfile::tempdir().unwrap();
     let out = get(
-        json!({"repository": path, "tag": "1.0", "registry_mirror": format!("http://{}", mirror.host)}),
+        json!({"repository": mirror.repo(&repo), "tag": "1.0", "registry_mirror": format!("http://{down}")}),
         json!({"tag": "1.0", "digest": digest}),
         json!({"format": "oci"}),
         dest.path(),
     );
-    assert!(
-        out.stderr
-            .contains(&format!("using mirror {}", mirror.host)),
-        "{}",
-        out.stderr
-    );
+    assert!(!out.stderr.contains("mirror"), "{}", out.stderr);
     out.success();
-    let (manifest, index) = archive_names(&dest.path().join("image.tar"));
+    let (manifest, _) = archive_names(&dest.path().join("image.tar"));
     assert_eq!(
         manifest[0]["RepoTags"],
-        json!([format!("{path}:1.0")]),
+        json!([format!("{}:1.0", mirror.repo(&repo))]),
         "{manifest}"
     );
-    assert_eq!(
-        index["manifests"][0]["annotations"]["io.containerd.image.name"],
-        json!(format!("{path}:1.0")),
-        "{index}"
-    );
-    let inspect = std::fs::read_to_string(dest.path().join("docker_inspect.json")).unwrap();
-    assert!(!inspect.contains(&mirror.host), "{inspect}");
 }
 
 /// registry-image-resource in_test.go, "label_regex and annotation_regex": matching image
