@@ -270,7 +270,7 @@ fn labels_and_annotations_matching_their_regex_become_in_metadata() {
             .annotation("org.internal", "skip"),
         &format!("{repo}:latest"),
     );
-    let metadata = |extra: Value| {
+    let metadata_with = |extra: Value, params: Value| {
         let mut source = json!({"repository": reg.repo(&repo)});
         for (k, v) in extra.as_object().unwrap() {
             source[k] = v.clone();
@@ -279,7 +279,7 @@ fn labels_and_annotations_matching_their_regex_become_in_metadata() {
         let out = get(
             source,
             json!({"tag": "latest", "digest": digest}),
-            json!({"format": "oci"}),
+            params,
             &dest.path().join("got"),
         )
         .success();
@@ -295,6 +295,7 @@ fn labels_and_annotations_matching_their_regex_become_in_metadata() {
             })
             .collect::<Vec<_>>()
     };
+    let metadata = |extra: Value| metadata_with(extra, json!({"format": "oci"}));
     let plain = metadata(json!({}));
     assert!(
         !plain
@@ -317,6 +318,17 @@ fn labels_and_annotations_matching_their_regex_become_in_metadata() {
             ("com.example.foo", "bar"),
             ("com.example.build", "123")
         ]
+    );
+    // With skip_download, the manifest and config are still read for them (no layer), as
+    // registry-image-resource does.
+    let skipped = metadata_with(
+        json!({"label_regex": r"^com\.example\.f", "annotation_regex": "build"}),
+        json!({"skip_download": true}),
+    );
+    let names: Vec<&str> = skipped.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["repository", "tag", "com.example.foo", "com.example.build"]
     );
     let err = check(&json!({"source": {"repository": reg.repo(&repo), "label_regex": "com.("}}))
         .failure();
