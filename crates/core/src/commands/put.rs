@@ -171,7 +171,8 @@ pub async fn put(request: &Request, src: &Path) -> Result<Response, Error> {
     drop(staging);
     let (image_id, digest) = result?;
 
-    let mut metadata = Vec::new();
+    // registry-image-resource's out metadata starts with the repository.
+    let mut metadata = vec![field("repository", &settings.repository_text)];
     if let Some(id) = &image_id {
         metadata.push(field("image", id.short()));
         metadata.push(field("image_id", id.as_str()));

@@ -483,3 +483,46 @@ fn a_v1_client_certificate_made_by_openssl_is_accepted() {
     );
     assert!(!err.contains("peer"), "{err}");
 }
+
+/// registry-image-resource out_test.go, "pushing an OCI imageIndex (multi-arch) image":
+/// "works", "returns metadata" (the repository and the tags) and "When using bump_aliases"
+/// ("Push the right tags": 1.0.0, 1.0, 1 and latest all name the index).
+#[test]
+fn a_multi_arch_index_with_bump_aliases_moves_every_alias_to_the_index() {
+    use crate::common::image::{write_index_layout, AMD64, ARM64};
+    let reg = &env().plain;
+    let dir = tempfile::tempdir().unwrap();
+    let built = write_index_layout(
+        &dir.path().join("multi-arch"),
+        &[
+            Image::marked("peers-amd").platform(AMD64),
+            Image::marked("peers-arm").platform(ARM64),
+        ],
+        "t",
+    );
+    let to = common::unique("peers-index");
+    let out = put(
+        json!({"repository": reg.repo(&to)}),
+        json!({"image": "multi-arch", "version": "1.0.0", "bump_aliases": true}),
+        dir.path(),
+    )
+    .success();
+    assert_eq!(
+        out["version"],
+        json!({"tag": "1.0.0", "digest": built.digest})
+    );
+    for tag in ["1.0.0", "1.0", "1", "latest"] {
+        assert_eq!(
+            reg.skopeo_digest(&format!("{to}:{tag}")),
+            built.digest,
+            "{tag}"
+        );
+    }
+    assert_eq!(
+        out["metadata"],
+        json!([
+            {"name": "repository", "value": reg.repo(&to)},
+            {"name": "tags", "value": "1.0.0 1.0 1 latest"},
+        ])
+    );
+}
