@@ -526,3 +526,39 @@ fn a_multi_arch_index_with_bump_aliases_moves_every_alias_to_the_index() {
         ])
     );
 }
+
+/// registry-image-resource check_test.go, "tracking semver tags", entry "simple tag regex
+/// where sorted is true": `created_at_sort` orders the matching tags by their config's
+/// `created`, whatever their names say.
+#[test]
+fn created_at_sort_orders_by_the_config_dates() {
+    let reg = &env().plain;
+    let repo = common::unique("peers-created");
+    for (tag, created) in [
+        ("1.0.0", None),
+        ("non-semver-tag", None),
+        ("gem-1338-git-4bd8a5e1a244", Some("2024-01-04T05:00:00Z")),
+        ("gem-182-git-6bd8a5e1a2b3", Some("2024-01-04T00:00:00Z")),
+        ("gem-1337-git-4bd8a5e1a244", Some("2024-01-04T04:00:00Z")),
+    ] {
+        let mut image = Image::marked(&format!("{repo}-{tag}"));
+        if let Some(c) = created {
+            image = image.created(c);
+        }
+        reg.push(&image, &format!("{repo}:{tag}"));
+    }
+    let out = check(&json!({"source": {
+        "repository": reg.repo(&repo),
+        "tag_regex": r"gem-(\d+)-git-([a-f0-9]{12})",
+        "created_at_sort": true,
+    }}))
+    .success();
+    assert_eq!(
+        tags_in(&out),
+        [
+            "gem-182-git-6bd8a5e1a2b3",
+            "gem-1337-git-4bd8a5e1a244",
+            "gem-1338-git-4bd8a5e1a244"
+        ]
+    );
+}
