@@ -98,6 +98,26 @@ pub(crate) struct ImageManifest {
     pub config: Descriptor,
     #[serde(default)]
     pub layers: Vec<Descriptor>,
+    /// The manifest's annotations with string values (others are not valid and left out).
+    #[serde(default, deserialize_with = "string_map")]
+    pub annotations: std::collections::BTreeMap<String, String>,
+}
+
+/// A JSON object's string members; anything else reads as empty.
+fn string_map<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<std::collections::BTreeMap<String, String>, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    Ok(match value {
+        serde_json::Value::Object(map) => map
+            .into_iter()
+            .filter_map(|(k, v)| match v {
+                serde_json::Value::String(s) => Some((k, s)),
+                _ => None,
+            })
+            .collect(),
+        _ => Default::default(),
+    })
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -27,6 +27,13 @@ pub struct VersionIn {
     pub(crate) digest: Option<String>,
 }
 
+/// The version `check` was given: its tag, and its digest when that is a valid one.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Cursor {
+    pub tag: Option<String>,
+    pub digest: Option<Digest>,
+}
+
 /// A version as dockhand emits it: `{"tag": "...", "digest": "sha256:..."}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Version {
@@ -66,18 +73,28 @@ impl Request {
         self.source.as_ref().is_some_and(|s| s.debug)
     }
 
-    /// The cursor of `check`: a version with a valid digest, or none.
-    pub(crate) fn cursor(&self) -> Result<Option<Version>, Error> {
-        match &self.version {
-            Some(VersionIn {
-                tag,
-                digest: Some(d),
-            }) => Ok(Some(Version {
-                tag: tag.clone(),
-                digest: d.parse().map_err(|e| Error::field("version.digest", e))?,
-            })),
-            _ => Ok(None),
+    /// The cursor of `check`. Any cursor is accepted, as registry-image-resource accepts
+    /// it: a digest that is not a valid one (another resource type's, a hand-written one)
+    /// matches nothing, and the tag still places the cursor in selection mode.
+    pub(crate) fn cursor(&self) -> Option<Cursor> {
+        let version = self.version.as_ref()?;
+        let digest = version.digest.as_deref().and_then(|d| match d.parse() {
+            Ok(digest) => Some(digest),
+            Err(e) => {
+                tracing::info!(
+                    "version.digest {} is not a digest ({e}); it matches nothing",
+                    crate::redact::quote(d, 80)
+                );
+                None
+            }
+        });
+        if version.tag.is_none() && digest.is_none() {
+            return None;
         }
+        Some(Cursor {
+            tag: version.tag.clone(),
+            digest,
+        })
     }
 }
 

@@ -7,8 +7,12 @@
 //! - Semver mode: tags parse leniently (`v1.2.3`, `1.2`, `1`); with `variant`, only tags
 //!   ending in `-<variant>` count (the suffix is dropped before parsing) and the bare variant
 //!   tag plays the part `latest` plays otherwise. Pre-releases count only with
-//!   `pre_releases`, and only those made of one of `pre_release_prefixes` and numbers
-//!   (`rc.1`, `rc1`, `beta-2`).
+//!   `pre_releases`, and only those made of one of the prefixes (alpha, beta, rc, and any
+//!   `pre_release_prefixes`, which add to them as in registry-image-resource) and numbers
+//!   (`rc.1`, `rc1`, `beta-2`); with `variant` and `pre_release_prefixes` set, a further
+//!   `-<suffix>` may follow (`rc.1-bar` in `1.0.0-rc.1-bar-foo`, variant `foo`), as there.
+//! - One version per digest ([`one_per_digest`]): a final release over a pre-release, then
+//!   the most specific tag (`1.2.3` over `1.2`).
 //! - Regex mode (`tag_regex`): the whole tag must match. The sort key is the capture group
 //!   named `version` when there is one, else the tag. When every key parses as semver the
 //!   keys are ordered as versions, otherwise by "natural" order: runs of digits compared as
@@ -17,12 +21,14 @@
 //!   are dropped.
 
 use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::hash::Hash;
 
 use regex::Regex;
 
 use crate::error::Error;
 
-/// The prefixes a pre-release must start with when `pre_release_prefixes` is not set.
+/// The prefixes a pre-release may start with; `pre_release_prefixes` adds to them.
 pub(crate) const DEFAULT_PRE_RELEASE_PREFIXES: &[&str] = &["alpha", "beta", "rc"];
 
 /// A source's selection fields as the pipeline gave them (`source.rs` fills this in).
@@ -52,6 +58,9 @@ pub(crate) struct Selection {
     variant: Option<String>,
     pre_releases: bool,
     prefixes: Vec<String>,
+    /// `pre_release_prefixes` and `variant` were set: a pre-release may end in a
+    /// `-<suffix>` before the variant's.
+    suffixes: bool,
     pub created_at_sort: bool,
 }
 
@@ -170,22 +179,21 @@ impl Selection {
                 Some(v.to_string())
             }
         };
-        let prefixes: Vec<String> = if source.pre_release_prefixes.is_empty() {
-            DEFAULT_PRE_RELEASE_PREFIXES
-                .iter()
-                .map(|s| s.to_string())
-                .collect()
-        } else {
-            for (i, p) in source.pre_release_prefixes.iter().enumerate() {
-                if p.is_empty() || !p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-                    return Err(Error::field(
-                        format!("source.pre_release_prefixes[{i}]"),
-                        format!("{p:?} is not a pre-release identifier (letters, digits, '-')"),
-                    ));
-                }
+        let mut prefixes: Vec<String> = DEFAULT_PRE_RELEASE_PREFIXES
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        for (i, p) in source.pre_release_prefixes.iter().enumerate() {
+            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                return Err(Error::field(
+                    format!("source.pre_release_prefixes[{i}]"),
+                    format!("{p:?} is not a pre-release identifier (letters, digits, '-')"),
+                ));
             }
-            source.pre_release_prefixes.clone()
-        };
+            if !prefixes.contains(p) {
+                prefixes.push(p.clone());
+            }
+        }
         if regex.is_some() && (variant.is_some() || source.pre_releases) {
             notes.push(
                 "source.tag_regex decides which tags count; variant and pre_releases are ignored"
@@ -199,6 +207,7 @@ impl Selection {
             );
         }
         let selection = Selection {
+            suffixes: !source.pre_release_prefixes.is_empty() && variant.is_some(),
             regex,
             exclude,
             signatures: Regex::new(r"^sha256-[0-9a-f]{64}(\.[A-Za-z0-9]+)*$")
@@ -263,16 +272,7 @@ impl Selection {
             if !self.pre_releases {
                 return None;
             }
-            let pre = version.pre.as_str();
-            // `rc.1`, `rc1`, `beta-2`: a prefix, then numbers only (so `1.2.3-rc.1-alpine` is
-            // a variant's tag, not a pre-release of the plain image).
-            let counts = self.prefixes.iter().any(|p| {
-                pre.strip_prefix(p.as_str()).is_some_and(|rest| {
-                    rest.bytes()
-                        .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-')
-                })
-            });
-            if !counts {
+            if !self.counts_as_pre_release(version.pre.as_str()) {
                 return None;
             }
         }
@@ -285,6 +285,24 @@ impl Selection {
             tag: tag.to_string(),
             key: Key::Semver(version),
             specificity,
+        })
+    }
+
+    /// `rc.1`, `rc1`, `beta-2`: a prefix, then numbers only, so that `1.2.3-rc.1-alpine` is
+    /// a variant's tag, not a pre-release of the plain image. With `variant` and
+    /// `pre_release_prefixes` set, a `-<suffix>` may follow the numbers (`rc.1-bar` in
+    /// `1.0.0-rc.1-bar-foo`), as registry-image-resource allows there.
+    fn counts_as_pre_release(&self, pre: &str) -> bool {
+        let numeric = |b: u8| b.is_ascii_digit() || b == b'.' || b == b'-';
+        self.prefixes.iter().any(|p| {
+            let Some(rest) = pre.strip_prefix(p.as_str()) else {
+                return false;
+            };
+            match rest.bytes().position(|b| !numeric(b)) {
+                None => true,
+                // The suffix starts after a `-` that ends the numbers.
+                Some(i) => self.suffixes && i > 0 && rest.as_bytes()[i - 1] == b'-',
+            }
         })
     }
 
@@ -322,6 +340,32 @@ impl Selection {
             })
             .collect()
     }
+}
+
+/// Whether `a` should name a digest rather than `b`: a final release over a pre-release,
+/// then the more specific tag (`1.2.3` over `1.2`), then the greater.
+pub(crate) fn better(a: &Candidate, b: &Candidate) -> bool {
+    let final_a = !a.key.is_pre_release();
+    let final_b = !b.key.is_pre_release();
+    (final_a, a.specificity, a) > (final_b, b.specificity, b)
+}
+
+/// One item per digest, the one whose candidate is [`better`]; in no particular order.
+pub(crate) fn one_per_digest<T, D: Eq + Hash + Clone>(
+    items: Vec<T>,
+    of: impl Fn(&T) -> (&Candidate, &D),
+) -> Vec<T> {
+    let mut best: HashMap<D, T> = HashMap::new();
+    for item in items {
+        let (candidate, digest) = of(&item);
+        match best.get(digest) {
+            Some(kept) if !better(candidate, of(kept).0) => {}
+            _ => {
+                best.insert(digest.clone(), item);
+            }
+        }
+    }
+    best.into_values().collect()
 }
 
 /// The sort text of a tag that matches: the `version` capture, else the tag.
@@ -646,8 +690,19 @@ mod tests {
             planned(&s, &all),
             ["1.0.0", "1.2.0", "1.2.1-rc.1", "1.4.0-beta2", "2.0.0"]
         );
+        // `pre_release_prefixes` adds to alpha, beta and rc.
         let s = selection(json!({"pre_releases": true, "pre_release_prefixes": ["dev"]}));
-        assert_eq!(planned(&s, &all), ["1.0.0", "1.2.0", "1.4.0-dev", "2.0.0"]);
+        assert_eq!(
+            planned(&s, &all),
+            [
+                "1.0.0",
+                "1.2.0",
+                "1.2.1-rc.1",
+                "1.4.0-beta2",
+                "1.4.0-dev",
+                "2.0.0"
+            ]
+        );
         let s = selection(json!({"pre_releases": true, "semver_constraint": ">=1.3"}));
         assert_eq!(planned(&s, &all), ["1.4.0-beta2", "2.0.0"]);
     }
@@ -710,6 +765,359 @@ mod tests {
         assert_eq!(
             planned(&s, &[&sig, "1-debug", "1", "x-debug-y"]),
             ["1", "x-debug-y"]
+        );
+    }
+
+    /// What check emits for `tags` (each with the name of the image it points at, standing
+    /// for its digest), without a cursor: the plan, one version per digest in version order,
+    /// then `latest` (or the bare variant) when its digest is not already a version.
+    fn emitted(fields: serde_json::Value, tags: &[(&str, &str)]) -> Vec<String> {
+        let s = selection(fields);
+        let image: HashMap<&str, &str> = tags.iter().copied().collect();
+        let plan = s.plan(&tags.iter().map(|(t, _)| t.to_string()).collect::<Vec<_>>());
+        let found: Vec<(Candidate, &str)> = plan
+            .candidates
+            .iter()
+            .map(|c| (c.clone(), image[c.tag.as_str()]))
+            .collect();
+        let mut kept = one_per_digest(found, |(c, d)| (c, d));
+        kept.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out: Vec<String> = kept.iter().map(|(c, _)| c.tag.clone()).collect();
+        if let Some(latest) = &plan.latest {
+            if !kept.iter().any(|(_, d)| *d == image[latest.as_str()]) {
+                out.push(latest.clone());
+            }
+        }
+        out
+    }
+
+    /// registry-image-resource's "tracking semver tags" table (check_test.go,
+    /// `DescribeTable("tracking semver tags", ...)`), entry by entry, named as there. Its
+    /// bare semver mode (no `tag`) is dockhand's `semver_constraint: "*"`, which never appends
+    /// `latest` (a constraint is set); `pre_releases: true` appends it as there. The
+    /// cursor entries are in the integration tests (tests/it/select.rs), and so is
+    /// `created_at_sort`.
+    #[test]
+    fn registry_image_resource_check_table() {
+        let all = json!({"semver_constraint": "*"});
+        let r = |t: &'static str, i: &'static str| (t, i);
+        // "no semver tags"
+        assert!(emitted(all.clone(), &[r("non-semver-tag", "random-1")]).is_empty());
+        // "no matching regex tags"
+        assert!(emitted(
+            json!({"tag_regex": "foo.*"}),
+            &[r("non-matching-regex-tag", "random-1")]
+        )
+        .is_empty());
+        // "latest tag": differs, `*` is a constraint; without one `latest` is appended.
+        let tags = [r("non-semver-tag", "random-1"), r("latest", "random-2")];
+        assert!(emitted(all.clone(), &tags).is_empty());
+        assert_eq!(emitted(json!({"pre_releases": true}), &tags), ["latest"]);
+        // "simple tag regex"
+        let tags = [
+            r("1.0.0", "random-1"),
+            r("non-semver-tag", "random-2"),
+            r("gray", "random-3"),
+            r("grey", "random-4"),
+        ];
+        assert_eq!(
+            emitted(json!({"tag_regex": "gr(a|e)y"}), &tags),
+            ["gray", "grey"]
+        );
+        // "regex override semver constraint": differs on purpose, the constraint applies to
+        // the regex's keys (README, selection mode) and `gray`/`grey` are not versions.
+        let tags = [
+            r("1.0.0", "random-1"),
+            r("1.2.1", "random-3"),
+            r("1.2.2", "random-4"),
+            r("2.0.0", "random-5"),
+            r("latest", "random-6"),
+            r("gray", "random-7"),
+            r("grey", "random-8"),
+        ];
+        assert!(emitted(
+            json!({"tag_regex": "gr(a|e)y", "semver_constraint": "1.2.x"}),
+            &tags
+        )
+        .is_empty());
+        assert_eq!(
+            emitted(
+                json!({"tag_regex": r"\d+\.\d+\.\d+", "semver_constraint": "1.2.x"}),
+                &tags
+            ),
+            ["1.2.1", "1.2.2"]
+        );
+        // "semver and non-semver tags"
+        assert_eq!(
+            emitted(
+                all.clone(),
+                &[r("1.0.0", "random-1"), r("non-semver-tag", "random-2")]
+            ),
+            ["1.0.0"]
+        );
+        // "regex maintain ordering": the same order here (natural order, not the registry's).
+        let tags = [
+            r("1.0.0", "random-1"),
+            r("3bd8a5e-dev", "random-2"),
+            r("3bd8a5e-stage", "random-3"),
+            r("non-matching-regex-tag", "random-4"),
+            r("67e3c33-dev", "random-5"),
+        ];
+        assert_eq!(
+            emitted(json!({"tag_regex": "^[0-9a-f]{7}-dev$"}), &tags),
+            ["3bd8a5e-dev", "67e3c33-dev"]
+        );
+        // "semver tag ordering"
+        let tags = [
+            r("1.0.0", "random-1"),
+            r("1.2.1", "random-3"),
+            r("2.0.0", "random-5"),
+        ];
+        assert_eq!(emitted(all.clone(), &tags), ["1.0.0", "1.2.1", "2.0.0"]);
+        // "semver constraint"
+        let tags = [
+            r("1.0.0", "random-1"),
+            r("1.2.1", "random-3"),
+            r("1.2.2", "random-4"),
+            r("v1.2.3", "random-9"),
+            r("2.0.0", "random-5"),
+            r("latest", "random-6"),
+        ];
+        assert_eq!(
+            emitted(json!({"semver_constraint": "1.2.x"}), &tags),
+            ["1.2.1", "1.2.2", "v1.2.3"]
+        );
+        // "prereleases ignored by default", "prereleases opted in"
+        let tags = [
+            r("1.0.0-alpha.1", "random-0"),
+            r("1.0.0", "random-1"),
+            r("1.2.1-beta.1", "random-2"),
+            r("1.2.1", "random-3"),
+            r("2.0.0-rc.1", "random-4"),
+            r("2.0.0", "random-5"),
+        ];
+        assert_eq!(emitted(all.clone(), &tags), ["1.0.0", "1.2.1", "2.0.0"]);
+        assert_eq!(
+            emitted(json!({"pre_releases": true}), &tags),
+            [
+                "1.0.0-alpha.1",
+                "1.0.0",
+                "1.2.1-beta.1",
+                "1.2.1",
+                "2.0.0-rc.1",
+                "2.0.0"
+            ]
+        );
+        // "prerelease prefixes opted in": the prefixes add to alpha, beta and rc.
+        let mut tags = tags.to_vec();
+        tags.push(r("2.0.0-build.1", "random-6"));
+        assert_eq!(
+            emitted(
+                json!({"pre_releases": true, "pre_release_prefixes": ["build"]}),
+                &tags
+            ),
+            [
+                "1.0.0-alpha.1",
+                "1.0.0",
+                "1.2.1-beta.1",
+                "1.2.1",
+                "2.0.0-build.1",
+                "2.0.0-rc.1",
+                "2.0.0"
+            ]
+        );
+        // "prereleases do not include 'variants'"
+        let tags = [
+            r("1.0.0-alpha.1", "random-0"),
+            r("1.0.0-beta.1", "random-1"),
+            r("1.0.0-rc.1", "random-2"),
+            r("1.0.0-foo.1", "random-3"),
+        ];
+        assert_eq!(
+            emitted(json!({"pre_releases": true}), &tags),
+            ["1.0.0-alpha.1", "1.0.0-beta.1", "1.0.0-rc.1"]
+        );
+        // "prereleases do not require dot"
+        let tags = [
+            r("1.0.0-alpha1", "random-0"),
+            r("1.0.0-alpha2", "random-1"),
+            r("1.0.0-beta1", "random-2"),
+            r("1.0.0-beta2", "random-3"),
+            r("1.0.0-rc1", "random-4"),
+            r("1.0.0-rc2", "random-5"),
+            r("1.0.0-foo1", "random-6"),
+            r("1.0.0-foo2", "random-7"),
+        ];
+        assert_eq!(
+            emitted(json!({"pre_releases": true}), &tags),
+            [
+                "1.0.0-alpha1",
+                "1.0.0-alpha2",
+                "1.0.0-beta1",
+                "1.0.0-beta2",
+                "1.0.0-rc1",
+                "1.0.0-rc2"
+            ]
+        );
+        // "prereleases do not require number"
+        let tags = [
+            r("1.0.0-alpha", "random-0"),
+            r("1.0.0-beta", "random-1"),
+            r("1.0.0-rc", "random-2"),
+            r("1.0.0-foo", "random-3"),
+        ];
+        assert_eq!(
+            emitted(json!({"pre_releases": true}), &tags),
+            ["1.0.0-alpha", "1.0.0-beta", "1.0.0-rc"]
+        );
+        // "final versions take priority over rcs"
+        let tags = [
+            r("1.0.0-rc.1", "random-2"),
+            r("1.0.0-rc1", "random-2"),
+            r("1.0.0-rc", "random-2"),
+            r("1.0.0", "random-2"),
+        ];
+        assert_eq!(emitted(json!({"pre_releases": true}), &tags), ["1.0.0"]);
+        // "mixed specificity semver tags"
+        let tags = [
+            r("1", "random-1"),
+            r("2", "random-2"),
+            r("2.1", "random-2"),
+            r("latest", "random-3"),
+            r("3", "random-3"),
+            r("3.2", "random-3"),
+            r("3.2.1", "random-3"),
+            r("3.1", "random-4"),
+            r("3.1.0", "random-4"),
+            r("3.0", "random-5"),
+            r("3.0.0", "random-5"),
+        ];
+        let want = ["1", "2.1", "3.0.0", "3.1.0", "3.2.1"];
+        assert_eq!(emitted(all.clone(), &tags), want);
+        assert_eq!(emitted(json!({"pre_releases": true}), &tags), want);
+        // "semver tags with latest tag having unique digest": `latest` only without a
+        // constraint (`*` is one).
+        let tags = [
+            r("1.0.0", "random-1"),
+            r("non-semver-tag", "random-2"),
+            r("latest", "random-3"),
+        ];
+        assert_eq!(emitted(all.clone(), &tags), ["1.0.0"]);
+        assert_eq!(
+            emitted(json!({"pre_releases": true}), &tags),
+            ["1.0.0", "latest"]
+        );
+        // "latest tag pointing to latest version", "latest tag pointing to older version"
+        for tags in [
+            [
+                r("1", "random-1"),
+                r("2", "random-2"),
+                r("3", "random-3"),
+                r("latest", "random-3"),
+            ],
+            [
+                r("1", "random-1"),
+                r("2", "random-2"),
+                r("latest", "random-2"),
+                r("3", "random-3"),
+            ],
+        ] {
+            assert_eq!(
+                emitted(json!({"pre_releases": true}), &tags),
+                ["1", "2", "3"]
+            );
+        }
+        // "variants"
+        let tags = [
+            r("latest", "random-1"),
+            r("1.0.0", "random-1"),
+            r("0.9.0", "random-2"),
+            r("foo", "random-3"),
+            r("1.0.0-foo", "random-3"),
+            r("0.9.0-foo", "random-4"),
+            r("bar", "random-5"),
+            r("1.0.0-bar", "random-5"),
+            r("0.9.0-bar", "random-6"),
+        ];
+        assert_eq!(
+            emitted(json!({"variant": "foo"}), &tags),
+            ["0.9.0-foo", "1.0.0-foo"]
+        );
+        // "variant with bare variant tag pointing to unique digest"
+        let tags = [
+            r("latest", "random-1"),
+            r("1.0.0", "random-1"),
+            r("0.9.0", "random-2"),
+            r("foo", "random-3"),
+            r("0.8.0-foo", "random-4"),
+            r("bar", "random-5"),
+            r("1.0.0-bar", "random-5"),
+            r("0.9.0-bar", "random-6"),
+        ];
+        assert_eq!(
+            emitted(json!({"variant": "foo"}), &tags),
+            ["0.8.0-foo", "foo"]
+        );
+        // "distinguishing additional variants from prereleases"
+        let tags = [
+            r("1.0.0-foo", "random-1"),
+            r("1.0.0-rc.1-foo", "random-2"),
+            r("1.0.0-alpha.1-foo", "random-3"),
+            r("1.0.0-beta.1-foo", "random-4"),
+            r("1.0.0-bar-foo", "random-5"),
+            r("1.0.0-rc.1-bar-foo", "random-6"),
+            r("1.0.0-alpha.1-bar-foo", "random-7"),
+            r("1.0.0-beta.1-bar-foo", "random-8"),
+        ];
+        assert_eq!(
+            emitted(json!({"variant": "foo", "pre_releases": true}), &tags),
+            [
+                "1.0.0-alpha.1-foo",
+                "1.0.0-beta.1-foo",
+                "1.0.0-rc.1-foo",
+                "1.0.0-foo"
+            ]
+        );
+        // "opting in to prereleases allows additional '-' suffixes before variant"
+        let mut tags = tags.to_vec();
+        tags[0] = r("1.0.0-build-foo", "random-1");
+        assert_eq!(
+            emitted(
+                json!({"variant": "foo", "pre_releases": true, "pre_release_prefixes": ["build"]}),
+                &tags
+            ),
+            [
+                "1.0.0-alpha.1-foo",
+                "1.0.0-alpha.1-bar-foo",
+                "1.0.0-beta.1-foo",
+                "1.0.0-beta.1-bar-foo",
+                "1.0.0-build-foo",
+                "1.0.0-rc.1-foo",
+                "1.0.0-rc.1-bar-foo"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_suffix_after_a_pre_release_needs_variant_and_pre_release_prefixes() {
+        let tags = [
+            "1.0.0-rc.1-bar-foo",
+            "1.0.0-rc.1-foo",
+            "1.0.0-rc.x-foo",
+            "1.0.0-rcfoo-foo",
+        ];
+        let s = selection(json!({"pre_releases": true, "variant": "foo"}));
+        assert_eq!(planned(&s, &tags), ["1.0.0-rc.1-foo"]);
+        let s = selection(
+            json!({"pre_releases": true, "variant": "foo", "pre_release_prefixes": ["build"]}),
+        );
+        assert_eq!(planned(&s, &tags), ["1.0.0-rc.1-foo", "1.0.0-rc.1-bar-foo"]);
+        // Without a variant, `1.0.0-rc.1-alpine` stays a variant's tag (registry-image-resource
+        // takes it as a pre-release of the plain image there).
+        let s = selection(json!({"pre_releases": true, "pre_release_prefixes": ["build"]}));
+        assert_eq!(
+            planned(&s, &["1.0.0-rc.1-alpine", "1.0.0-build.2"]),
+            ["1.0.0-build.2"]
         );
     }
 

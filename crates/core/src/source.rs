@@ -62,6 +62,9 @@ pub(crate) const FIELDS: &[&str] = &[
     "fail_when_missing",
     "git_repo",
     "git_private_key",
+    "label_regex",
+    "annotation_regex",
+    "content_trust",
 ];
 
 /// The `source` object as the pipeline wrote it.
@@ -125,7 +128,29 @@ pub(crate) struct Source {
     pub fail_when_missing: bool,
     pub git_repo: Option<String>,
     pub git_private_key: Option<Secret>,
+
+    /// registry-image-resource's: image labels whose key matches become `in`'s metadata.
+    pub label_regex: Option<String>,
+    /// registry-image-resource's: manifest annotations whose key matches, likewise.
+    pub annotation_regex: Option<String>,
+    /// registry-image-resource's Notary v1 signing: retired, warned about and not read.
+    pub content_trust: Option<Retired>,
 }
+
+/// A field that is accepted for its warning only: its value (keys, passphrases) is read
+/// and dropped at once, never kept.
+#[derive(Debug, Default)]
+pub(crate) struct Retired;
+
+impl<'de> Deserialize<'de> for Retired {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde_json::Value::deserialize(d)?;
+        Ok(Retired)
+    }
+}
+
+/// The size a `label_regex` or `annotation_regex` may compile to.
+const METADATA_REGEX_SIZE_LIMIT: usize = 1 << 20;
 
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct PrivateRegistry {
@@ -197,6 +222,10 @@ pub(crate) struct Settings {
     pub variant: Option<String>,
     /// `git_repo`: the tag is the commit the repository's default branch is at.
     pub git: Option<GitSource>,
+    /// `label_regex`: which image labels become `in`'s metadata (a search, unanchored).
+    pub label_regex: Option<regex::Regex>,
+    /// `annotation_regex`: which manifest annotations become `in`'s metadata.
+    pub annotation_regex: Option<regex::Regex>,
 }
 
 #[derive(Debug, Clone)]
@@ -250,6 +279,34 @@ impl Source {
             }
         };
         let (selection, selection_notes) = Selection::from_fields(&self.selection_fields())?;
+        if self.content_trust.is_some() {
+            tracing::warn!("source.content_trust is ignored: Docker Content Trust (Notary v1) is retired; dockhand verifies cosign signatures instead (source.cosign_public_keys)");
+        }
+        let metadata_regex = |text: &Option<String>, field: &str| {
+            text.as_deref()
+                .map(|r| {
+                    regex::RegexBuilder::new(r)
+                        .size_limit(METADATA_REGEX_SIZE_LIMIT)
+                        .build()
+                        .map_err(|e| {
+                            let reason = e.to_string();
+                            let reason = reason
+                                .lines()
+                                .map(str::trim)
+                                .rfind(|l| !l.is_empty())
+                                .unwrap_or("invalid")
+                                .trim_start_matches("error: ")
+                                .to_string();
+                            field_error(
+                                field,
+                                format!("invalid regular expression {r:?}: {reason}"),
+                            )
+                        })
+                })
+                .transpose()
+        };
+        let label_regex = metadata_regex(&self.label_regex, "source.label_regex")?;
+        let annotation_regex = metadata_regex(&self.annotation_regex, "source.annotation_regex")?;
         Ok(Settings {
             tag,
             registries,
@@ -284,6 +341,8 @@ impl Source {
                 .map(str::trim)
                 .filter(|v| !v.is_empty())
                 .map(str::to_string),
+            label_regex,
+            annotation_regex,
             git: self.git_repo.clone().map(|repo| {
                 // A token in the URL is registered as a secret; git gets the URL whole.
                 let _ = split_userinfo(&repo);

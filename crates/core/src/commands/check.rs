@@ -9,17 +9,15 @@
 //! up-to-date check with a cursor costs a ping, one page, and a HEAD of the cursor's tag (and
 //! of `latest` when it counts). With the cursor at `latest`, only `latest` is asked about.
 
-use std::collections::HashMap;
-
 use futures_util::{stream, StreamExt as _};
 
 use crate::error::Error;
 use crate::image::{ImageConfig, Platform};
-use crate::protocol::{Request, Version};
+use crate::protocol::{Cursor, Request, Version};
 use crate::pull::{self, across_endpoints, Choice, Missing};
 use crate::reference::{Digest, Repository, Tag};
 use crate::registry::Registry;
-use crate::select::{Candidate, Key, Selection};
+use crate::select::{one_per_digest, Candidate, Key, Selection};
 use crate::source::Settings;
 use crate::time::parse_rfc3339;
 
@@ -30,7 +28,7 @@ const CONCURRENCY: usize = 8;
 
 pub async fn check(request: &Request) -> Result<Vec<Version>, Error> {
     let mut settings = request.settings()?;
-    let cursor = request.cursor()?;
+    let cursor = request.cursor();
     for note in &settings.selection_notes {
         tracing::warn!("{note}");
     }
@@ -72,7 +70,7 @@ async fn tag_mode(
     registry: &Registry,
     repository: &Repository,
     settings: &Settings,
-    cursor: Option<Version>,
+    cursor: Option<Cursor>,
 ) -> Result<Vec<Version>, Error> {
     let tag = settings.tag.as_str();
     tracing::debug!("checking {repository}:{tag}");
@@ -90,14 +88,15 @@ async fn tag_mode(
         tag: Some(tag.to_string()),
         digest,
     };
-    match cursor {
-        Some(cursor) if cursor.digest != current.digest => {
+    // A cursor without a valid digest matches nothing: the current version alone.
+    match cursor.and_then(|c| Some((c.tag, c.digest?))) {
+        Some((tag, digest)) if digest != current.digest => {
             let still_there = registry
-                .manifest_digest(repository, cursor.digest.as_str())
+                .manifest_digest(repository, digest.as_str())
                 .await?
                 .is_some();
             if still_there {
-                Ok(vec![cursor, current])
+                Ok(vec![Version { tag, digest }, current])
             } else {
                 Ok(vec![current])
             }
@@ -119,7 +118,7 @@ async fn select_mode(
     repository: &Repository,
     settings: &Settings,
     selection: &Selection,
-    cursor: Option<Version>,
+    cursor: Option<Cursor>,
 ) -> Result<Vec<Version>, Error> {
     let listed = registry.list_tags(repository).await?;
     if !listed.found {
@@ -206,16 +205,7 @@ async fn select_mode(
     }
 
     // One version per digest: a final release over a pre-release, then the most specific tag.
-    let mut best: HashMap<Digest, Found> = HashMap::new();
-    for f in found {
-        match best.get(&f.digest) {
-            Some(kept) if !better(&f.candidate, &kept.candidate) => {}
-            _ => {
-                best.insert(f.digest.clone(), f);
-            }
-        }
-    }
-    let mut versions: Vec<Found> = best.into_values().collect();
+    let mut versions: Vec<Found> = one_per_digest(found, |f| (&f.candidate, &f.digest));
     if selection.created_at_sort {
         versions.sort_by(|a, b| {
             a.created
@@ -275,13 +265,6 @@ async fn select_mode(
         return Ok(newer);
     }
     Ok(out.pop().into_iter().collect())
-}
-
-/// Whether `a` should name a digest rather than `b`.
-fn better(a: &Candidate, b: &Candidate) -> bool {
-    let final_a = !a.key.is_pre_release();
-    let final_b = !b.key.is_pre_release();
-    (final_a, a.specificity, a) > (final_b, b.specificity, b)
 }
 
 /// The tag's digest (HEAD), or the manifest itself when the platform or the creation date is

@@ -94,29 +94,36 @@ pub async fn get(request: &Request, dest: &Path) -> Result<Response, Error> {
         digest: digest.clone(),
     };
     let mut metadata = vec![field("repository", source_repository), field("tag", &tag)];
+    let wanted = Platform::wanted(params.platform.as_ref().or(settings.platform.as_ref()));
     if params.skip_download {
+        if settings.label_regex.is_some() || settings.annotation_regex.is_some() {
+            // As registry-image-resource: the labels and annotations are still read (the
+            // manifest and the config, no layer).
+            let (registry, repository, image) = resolve(&settings, &digest, &wanted).await?;
+            let config: ImageConfig = serde_json::from_slice(
+                &registry
+                    .blob_bytes(&repository, &image.image.config.digest)
+                    .await?,
+            )
+            .map_err(|e| Error::Image {
+                reference: format!("{repository}@{digest}"),
+                source: format!("its config is not valid: {e}").into(),
+            })?;
+            metadata.extend(outputs::image_metadata(
+                settings.label_regex.as_ref(),
+                settings.annotation_regex.as_ref(),
+                &config,
+                &image.image.annotations,
+            ));
+        }
         tracing::info!("skip_download: wrote repository, tag and digest only");
         work.publish(dest)?;
         return Ok(Response { version, metadata });
     }
 
-    let (registry, repository, top) = find_image(&settings, &digest).await?;
+    let (registry, repository, image) = resolve(&settings, &digest, &wanted).await?;
     let repository = &repository;
-    let wanted = Platform::wanted(params.platform.as_ref().or(settings.platform.as_ref()));
     let reference = format!("{repository}@{digest}");
-    let image = pull::resolve(
-        &registry,
-        repository,
-        top,
-        &reference,
-        &wanted,
-        Missing::Fail,
-    )
-    .await?
-    .ok_or_else(|| Error::Image {
-        reference: reference.clone(),
-        source: format!("no {wanted} image").into(),
-    })?;
     if image.index.is_some() {
         tracing::info!(
             "{reference} is multi-platform; using {wanted} ({})",
@@ -158,7 +165,38 @@ pub async fn get(request: &Request, dest: &Path) -> Result<Response, Error> {
     if let Some(created) = &config.created {
         metadata.push(field("created", created));
     }
+    metadata.extend(outputs::image_metadata(
+        settings.label_regex.as_ref(),
+        settings.annotation_regex.as_ref(),
+        &config,
+        &manifest.annotations,
+    ));
     Ok(Response { version, metadata })
+}
+
+/// The version's image for `wanted`, on the mirror or the origin: where it was found, and
+/// the platform's manifest.
+async fn resolve(
+    settings: &Settings,
+    digest: &Digest,
+    wanted: &Platform,
+) -> Result<(Registry, Repository, Resolved), Error> {
+    let (registry, repository, top) = find_image(settings, digest).await?;
+    let reference = format!("{repository}@{digest}");
+    let image = pull::resolve(
+        &registry,
+        &repository,
+        top,
+        &reference,
+        wanted,
+        Missing::Fail,
+    )
+    .await?
+    .ok_or_else(|| Error::Image {
+        reference: reference.clone(),
+        source: format!("no {wanted} image").into(),
+    })?;
+    Ok((registry, repository, image))
 }
 
 /// One `in`: the resolved image, where it comes from, and what to write where.
@@ -188,17 +226,19 @@ impl Fetch<'_> {
         )?;
         let layer_paths = self.layers(&config).await?;
         outputs::write_labels_json(self.out, &config)?;
+        // Names are the repository the pipeline asked for, even when a mirror served it.
+        let asked = &self.settings.repository;
         outputs::write_docker_inspect(
             self.out,
             &config,
             &config_raw,
-            self.repository,
+            asked,
             self.tag,
             self.digest,
             &manifest.config.digest,
         )?;
         let archive = layout::Archive {
-            repo_tag: format!("{}:{}", docker_name(self.repository), self.tag),
+            repo_tag: format!("{}:{}", docker_name(asked), self.tag),
             tag: self.tag.to_string(),
             config: (manifest.config.digest.clone(), config_path),
             layers: manifest

@@ -99,6 +99,61 @@ pub(super) fn write_labels_json(dest: &Path, config: &ImageConfig) -> Result<(),
     )
 }
 
+/// The most label and annotation fields `in` adds to its metadata (a hostile image may have
+/// thousands); the rest are left out with a warning.
+pub(super) const MAX_IMAGE_METADATA_FIELDS: usize = 100;
+/// The longest label or annotation value shown in the metadata, in characters; a longer one
+/// is cut short with `…`.
+pub(super) const MAX_IMAGE_METADATA_VALUE_CHARS: usize = 1024;
+
+/// registry-image-resource's `label_regex` and `annotation_regex`: each image label, then
+/// each manifest annotation, whose key the regex finds a match in (unanchored, as there),
+/// as a metadata field named by the key, in key order.
+pub(super) fn image_metadata(
+    label_regex: Option<&regex::Regex>,
+    annotation_regex: Option<&regex::Regex>,
+    config: &ImageConfig,
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Vec<crate::protocol::MetadataField> {
+    let empty = std::collections::BTreeMap::new();
+    let labels = config
+        .config
+        .as_ref()
+        .and_then(|c| c.labels.as_ref())
+        .unwrap_or(&empty);
+    let matching = |regex: Option<&regex::Regex>,
+                    map: &std::collections::BTreeMap<String, String>| {
+        regex
+            .map(|re| {
+                map.iter()
+                    .filter(|(k, _)| re.is_match(k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    let mut all = matching(label_regex, labels);
+    all.extend(matching(annotation_regex, annotations));
+    if all.len() > MAX_IMAGE_METADATA_FIELDS {
+        tracing::warn!(
+            "{} labels and annotations match source.label_regex/annotation_regex; the first {MAX_IMAGE_METADATA_FIELDS} are in the metadata",
+            all.len()
+        );
+        all.truncate(MAX_IMAGE_METADATA_FIELDS);
+    }
+    all.into_iter()
+        .map(|(name, value)| {
+            let value = if value.chars().count() > MAX_IMAGE_METADATA_VALUE_CHARS {
+                let cut: String = value.chars().take(MAX_IMAGE_METADATA_VALUE_CHARS).collect();
+                format!("{cut}…")
+            } else {
+                value
+            };
+            crate::protocol::MetadataField { name, value }
+        })
+        .collect()
+}
+
 /// `docker_inspect.json` as `docker inspect` would print it for the pulled image.
 pub(super) fn write_docker_inspect(
     dest: &Path,
@@ -138,6 +193,70 @@ mod tests {
         std::fs::create_dir(tmp.path().join("etc")).unwrap();
         std::fs::write(tmp.path().join("etc/passwd"), passwd).unwrap();
         tmp
+    }
+
+    #[test]
+    fn labels_then_annotations_matching_their_regex_in_key_order() {
+        let config: ImageConfig = serde_json::from_value(serde_json::json!({
+            "config": {"Labels": {
+                "z-label": "last", "a-label": "first", "m-label": "mid",
+                "com.example.foo": "bar", "org.other.baz": "skip",
+                "long": "x".repeat(5000),
+            }}
+        }))
+        .unwrap();
+        let annotations: std::collections::BTreeMap<String, String> =
+            [("com.example.build", "123"), ("org.internal", "skip")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        let re = |r: &str| regex::Regex::new(r).unwrap();
+        let names = |fields: Vec<crate::protocol::MetadataField>| {
+            fields.into_iter().map(|f| f.name).collect::<Vec<_>>()
+        };
+        // registry-image-resource in_test.go, "label_regex and annotation_regex": no regex,
+        // nothing; matching labels only; matching annotations only; sorted by key.
+        assert!(image_metadata(None, None, &config, &annotations).is_empty());
+        let fields = image_metadata(Some(&re(r"^com\.example\.")), None, &config, &annotations);
+        assert_eq!(fields.len(), 1);
+        assert_eq!(
+            (fields[0].name.as_str(), fields[0].value.as_str()),
+            ("com.example.foo", "bar")
+        );
+        let fields = image_metadata(None, Some(&re(r"^com\.example\.")), &config, &annotations);
+        assert_eq!(names(fields), ["com.example.build"]);
+        assert_eq!(
+            names(image_metadata(
+                Some(&re("-label")),
+                None,
+                &config,
+                &annotations
+            )),
+            ["a-label", "m-label", "z-label"]
+        );
+        // Unanchored, as Go's MatchString: `example` finds both; labels come first.
+        assert_eq!(
+            names(image_metadata(
+                Some(&re("example")),
+                Some(&re("example")),
+                &config,
+                &annotations
+            )),
+            ["com.example.foo", "com.example.build"]
+        );
+        let long = image_metadata(Some(&re("^long$")), None, &config, &annotations);
+        assert_eq!(
+            long[0].value.chars().count(),
+            MAX_IMAGE_METADATA_VALUE_CHARS + 1
+        );
+        let many: ImageConfig = serde_json::from_value(serde_json::json!({
+            "config": {"Labels": (0..300).map(|i| (format!("l{i:03}"), "v".to_string())).collect::<std::collections::BTreeMap<_, _>>()}
+        }))
+        .unwrap();
+        assert_eq!(
+            image_metadata(Some(&re(".*")), None, &many, &annotations).len(),
+            MAX_IMAGE_METADATA_FIELDS
+        );
     }
 
     #[test]

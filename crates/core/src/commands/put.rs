@@ -207,7 +207,8 @@ pub async fn put(request: &Request, src: &Path) -> Result<Response, Error> {
     drop(staging);
     let (image_id, digest) = result?;
 
-    let mut metadata = Vec::new();
+    // registry-image-resource's out metadata starts with the repository.
+    let mut metadata = vec![field("repository", &settings.repository_text)];
     if let Some(id) = &image_id {
         metadata.push(field("image", id.short()));
         metadata.push(field("image_id", id.as_str()));
@@ -345,7 +346,8 @@ fn glob_one(src: &Path, pattern: &str) -> Result<PathBuf, Error> {
 }
 
 /// The tags to push, the version's first: tag_file (or the deprecated `tag`) with
-/// tag_prefix, else `version`, else source.tag; then additional_tags and `latest`.
+/// tag_prefix, else `version`, else source.tag; then additional_tags (with tag_prefix when
+/// there is no tag_file) and `latest`.
 fn tags(
     params: &Params,
     source_tag: &Tag,
@@ -378,6 +380,15 @@ fn tags(
     if params.tag_file.is_none() && params.tag.is_some() {
         tracing::warn!("params.tag is deprecated; use params.tag_file");
     }
+    if let Some(version) = &params.version {
+        // registry-image-resource refuses a version that is not one, before any push.
+        if crate::select::lenient_semver(version.trim()).is_none() {
+            return Err(Error::field(
+                "params.version",
+                format!("invalid semantic version: {}", quote(version.trim())),
+            ));
+        }
+    }
     if let Some((file, field)) = tag_file {
         let text = read_text(src, file, field)?;
         let prefix = params.tag_prefix.as_deref().unwrap_or("");
@@ -390,9 +401,21 @@ fn tags(
     } else {
         add(source_tag.as_str(), "source.tag")?;
     }
+    // tag_prefix prefixes the tag_file's tag (docker-image-resource); without a tag_file, the
+    // additional tags (registry-image-resource).
+    let additional_prefix = match (tag_file, &params.tag_prefix) {
+        (None, Some(prefix)) if params.additional_tags.is_some() => prefix.as_str(),
+        (None, Some(_)) => {
+            tracing::warn!(
+                "params.tag_prefix applies to params.tag_file or params.additional_tags; ignored"
+            );
+            ""
+        }
+        _ => "",
+    };
     if let Some(file) = &params.additional_tags {
         for t in read_text(src, file, "params.additional_tags")?.split_whitespace() {
-            add(t, "params.additional_tags")?;
+            add(&format!("{additional_prefix}{t}"), "params.additional_tags")?;
         }
     }
     if params.tag_as_latest {
@@ -593,6 +616,129 @@ mod tests {
         let err = chain(tags(&params, &source, dir.path(), None).unwrap_err());
         assert!(err.starts_with("params.additional_tags: "), "{err}");
         assert!(err.len() < 250, "{err}");
+    }
+
+    /// registry-image-resource's "pushing semver tags" table (out_test.go,
+    /// `DescribeTable("pushing semver tags", ...)`), entry by entry, named as there: the
+    /// existing tags, `source.variant`, `params.version` with `bump_aliases`, and every tag
+    /// pushed. Its two "with no existing image" entries (the tag list answers 404) list no
+    /// tags, as `list_tags` reads a 404.
+    #[test]
+    fn registry_image_resource_push_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let source: Tag = "latest".parse().unwrap();
+        let pushed = |existing_tags: &[&str], variant: Option<&str>, version: &str, bump: bool| {
+            let params = Params {
+                version: Some(version.into()),
+                bump_aliases: bump,
+                ..Params::default()
+            };
+            let mut out: Vec<String> = tags(&params, &source, dir.path(), variant)
+                .map_err(|e| crate::report::chain(&e))?
+                .iter()
+                .map(|t| t.to_string())
+                .collect();
+            if bump {
+                out.extend(aliases(version, variant, &existing(existing_tags)));
+            }
+            Ok::<_, String>(out)
+        };
+        // (entry, existing tags, variant, version, bump_aliases, tags pushed)
+        type Case<'a> = (
+            &'a str,
+            &'a [&'a str],
+            Option<&'a str>,
+            &'a str,
+            bool,
+            &'a [&'a str],
+        );
+        let cases: &[Case] = &[
+            ("semver tag with no variant", &[], None, "1.2.3", false, &["1.2.3"]),
+            ("semver tag with variant", &[], Some("ubuntu"), "1.2.3", false, &["1.2.3-ubuntu"]),
+            ("bumping aliases with no existing image", &[], None, "1.2.3", true, &["1.2.3", "1.2", "1", "latest"]),
+            ("bumping aliases with no existing tags", &[], None, "1.2.3", true, &["1.2.3", "1.2", "1", "latest"]),
+            ("not bumping aliases if a prerelease is given", &[], None, "1.2.3-alpha.1", true, &["1.2.3-alpha.1"]),
+            ("bumping aliases if only older versions exist", &["1.2.2"], None, "1.2.3", true, &["1.2.3", "1.2", "1", "latest"]),
+            ("not bumping anything if a newer patch already exists", &["1.2.4"], None, "1.2.3", true, &["1.2.3"]),
+            ("not bumping major if a newer minor already exists", &["1.3.0"], None, "1.2.3", true, &["1.2.3", "1.2"]),
+            ("bumping minor and major, but not latest, if a newer major version exists", &["2.0.0"], None, "1.2.3", true, &["1.2.3", "1.2", "1"]),
+            ("bumping everything even if a newer non-variant minor exists", &["1.3.0"], Some("lts"), "1.2.3", true, &["1.2.3-lts", "1.2-lts", "1-lts", "lts"]),
+            ("bumping everything if the only available version is a prerelease", &["2.0.0-rc.1"], None, "1.2.3", true, &["1.2.3", "1.2", "1", "latest"]),
+            ("bumping everything if the only available version is a different variant", &["2.0.0-goodbye"], Some("hello"), "1.2.3", true, &["1.2.3-hello", "1.2-hello", "1-hello", "hello"]),
+            ("bumping variant aliases with no existing image", &[], Some("hello"), "1.2.3", true, &["1.2.3-hello", "1.2-hello", "1-hello", "hello"]),
+            ("bumping variant aliases with no existing tags", &[], Some("hello"), "1.2.3", true, &["1.2.3-hello", "1.2-hello", "1-hello", "hello"]),
+            ("bumping minor and major, but not latest, if a newer major version exists with the same variant", &["2.0.0-hello"], Some("hello"), "1.2.3", true, &["1.2.3-hello", "1.2-hello", "1-hello"]),
+            ("bumping aliases if only older versions exist of the same variant", &["1.2.2-hello"], Some("hello"), "1.2.3", true, &["1.2.3-hello", "1.2-hello", "1-hello", "hello"]),
+            ("not bumping anything if a newer patch already exists of the same variant", &["1.2.4-hello"], Some("hello"), "1.2.3", true, &["1.2.3-hello"]),
+            ("not bumping major if a newer minor already exists of the same variant", &["1.3.0-hello"], Some("hello"), "1.2.3", true, &["1.2.3-hello", "1.2-hello"]),
+        ];
+        for (name, existing_tags, variant, version, bump, want) in cases {
+            assert_eq!(
+                pushed(existing_tags, *variant, version, *bump),
+                Ok(want.iter().map(|t| t.to_string()).collect()),
+                "{name}"
+            );
+        }
+        // "non-semver tag": refused before anything is pushed, with its words.
+        let err = pushed(&[], None, "hoogily-boogily", false).unwrap_err();
+        assert_eq!(
+            err,
+            r#"params.version: invalid semantic version: "hoogily-boogily""#
+        );
+        // "no version provided": registry-image-resource fails ("no tag specified");
+        // dockhand pushes source.tag, as docker-image-resource does (README, out).
+        let params = Params::default();
+        let got = tags(&params, &source, dir.path(), None).unwrap();
+        assert_eq!(got, std::slice::from_ref(&source));
+    }
+
+    /// docker-image-resource's tag cases (tests/out_test.go, with its fixtures `tag` = "foo"
+    /// and `tags` = "a b c\n"): "When passing tag", "When passing tag_file", "When passing
+    /// tag and tag_file" (tag_file wins; `tag` names a file that does not exist) and "When
+    /// passing additional_tags" (source.tag first, then each, in order).
+    #[test]
+    fn docker_image_resource_tag_cases() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tag"), "foo").unwrap();
+        std::fs::write(dir.path().join("tags"), "a b c\n").unwrap();
+        let source: Tag = "latest".parse().unwrap();
+        let pushed = |params: Params| {
+            tags(&params, &source, dir.path(), None)
+                .unwrap()
+                .iter()
+                .map(|t| t.to_string())
+                .collect::<Vec<_>>()
+        };
+        let text = |s: &str| Some(s.to_string());
+        assert_eq!(
+            pushed(Params {
+                tag: text("tag"),
+                ..Params::default()
+            }),
+            ["foo"]
+        );
+        assert_eq!(
+            pushed(Params {
+                tag_file: text("tag"),
+                ..Params::default()
+            }),
+            ["foo"]
+        );
+        assert_eq!(
+            pushed(Params {
+                tag: text("doesnotexist"),
+                tag_file: text("tag"),
+                ..Params::default()
+            }),
+            ["foo"]
+        );
+        assert_eq!(
+            pushed(Params {
+                additional_tags: text("tags"),
+                ..Params::default()
+            }),
+            ["latest", "a", "b", "c"]
+        );
     }
 
     fn existing(list: &[&str]) -> Vec<String> {

@@ -320,6 +320,7 @@ impl Auth {
             return Err(RegistryError::Unauthorized {
                 host: self.host.to_string(),
                 repository: scope_repository(scope),
+                image: None,
                 detail: format!("the token server refused the credentials ({status})"),
                 auth: self.describe(),
             });

@@ -26,6 +26,8 @@ pub enum RegistryError {
         #[source]
         source: reqwest::Error,
     },
+    #[error("{field}: cannot be used as a client certificate: {reason}")]
+    Identity { field: String, reason: String },
     #[error("cannot set up an http client for registry {host}")]
     Client {
         host: String,
@@ -33,11 +35,15 @@ pub enum RegistryError {
         source: reqwest::Error,
     },
     #[error(
-        "unauthorized: registry {host} refused access to repository {repository} {auth}: {detail}"
+        "unauthorized: registry {host} refused access to {} {auth}: {detail}",
+        match .image { Some(image) => format!("image {image}"), None => format!("repository {repository}") }
     )]
     Unauthorized {
         host: String,
         repository: String,
+        /// `repository:tag` (or `@digest`) when a manifest was asked for: Docker Hub answers
+        /// 401 for an image that does not exist, and the tag is part of what is missing.
+        image: Option<String>,
         detail: String,
         auth: String,
     },
@@ -120,6 +126,32 @@ pub enum RegistryError {
         expected: String,
         actual: String,
     },
+}
+
+impl RegistryError {
+    /// The error of a request for the manifest `reference` of `repository`: an unauthorized
+    /// answer names the image, `repository:tag` or `repository@digest`.
+    pub(crate) fn for_manifest(self, repository: &str, reference: &str) -> RegistryError {
+        match self {
+            RegistryError::Unauthorized {
+                host,
+                repository: r,
+                image: None,
+                detail,
+                auth,
+            } => {
+                let separator = if reference.contains(':') { '@' } else { ':' };
+                RegistryError::Unauthorized {
+                    host,
+                    repository: r,
+                    image: Some(format!("{repository}{separator}{reference}")),
+                    detail,
+                    auth,
+                }
+            }
+            other => other,
+        }
+    }
 }
 
 /// What was wrong with a token server's answer.

@@ -53,6 +53,16 @@ impl Registry {
         repository: &Repository,
         reference: &str,
     ) -> Result<Option<Digest>, RegistryError> {
+        self.manifest_digest_inner(repository, reference)
+            .await
+            .map_err(|e| e.for_manifest(repository.path(), reference))
+    }
+
+    async fn manifest_digest_inner(
+        &self,
+        repository: &Repository,
+        reference: &str,
+    ) -> Result<Option<Digest>, RegistryError> {
         let mut call = Self::manifest_call(Method::HEAD, repository, reference);
         // Some registries (Artifactory) answer 500 to a HEAD of a missing manifest: the GET
         // below decides, without five tries of the HEAD first.
@@ -83,6 +93,16 @@ impl Registry {
     /// GET a manifest or index; the digest is computed from the bytes and, when fetched by
     /// digest, checked against it.
     pub(crate) async fn manifest(
+        &self,
+        repository: &Repository,
+        reference: &str,
+    ) -> Result<Option<Manifest>, RegistryError> {
+        self.manifest_inner(repository, reference)
+            .await
+            .map_err(|e| e.for_manifest(repository.path(), reference))
+    }
+
+    async fn manifest_inner(
         &self,
         repository: &Repository,
         reference: &str,

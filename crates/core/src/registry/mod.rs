@@ -20,6 +20,7 @@ mod docker_config;
 mod ecr;
 mod error;
 mod gcp;
+mod identity;
 mod manifests;
 mod pace;
 mod retry;
@@ -546,6 +547,7 @@ impl Registry {
             return RegistryError::Unauthorized {
                 host: self.host.to_string(),
                 repository: repository.path().to_string(),
+                image: None,
                 detail: if summary.is_empty() {
                     status.to_string()
                 } else {

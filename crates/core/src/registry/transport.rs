@@ -46,13 +46,19 @@ pub(super) fn build_client(
             builder = builder.add_root_certificate(cert);
         }
     }
-    if let Some(id) = config.client_certs.iter().find(|c| c.applies_to(host)) {
-        let identity = reqwest::Identity::from_pem(id.pem.expose().as_bytes())
-            .map_err(|e| tls_error(&id.field, e))?;
-        builder = builder.identity(identity);
-    }
     if verify == Verify::Nothing {
         builder = builder.danger_accept_invalid_certs(true);
+    }
+    // A client certificate: rustls is configured here, so that any certificate Docker
+    // accepts is presented (see `identity`).
+    if let Some(id) = config.client_certs.iter().find(|c| c.applies_to(host)) {
+        let identity_error =
+            |(field, reason): (String, String)| RegistryError::Identity { field, reason };
+        let key = super::identity::certified_key(id.pem.expose())
+            .map_err(|reason| identity_error((id.field.clone(), reason)))?;
+        let tls =
+            super::identity::client_config(host, config, verify, key).map_err(identity_error)?;
+        builder = builder.use_preconfigured_tls(tls);
     }
     builder.build().map_err(|e| RegistryError::Client {
         host: host.to_string(),
@@ -84,9 +90,10 @@ fn redirect_policy(config: RegistryConfig) -> reqwest::redirect::Policy {
     })
 }
 
-/// Builds a throwaway client with each `ca_certs` and `client_certs` entry alone, so that
-/// unusable material (a v1 certificate, a key that does not match) is reported against its
-/// field before any request. Returns the field and the reason.
+/// Builds a throwaway client with each `ca_certs` entry alone, and reads each
+/// `client_certs` entry as a client would present it, so that unusable material (a CA that
+/// does not parse, a key that does not match its certificate) is reported against its field
+/// before any request. Returns the field and the reason.
 pub(crate) fn check_tls_material(config: &RegistryConfig) -> Result<(), (String, String)> {
     let bare = || {
         reqwest::Client::builder()
@@ -112,12 +119,7 @@ pub(crate) fn check_tls_material(config: &RegistryConfig) -> Result<(), (String,
         builder.build().map_err(|e| (field, reason(e)))?;
     }
     for id in &config.client_certs {
-        let identity = reqwest::Identity::from_pem(id.pem.expose().as_bytes())
-            .map_err(|e| (id.field.clone(), reason(e)))?;
-        bare()
-            .identity(identity)
-            .build()
-            .map_err(|e| (id.field.clone(), reason(e)))?;
+        super::identity::certified_key(id.pem.expose()).map_err(|e| (id.field.clone(), e))?;
     }
     Ok(())
 }

@@ -12,6 +12,7 @@ mod get_hostile;
 mod harness;
 mod hostile;
 mod malformed;
+mod peers;
 mod put;
 mod put_hostile;
 mod registries;

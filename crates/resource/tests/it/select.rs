@@ -169,12 +169,13 @@ fn pre_releases_and_latest() {
             "latest"
         ]
     );
+    // `pre_release_prefixes` adds to alpha, beta and rc (registry-image-resource's check.go).
     assert_eq!(
         tags_of(
             json!({"pre_releases": true, "pre_release_prefixes": ["dev"], "semver_constraint": ">=2"}),
             Value::Null
         ),
-        ["2.0.0", "2.2.0-dev"]
+        ["2.0.0", "2.1.0-rc.1", "2.2.0-dev"]
     );
 }
 

@@ -119,6 +119,8 @@ pub struct Registries {
     /// The test CA (signs the tls/mtls server certificates and the client certificate).
     pub ca_pem: String,
     pub ca_path: PathBuf,
+    /// The test CA's key, for certificates the tests make with the openssl CLI.
+    pub ca_key_path: PathBuf,
     /// A CA that signed nothing here.
     pub other_ca_pem: String,
     pub other_ca_path: PathBuf,
@@ -253,6 +255,7 @@ fn start() -> Registries {
         p
     };
     let ca_path = write("ca.crt", &ca.pem);
+    let ca_key_path = write("ca.key", &ca.key.serialize_pem());
     let other_ca_path = write("other-ca.crt", &other.pem);
     let server_cert = write("server.crt", &server.cert_pem);
     let server_key = write("server.key", &server.key_pem);
@@ -351,6 +354,7 @@ fn start() -> Registries {
     let registries = Registries {
         ca_pem: ca.pem.clone(),
         ca_path,
+        ca_key_path,
         other_ca_pem: other.pem.clone(),
         other_ca_path,
         client_cert_pem: client.cert_pem.clone(),
