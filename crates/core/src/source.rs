@@ -53,6 +53,8 @@ pub(crate) const FIELDS: &[&str] = &[
     "fail_when_missing",
     "git_repo",
     "git_private_key",
+    "cosign_public_keys",
+    "cosign_check_reference",
 ];
 
 /// The `source` object as the pipeline wrote it.
@@ -106,6 +108,11 @@ pub(crate) struct Source {
     pub fail_when_missing: bool,
     pub git_repo: Option<String>,
     pub git_private_key: Option<Secret>,
+    /// PEM public keys; one string or a list.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub cosign_public_keys: Vec<String>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub cosign_check_reference: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -178,6 +185,8 @@ pub(crate) struct Settings {
     pub variant: Option<String>,
     /// `git_repo`: the tag is the commit the repository's default branch is at.
     pub git: Option<GitSource>,
+    /// `cosign_public_keys`: only digests one of them signed are checked and got.
+    pub signatures: Option<crate::signature::Policy>,
 }
 
 #[derive(Debug, Clone)]
@@ -230,7 +239,9 @@ impl Source {
             }
         };
         let (selection, selection_notes) = Selection::from_fields(&self.selection_fields())?;
+        let signatures = self.signature_policy(&repository)?;
         Ok(Settings {
+            signatures,
             tag,
             registries,
             fail_when_missing: self.fail_when_missing,
@@ -458,6 +469,29 @@ impl Source {
 }
 
 impl Source {
+    /// `cosign_public_keys` (each entry one PEM key) and `cosign_check_reference`.
+    fn signature_policy(
+        &self,
+        repository: &Repository,
+    ) -> Result<Option<crate::signature::Policy>, Error> {
+        if self.cosign_public_keys.is_empty() {
+            if self.cosign_check_reference {
+                return Err(field_error(
+                    "source.cosign_check_reference",
+                    "needs source.cosign_public_keys",
+                ));
+            }
+            return Ok(None);
+        }
+        let keys = crate::signature::parse_public_keys(&self.cosign_public_keys)
+            .map_err(|(field, why)| field_error(field, why))?;
+        Ok(Some(crate::signature::Policy {
+            keys,
+            check_reference: self.cosign_check_reference,
+            repository: repository.clone(),
+        }))
+    }
+
     fn ecr(&self, repository: &Repository) -> Result<Option<EcrConfig>, Error> {
         let text = |v: &Option<String>| {
             v.as_deref()
@@ -589,6 +623,21 @@ fn check_private_key(pem: &str) -> Result<(), String> {
         // the message generic anyway.
         _ => Err("no PEM private key found (expected -----BEGIN ... PRIVATE KEY-----)".into()),
     }
+}
+
+/// A list of strings, or one string as a list of one; `null` is empty.
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Option::<OneOrMany>::deserialize(d)? {
+        None => Vec::new(),
+        Some(OneOrMany::One(s)) => vec![s],
+        Some(OneOrMany::Many(v)) => v,
+    })
 }
 
 impl<'de> Deserialize<'de> for TagText {

@@ -20,6 +20,7 @@ use crate::pull;
 use crate::push::push;
 use crate::reference::{NameError, Repository, Tag};
 use crate::registry::Registry;
+use crate::signature::{self, keys::KeyError};
 
 /// The most read of a `tag_file`, `additional_tags` file or a saved image's `repository`.
 const MAX_TAG_FILE_BYTES: u64 = 64 << 10;
@@ -62,6 +63,18 @@ pub struct Params {
     pub load_base: Option<String>,
     pub load_bases: Option<Vec<String>>,
     pub skip_download: Option<bool>,
+    /// Sign the pushed digest: `{key, password}` (cosign's encrypted key, or PKCS#8 PEM).
+    pub cosign_sign: Option<CosignSign>,
+    /// Copy the source's signatures, attestations and SBOMs (cosign tags, referrers) too.
+    #[serde(default)]
+    pub copy_signatures: bool,
+}
+
+/// `params.cosign_sign`.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct CosignSign {
+    pub(crate) key: Option<crate::secret::Secret>,
+    pub(crate) password: Option<crate::secret::Secret>,
 }
 
 impl crate::protocol::Params for Params {
@@ -96,6 +109,8 @@ impl crate::protocol::Params for Params {
         "load_base",
         "load_bases",
         "skip_download",
+        "cosign_sign",
+        "copy_signatures",
     ];
 }
 
@@ -105,6 +120,11 @@ pub async fn put(request: &Request, src: &Path) -> Result<Response, Error> {
     let variant = settings.variant.as_deref();
     let repository = &settings.repository;
     let mut tags = tags(&params, &settings.tag, src, variant)?;
+    // The key is opened before anything is pushed: a wrong password pushes nothing.
+    let signer = match &params.cosign_sign {
+        Some(sign) => Some(signing_key(sign).await?),
+        None => None,
+    };
 
     let staging = staging_dir()?;
     let result = async {
@@ -165,11 +185,23 @@ pub async fn put(request: &Request, src: &Path) -> Result<Response, Error> {
             mount_from.as_ref(),
         )
         .await?;
-        Ok::<_, Error>((plan.image_id, digest))
+        let signed = match &signer {
+            Some(key) => {
+                let signed = signature::sign::sign(&registry, repository, &digest, key).await?;
+                tracing::info!(
+                    "signed {repository}@{digest} with {} ({})",
+                    key.public_key().fingerprint(),
+                    signed.tag
+                );
+                Some(signed)
+            }
+            None => None,
+        };
+        Ok::<_, Error>((plan.image_id, digest, signed))
     }
     .await;
     drop(staging);
-    let (image_id, digest) = result?;
+    let (image_id, digest, signed) = result?;
 
     let mut metadata = Vec::new();
     if let Some(id) = &image_id {
@@ -180,6 +212,10 @@ pub async fn put(request: &Request, src: &Path) -> Result<Response, Error> {
         "tags",
         &tags.iter().map(Tag::as_str).collect::<Vec<_>>().join(" "),
     ));
+    if let (Some(key), Some(signed)) = (&signer, &signed) {
+        metadata.push(field("signed_by", key.public_key().fingerprint()));
+        metadata.push(field("signature", &signed.tag));
+    }
     Ok(Response {
         version: Version {
             tag: Some(tags[0].to_string()),
@@ -187,6 +223,28 @@ pub async fn put(request: &Request, src: &Path) -> Result<Response, Error> {
         },
         metadata,
     })
+}
+
+/// `params.cosign_sign` opened (scrypt is slow on purpose: off the async threads); a wrong
+/// password or a bad key is one line naming the field, never quoting either.
+async fn signing_key(sign: &CosignSign) -> Result<signature::PrivateKey, Error> {
+    let key = sign
+        .key
+        .clone()
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| Error::field("params.cosign_sign.key", "required"))?;
+    let password = sign.password.clone().unwrap_or_default();
+    blocking(move || signature::PrivateKey::from_pem(key.expose(), password.expose()))
+        .await
+        .map_err(|e| {
+            let field = match e {
+                KeyError::WrongPassword | KeyError::PasswordRequired => {
+                    "params.cosign_sign.password"
+                }
+                _ => "params.cosign_sign.key",
+            };
+            Error::field(field, e)
+        })
 }
 
 /// A scratch directory (compressed layers, a build's export, the CLI's credentials), under

@@ -18,6 +18,7 @@ mod ecr;
 mod error;
 mod manifests;
 mod pace;
+mod referrers;
 mod retry;
 mod tags;
 mod transport;

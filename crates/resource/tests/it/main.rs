@@ -14,4 +14,5 @@ mod malformed;
 mod put;
 mod put_hostile;
 mod select;
+mod signatures;
 mod sources;

@@ -15,6 +15,7 @@
 //!   [`Run::run_measured`] for time and peak RSS.
 #![allow(dead_code)]
 
+pub mod cosign;
 pub mod hostile;
 pub mod http;
 pub mod image;

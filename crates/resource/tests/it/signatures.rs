@@ -1,0 +1,544 @@
+//! Signed images (issue 15): `cosign_public_keys` on check and in, against signatures made
+//! by OpenSSL and stored as cosign stores them; `cosign_sign` on out, read back with plain
+//! HTTP and verified by OpenSSL; referrers and sigstore bundles; `copy_signatures`.
+
+use std::path::Path;
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+use crate::common::cosign::{self, attached_tag, payload, Http, KeyPair};
+use crate::common::{self, check, env, FaultProxy, Image, IndexBuilder, Run, AMD64, ARM64};
+
+fn get(source: &Value, digest: &str, params: Value, dest: &Path) -> common::Outcome {
+    Run::new("in")
+        .arg(dest.display().to_string())
+        .stdin_json(&json!({"source": source, "version": {"digest": digest}, "params": params}))
+        .run()
+}
+
+fn put(source: &Value, params: Value, src: &Path) -> common::Outcome {
+    Run::new("out")
+        .arg(src.display().to_string())
+        .stdin_json(&json!({"source": source, "params": params}))
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .run()
+}
+
+fn digests(out: &Value) -> Vec<String> {
+    out.as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["digest"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// `repo@digest` signed by `key` with OpenSSL, stored as cosign does.
+fn sign_with_openssl(http: &Http, repo: &str, digest: &str, key: &KeyPair) {
+    let p = payload(&format!("{}/{repo}", http.host), digest);
+    let sig = key.sign(&p);
+    http.store_signatures(repo, digest, &[(p, sig)]);
+}
+
+#[test]
+fn check_emits_only_signed_versions_and_names_the_unsigned_newest() {
+    let reg = &env().plain;
+    let http = Http::new(&reg.host);
+    let key = KeyPair::new("ec");
+    let other = KeyPair::new("ec");
+    let repo = common::unique("signed-tag");
+    let source = json!({
+        "repository": reg.repo(&repo),
+        "tag": "latest",
+        "cosign_public_keys": [key.public_pem],
+    });
+
+    // Unsigned: nothing, with a warning naming it.
+    let first = reg.push(&Image::marked("sig-one"), &format!("{repo}:latest"));
+    let out = check(&json!({"source": source}));
+    assert_eq!(out.success(), json!([]));
+    assert!(
+        out.stderr
+            .contains(&format!("{repo}:latest ({first}) skipped")),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains(&format!("no {}", attached_tag(&first, "sig"))),
+        "{}",
+        out.stderr
+    );
+
+    // Signed by OpenSSL as cosign would: emitted.
+    sign_with_openssl(&http, &repo, &first, &key);
+    let out = check(&json!({"source": source})).success();
+    assert_eq!(digests(&out), [first.as_str()]);
+
+    // A new unsigned newest: skipped, the signed cursor stays.
+    let second = reg.push(&Image::marked("sig-two"), &format!("{repo}:latest"));
+    let cursor = json!({"tag": "latest", "digest": first});
+    let out = check(&json!({"source": source, "version": cursor}));
+    assert_eq!(digests(&out.success()), [first.as_str()]);
+    assert!(
+        out.stderr.contains(&format!("({second}) skipped")),
+        "{}",
+        out.stderr
+    );
+
+    // Signed by a key that is not listed: still skipped.
+    sign_with_openssl(&http, &repo, &second, &other);
+    let out = check(&json!({"source": source, "version": cursor}));
+    assert_eq!(digests(&out.success()), [first.as_str()]);
+    assert!(
+        out.stderr.contains("not signed by any of the keys"),
+        "{}",
+        out.stderr
+    );
+
+    // Signed by the listed key too (a second layer): emitted after the cursor.
+    let p = payload(&reg.repo(&repo), &second);
+    let theirs = payload(&reg.repo(&repo), &second);
+    http.store_signatures(
+        &repo,
+        &second,
+        &[
+            (theirs.clone(), other.sign(&theirs)),
+            (p.clone(), key.sign(&p)),
+        ],
+    );
+    let out = check(&json!({"source": source, "version": cursor})).success();
+    assert_eq!(digests(&out), [first, second]);
+}
+
+#[test]
+fn rsa_and_ed25519_keys_verify_openssl_signatures() {
+    let reg = &env().plain;
+    let http = Http::new(&reg.host);
+    for kind in ["rsa", "ed25519"] {
+        let key = KeyPair::new(kind);
+        let repo = common::unique(&format!("signed-{kind}"));
+        let digest = reg.push(&Image::marked(kind), &format!("{repo}:1"));
+        sign_with_openssl(&http, &repo, &digest, &key);
+        // Any of several keys will do.
+        let unrelated = KeyPair::new("ec");
+        let source = json!({
+            "repository": reg.repo(&repo),
+            "tag": "1",
+            "cosign_public_keys": [unrelated.public_pem, key.public_pem],
+        });
+        let out = check(&json!({"source": source})).success();
+        assert_eq!(digests(&out), [digest], "{kind}");
+    }
+}
+
+#[test]
+fn replayed_signatures_other_digests_and_truncated_signatures_do_not_count() {
+    let reg = &env().plain;
+    let http = Http::new(&reg.host);
+    let key = KeyPair::new("ec");
+    let repo = common::unique("signed-replay");
+    let signed = reg.push(&Image::marked("replay-a"), &format!("{repo}:a"));
+    sign_with_openssl(&http, &repo, &signed, &key);
+    let target = reg.push(&Image::marked("replay-b"), &format!("{repo}:b"));
+    let source = json!({
+        "repository": reg.repo(&repo),
+        "tag": "b",
+        "cosign_public_keys": [key.public_pem],
+    });
+    let dest = tempfile::tempdir().unwrap();
+
+    // The exact signature manifest of `a`, replayed under b's tag.
+    let manifest = http.manifest(&repo, &attached_tag(&signed, "sig")).unwrap();
+    http.put_manifest(
+        &repo,
+        &attached_tag(&target, "sig"),
+        "application/vnd.oci.image.manifest.v1+json",
+        &manifest,
+    );
+    let out = check(&json!({"source": source}));
+    assert_eq!(out.success(), json!([]));
+    assert!(
+        out.stderr
+            .contains(&format!("the payload signs \"{signed}\", not {target}")),
+        "{}",
+        out.stderr
+    );
+    let e = get(&source, &target, json!({}), &dest.path().join("replay")).failure();
+    assert!(e.contains(&format!("{}@{target}", reg.repo(&repo))), "{e}");
+    assert!(
+        e.contains("no valid signature by source.cosign_public_keys (sha256:"),
+        "{e}"
+    );
+    assert!(!dest.path().join("replay").join("rootfs").exists());
+
+    // A payload naming another digest, correctly signed.
+    let p = payload(&reg.repo(&repo), &format!("sha256:{}", "0".repeat(64)));
+    http.store_signatures(&repo, &target, &[(p.clone(), key.sign(&p))]);
+    assert_eq!(check(&json!({"source": source})).success(), json!([]));
+
+    // The right payload with its signature cut short.
+    let p = payload(&reg.repo(&repo), &target);
+    let mut sig = key.sign(&p);
+    sig.truncate(sig.len() - 8);
+    http.store_signatures(&repo, &target, &[(p.clone(), sig)]);
+    let out = check(&json!({"source": source}));
+    assert_eq!(out.success(), json!([]));
+    assert!(
+        out.stderr.contains("not signed by any of the keys"),
+        "{}",
+        out.stderr
+    );
+
+    // And whole: now it counts.
+    http.store_signatures(&repo, &target, &[(p.clone(), key.sign(&p))]);
+    assert_eq!(
+        digests(&check(&json!({"source": source})).success()),
+        [target]
+    );
+}
+
+#[test]
+fn in_refuses_unsigned_digests_and_writes_signatures_json_for_signed_ones() {
+    let reg = &env().plain;
+    let http = Http::new(&reg.host);
+    let key = KeyPair::new("ec");
+    let repo = common::unique("signed-in");
+    let digest = reg.push(&Image::marked("signed-in"), &format!("{repo}:1"));
+    let source = json!({
+        "repository": reg.repo(&repo),
+        "tag": "1",
+        "cosign_public_keys": [key.public_pem],
+    });
+    let dest = tempfile::tempdir().unwrap();
+    let e = get(
+        &source,
+        &digest,
+        json!({"skip_download": true}),
+        dest.path(),
+    )
+    .failure();
+    assert!(e.contains(&digest) && e.contains("sha256:"), "{e}");
+    assert!(!dest.path().join("digest").exists(), "nothing written");
+
+    sign_with_openssl(&http, &repo, &digest, &key);
+    let out = get(&source, &digest, json!({}), dest.path()).success();
+    let signatures: Value =
+        serde_json::from_slice(&std::fs::read(dest.path().join("signatures.json")).unwrap())
+            .unwrap();
+    let entry = &signatures[0];
+    assert_eq!(entry["digest"], digest.as_str());
+    assert!(entry["key"].as_str().unwrap().starts_with("sha256:"));
+    assert_eq!(entry["format"], "simplesigning");
+    assert_eq!(
+        entry["found_in"],
+        format!("tag {}", attached_tag(&digest, "sig"))
+    );
+    assert_eq!(
+        entry["claims"]["critical"]["image"]["docker-manifest-digest"],
+        digest.as_str()
+    );
+    assert!(dest.path().join("rootfs").is_dir());
+    let metadata = out["metadata"].as_array().unwrap();
+    let signed_by = metadata.iter().find(|m| m["name"] == "signed_by").unwrap();
+    assert_eq!(signed_by["value"], entry["key"]);
+}
+
+#[test]
+fn the_reference_is_ignored_unless_cosign_check_reference_is_set() {
+    let reg = &env().plain;
+    let http = Http::new(&reg.host);
+    let key = KeyPair::new("ec");
+    let repo = common::unique("signed-ref");
+    let digest = reg.push(&Image::marked("signed-ref"), &format!("{repo}:1"));
+    // Signed where it was built, then promoted here: the payload names the other repository.
+    let p = payload("build.example.com/ci/app", &digest);
+    http.store_signatures(&repo, &digest, &[(p.clone(), key.sign(&p))]);
+    let mut source = json!({
+        "repository": reg.repo(&repo),
+        "tag": "1",
+        "cosign_public_keys": key.public_pem,
+    });
+    assert_eq!(
+        digests(&check(&json!({"source": source})).success()),
+        [digest.as_str()]
+    );
+    source["cosign_check_reference"] = json!(true);
+    let out = check(&json!({"source": source}));
+    assert_eq!(out.success(), json!([]));
+    assert!(
+        out.stderr.contains("cosign_check_reference"),
+        "{}",
+        out.stderr
+    );
+    let p = payload(&reg.repo(&repo), &digest);
+    http.store_signatures(&repo, &digest, &[(p.clone(), key.sign(&p))]);
+    assert_eq!(
+        digests(&check(&json!({"source": source})).success()),
+        [digest]
+    );
+}
+
+#[test]
+fn a_multi_platform_tag_is_signed_by_its_index_digest() {
+    let reg = &env().plain;
+    let http = Http::new(&reg.host);
+    let key = KeyPair::new("ec");
+    let repo = common::unique("signed-index");
+    let index = IndexBuilder::platforms("signed-index", &[AMD64, ARM64]);
+    let digest = reg.push(&index, &format!("{repo}:1"));
+    let raw: Value = serde_json::from_slice(&reg.skopeo_raw(&format!("{repo}:1"))).unwrap();
+    let child = raw["manifests"][0]["digest"].as_str().unwrap().to_string();
+    let source = json!({
+        "repository": reg.repo(&repo),
+        "tag": "1",
+        "platform": {"os": "linux", "architecture": "arm64"},
+        "cosign_public_keys": [key.public_pem],
+    });
+    // A child's signature is not the index's.
+    sign_with_openssl(&http, &repo, &child, &key);
+    assert_eq!(check(&json!({"source": source})).success(), json!([]));
+    sign_with_openssl(&http, &repo, &digest, &key);
+    assert_eq!(
+        digests(&check(&json!({"source": source})).success()),
+        [digest.as_str()]
+    );
+    let dest = tempfile::tempdir().unwrap();
+    get(&source, &digest, json!({}), dest.path()).success();
+    assert!(dest.path().join("signatures.json").is_file());
+}
+
+#[test]
+fn selection_mode_skips_an_unsigned_newest_tag_for_the_newest_signed_one() {
+    let reg = &env().plain;
+    let http = Http::new(&reg.host);
+    let key = KeyPair::new("ec");
+    let repo = common::unique("signed-semver");
+    let old = reg.push(&Image::marked("semver-1"), &format!("{repo}:1.0.0"));
+    let new = reg.push(&Image::marked("semver-2"), &format!("{repo}:1.1.0"));
+    sign_with_openssl(&http, &repo, &old, &key);
+    let source = json!({
+        "repository": reg.repo(&repo),
+        "semver_constraint": ">=1.0.0",
+        "cosign_public_keys": [key.public_pem],
+    });
+    let out = check(&json!({"source": source}));
+    assert_eq!(out.success(), json!([{"tag": "1.0.0", "digest": old}]));
+    assert!(
+        out.stderr
+            .contains(&format!("{repo}:1.1.0 ({new}) skipped")),
+        "{}",
+        out.stderr
+    );
+    // The cursor at 1.0.0: still 1.0.0 only.
+    let out = check(&json!({"source": source, "version": {"tag": "1.0.0", "digest": old}}));
+    assert_eq!(out.success(), json!([{"tag": "1.0.0", "digest": old}]));
+}
+
+#[test]
+fn an_up_to_date_signed_check_costs_at_most_three_more_requests() {
+    let reg = &env().plain;
+    let http = Http::new(&reg.host);
+    let key = KeyPair::new("ec");
+    let repo = common::unique("signed-budget");
+    let digest = reg.push(&Image::marked("budget"), &format!("{repo}:1"));
+    sign_with_openssl(&http, &repo, &digest, &key);
+    let proxy = FaultProxy::start(&reg.host);
+    let plain = json!({"repository": proxy.repo(&repo), "tag": "1"});
+    let mut signed = plain.clone();
+    signed["cosign_public_keys"] = json!([key.public_pem]);
+    let cursor = json!({"tag": "1", "digest": digest});
+    check(&json!({"source": plain, "version": cursor})).success();
+    let without = proxy.seen().len();
+    proxy.clear();
+    let out = check(&json!({"source": signed, "version": cursor})).success();
+    assert_eq!(digests(&out), [digest]);
+    let with = proxy.seen().len();
+    assert!(
+        with <= without + 3,
+        "{with} requests with keys, {without} without: {:#?}",
+        proxy
+            .seen()
+            .iter()
+            .map(|s| format!("{} {}", s.method, s.target))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_key_that_is_not_a_public_key_is_a_field_error() {
+    let reg = &env().plain;
+    let private = KeyPair::new("ec");
+    for (keys, field) in [
+        (json!(["garbage"]), "source.cosign_public_keys[0]"),
+        (
+            json!([private.public_pem, private.private_pem()]),
+            "source.cosign_public_keys[1]",
+        ),
+    ] {
+        let source = json!({"repository": reg.repo("x"), "cosign_public_keys": keys});
+        let e = check(&json!({"source": source})).failure();
+        assert!(e.starts_with(&format!("error: {field}: ")), "{e}");
+        assert!(!e.contains("PRIVATE KEY-----\n"), "{e}");
+    }
+    let source = json!({"repository": reg.repo("x"), "cosign_check_reference": true});
+    let e = check(&json!({"source": source})).failure();
+    assert!(
+        e.contains("source.cosign_check_reference: needs source.cosign_public_keys"),
+        "{e}"
+    );
+}
+
+/// The signature layers of `repo@digest`'s `.sig` tag, read with plain HTTP: (payload,
+/// signature) pairs.
+fn stored_signatures(http: &Http, repo: &str, digest: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let manifest: Value =
+        serde_json::from_slice(&http.manifest(repo, &attached_tag(digest, "sig")).unwrap())
+            .unwrap();
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            assert_eq!(l["mediaType"], cosign::SIMPLE_SIGNING);
+            let sig = l["annotations"][cosign::SIGNATURE_ANNOTATION]
+                .as_str()
+                .unwrap();
+            (
+                http.blob(repo, l["digest"].as_str().unwrap()),
+                base64::engine::general_purpose::STANDARD
+                    .decode(sig)
+                    .unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn out_signs_with_cosigns_encrypted_test_key_and_openssl_verifies_the_stored_signature() {
+    let reg = &env().plain;
+    let http = Http::new(&reg.host);
+    let dir = tempfile::tempdir().unwrap();
+    Image::marked("signed put").write_layout(&dir.path().join("layout"), "t");
+    let repo = common::unique("signed-put");
+    let source = json!({"repository": reg.repo(&repo), "tag": "1"});
+    let params = json!({
+        "image": "layout",
+        "cosign_sign": {"key": cosign::COSIGN_TEST_KEY, "password": cosign::COSIGN_TEST_PASSWORD},
+    });
+    let out = put(&source, params, dir.path());
+    let version = out.success()["version"].clone();
+    let digest = version["digest"].as_str().unwrap().to_string();
+    assert!(!out.all_output().contains(cosign::COSIGN_TEST_PASSWORD));
+    assert!(!out.all_output().contains("eyJrZGYi"), "no key material");
+
+    // Read back with plain HTTP: the payload names the digest, OpenSSL accepts the
+    // signature with the key's public half.
+    let stored = stored_signatures(&http, &repo, &digest);
+    assert_eq!(stored.len(), 1);
+    let (p, sig) = &stored[0];
+    assert!(cosign::verify_with_openssl(
+        cosign::COSIGN_TEST_PUBLIC_KEY,
+        p,
+        sig,
+        false
+    ));
+    let claims: Value = serde_json::from_slice(p).unwrap();
+    assert_eq!(
+        claims["critical"]["image"]["docker-manifest-digest"],
+        digest.as_str()
+    );
+    assert_eq!(
+        claims["critical"]["type"],
+        "cosign container image signature"
+    );
+    assert_eq!(
+        claims["critical"]["identity"]["docker-reference"],
+        reg.repo(&repo)
+    );
+
+    // Signing again keeps the first signature and adds none that is the same.
+    Image::marked("signed put").write_layout(&dir.path().join("layout"), "t");
+    let params = json!({
+        "image": "layout",
+        "cosign_sign": {"key": cosign::COSIGN_TEST_KEY, "password": cosign::COSIGN_TEST_PASSWORD},
+    });
+    put(&source, params, dir.path()).success();
+    assert_eq!(stored_signatures(&http, &repo, &digest).len(), 1);
+}
+
+#[test]
+fn out_signs_with_a_pkcs8_key_that_openssl_verifies_and_check_then_accepts() {
+    let reg = &env().plain;
+    let http = Http::new(&reg.host);
+    for kind in ["ec", "rsa", "ed25519"] {
+        let key = KeyPair::new(kind);
+        let dir = tempfile::tempdir().unwrap();
+        IndexBuilder::platforms(&format!("signed put {kind}"), &[AMD64, ARM64])
+            .write_layout(&dir.path().join("layout"), "t");
+        let repo = common::unique(&format!("signed-put-{kind}"));
+        let source = json!({"repository": reg.repo(&repo), "tag": "1"});
+        let params = json!({"image": "layout", "cosign_sign": {"key": key.private_pem()}});
+        let out = put(&source, params, dir.path()).success();
+        let digest = out["version"]["digest"].as_str().unwrap().to_string();
+        let stored = stored_signatures(&http, &repo, &digest);
+        assert_eq!(stored.len(), 1, "{kind}");
+        let (p, sig) = &stored[0];
+        assert!(
+            key.openssl_verifies(p, sig),
+            "{kind}: openssl refuses the signature"
+        );
+        let claims: Value = serde_json::from_slice(p).unwrap();
+        assert_eq!(
+            claims["critical"]["image"]["docker-manifest-digest"],
+            digest.as_str()
+        );
+        let metadata = out["metadata"].as_array().unwrap();
+        assert!(metadata.iter().any(|m| m["name"] == "signed_by"), "{kind}");
+
+        let mut signed = source.clone();
+        signed["cosign_public_keys"] = json!([key.public_pem]);
+        assert_eq!(
+            digests(&check(&json!({"source": signed})).success()),
+            [digest.as_str()]
+        );
+    }
+}
+
+#[test]
+fn a_wrong_key_password_is_one_line_without_secrets_and_pushes_nothing() {
+    let reg = &env().plain;
+    let dir = tempfile::tempdir().unwrap();
+    Image::marked("wrong password").write_layout(&dir.path().join("layout"), "t");
+    let repo = common::unique("signed-wrong");
+    let source = json!({"repository": reg.repo(&repo), "tag": "1"});
+    let password = "not-the-password-42";
+    let params = json!({
+        "image": "layout",
+        "cosign_sign": {"key": cosign::COSIGN_TEST_KEY, "password": password},
+    });
+    let out = put(&source, params, dir.path());
+    let e = out.failure();
+    assert_eq!(
+        e,
+        "error: params.cosign_sign.password: cannot decrypt the key: the password is wrong"
+    );
+    assert!(!out.all_output().contains(password));
+    assert!(!out.all_output().contains("eyJrZGYi"));
+    assert!(
+        !reg.exists(&format!("{repo}:1")),
+        "pushed although signing failed"
+    );
+
+    let params = json!({"image": "layout", "cosign_sign": {"key": "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----"}});
+    let e = put(&source, params, dir.path()).failure();
+    assert!(e.starts_with("error: params.cosign_sign.key: "), "{e}");
+    let e = put(
+        &source,
+        json!({"image": "layout", "cosign_sign": {}}),
+        dir.path(),
+    )
+    .failure();
+    assert_eq!(e, "error: params.cosign_sign.key: required");
+    assert!(!reg.exists(&format!("{repo}:1")));
+}
