@@ -187,13 +187,23 @@ pub(super) fn check_payload(
     Ok(serde_json::to_value(&parsed).expect("a payload is JSON"))
 }
 
+/// Reasons quoted in the one line for an unsigned digest; the rest are counted.
+const QUOTED_REASONS: usize = 3;
+
 /// One line for an unsigned digest: the keys asked for and what was found instead.
 pub(crate) fn unsigned_reason(policy: &Policy, reasons: &[String]) -> String {
-    let found = match reasons {
-        [] => String::new(),
-        [one] => format!(" ({one})"),
-        [first, rest @ ..] => format!(" ({first}; and {} more)", rest.len()),
-    };
+    let mut found = reasons
+        .iter()
+        .take(QUOTED_REASONS)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    if reasons.len() > QUOTED_REASONS {
+        found.push_str(&format!("; and {} more", reasons.len() - QUOTED_REASONS));
+    }
+    if !found.is_empty() {
+        found = format!(" ({found})");
+    }
     format!(
         "no valid signature by source.cosign_public_keys ({}){found}",
         policy.fingerprints()

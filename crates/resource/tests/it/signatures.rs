@@ -542,3 +542,171 @@ fn a_wrong_key_password_is_one_line_without_secrets_and_pushes_nothing() {
     assert_eq!(e, "error: params.cosign_sign.key: required");
     assert!(!reg.exists(&format!("{repo}:1")));
 }
+
+/// The descriptor of `repo@digest` as a referrer's `subject`.
+fn subject(http: &Http, repo: &str, digest: &str) -> Value {
+    let bytes = http.manifest(repo, digest).unwrap();
+    let media_type = serde_json::from_slice::<Value>(&bytes).unwrap()["mediaType"].clone();
+    json!({"mediaType": media_type, "digest": digest, "size": bytes.len()})
+}
+
+#[test]
+fn bundles_served_by_the_referrers_api_verify_dsse_and_message_signatures() {
+    let reg = &env().plain;
+    let proxy = FaultProxy::start(&reg.host);
+    proxy.serve_referrers();
+    let http = Http::new(&proxy.host());
+    let key = KeyPair::new("ec");
+    let other = KeyPair::new("ec");
+    let repo = common::unique("signed-bundle");
+    let digest = reg.push(&Image::marked("bundle"), &format!("{repo}:1"));
+    let source = json!({
+        "repository": proxy.repo(&repo),
+        "tag": "1",
+        "cosign_public_keys": [key.public_pem],
+    });
+    let cursor = json!({"tag": "1", "digest": digest});
+
+    // A DSSE bundle by another key, then one whose statement names another digest: neither.
+    let subj = subject(&http, &repo, &digest);
+    http.store_bundle(
+        &repo,
+        subj.clone(),
+        &cosign::dsse_bundle(&other, &repo, &digest),
+    );
+    let elsewhere = format!("sha256:{}", "1".repeat(64));
+    http.store_bundle(
+        &repo,
+        subj.clone(),
+        &cosign::dsse_bundle(&key, &repo, &elsewhere),
+    );
+    let out = check(&json!({"source": source}));
+    assert_eq!(out.success(), json!([]));
+    assert!(
+        out.stderr.contains("not signed by any of the keys"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("subjects do not include"),
+        "{}",
+        out.stderr
+    );
+
+    // cosign 3's default: a DSSE in-toto statement about the digest, signed by OpenSSL.
+    let bundle = http.store_bundle(
+        &repo,
+        subj.clone(),
+        &cosign::dsse_bundle(&key, &repo, &digest),
+    );
+    let listed = http.referrers(&repo, &digest).unwrap();
+    assert_eq!(listed["manifests"].as_array().unwrap().len(), 3);
+    proxy.clear();
+    let out = check(&json!({"source": source, "version": cursor})).success();
+    assert_eq!(digests(&out), [digest.as_str()]);
+    let dest = tempfile::tempdir().unwrap();
+    get(
+        &source,
+        &digest,
+        json!({"skip_download": true}),
+        dest.path(),
+    )
+    .success();
+    let signatures: Value =
+        serde_json::from_slice(&std::fs::read(dest.path().join("signatures.json")).unwrap())
+            .unwrap();
+    assert_eq!(signatures[0]["format"], "bundle/dsse");
+    assert_eq!(signatures[0]["found_in"], format!("referrer {bundle}"));
+    assert_eq!(
+        signatures[0]["claims"]["subject"][0]["digest"]["sha256"],
+        digest.trim_start_matches("sha256:")
+    );
+
+    // A message signature over the manifest, made by OpenSSL.
+    let repo2 = common::unique("signed-message");
+    let digest2 = reg.push(&Image::marked("message"), &format!("{repo2}:1"));
+    let manifest = http.manifest(&repo2, &digest2).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let message = serde_json::to_vec(&json!({
+        "mediaType": cosign::BUNDLE_V03,
+        "verificationMaterial": {"publicKey": {"hint": ""}},
+        "messageSignature": {
+            "messageDigest": {"algorithm": "SHA2_256", "digest": b64.encode(hex_bytes(&digest2))},
+            "signature": b64.encode(key.sign(&manifest)),
+        }
+    }))
+    .unwrap();
+    http.store_bundle(&repo2, subject(&http, &repo2, &digest2), &message);
+    let mut source2 = source.clone();
+    source2["repository"] = json!(proxy.repo(&repo2));
+    assert_eq!(
+        digests(&check(&json!({"source": source2})).success()),
+        [digest2.as_str()]
+    );
+}
+
+fn hex_bytes(digest: &str) -> Vec<u8> {
+    hex::decode(digest.trim_start_matches("sha256:")).unwrap()
+}
+
+#[test]
+fn a_referrers_api_that_answers_404_falls_back_to_the_tag_scheme() {
+    let reg = &env().plain;
+    let proxy = FaultProxy::start(&reg.host);
+    let http = Http::new(&reg.host);
+    let key = KeyPair::new("ec");
+    let repo = common::unique("signed-404");
+    let digest = reg.push(&Image::marked("fallback"), &format!("{repo}:1"));
+    sign_with_openssl(&http, &repo, &digest, &key);
+    let source = json!({
+        "repository": proxy.repo(&repo),
+        "tag": "1",
+        "cosign_public_keys": [key.public_pem],
+    });
+    let out = check(&json!({"source": source})).success();
+    assert_eq!(digests(&out), [digest.as_str()]);
+    let seen = proxy.seen();
+    let referrers = seen
+        .iter()
+        .position(|s| s.path().contains("/referrers/"))
+        .expect("the referrers API was asked first");
+    assert_eq!(seen[referrers].status, Some(404));
+    let tag = seen
+        .iter()
+        .position(|s| s.path().ends_with(&attached_tag(&digest, "sig")))
+        .expect("then the tag");
+    assert!(tag > referrers);
+}
+
+#[test]
+fn an_up_to_date_check_signed_by_a_bundle_costs_at_most_three_more_requests() {
+    let reg = &env().plain;
+    let proxy = FaultProxy::start(&reg.host);
+    proxy.serve_referrers();
+    let http = Http::new(&proxy.host());
+    let key = KeyPair::new("ec");
+    let repo = common::unique("signed-bundle-budget");
+    let digest = reg.push(&Image::marked("bundle budget"), &format!("{repo}:1"));
+    http.store_bundle(
+        &repo,
+        subject(&http, &repo, &digest),
+        &cosign::dsse_bundle(&key, &repo, &digest),
+    );
+    let plain = json!({"repository": proxy.repo(&repo), "tag": "1"});
+    let mut signed = plain.clone();
+    signed["cosign_public_keys"] = json!([key.public_pem]);
+    let cursor = json!({"tag": "1", "digest": digest});
+    proxy.clear();
+    check(&json!({"source": plain, "version": cursor})).success();
+    let without = proxy.seen().len();
+    proxy.clear();
+    assert_eq!(
+        digests(&check(&json!({"source": signed, "version": cursor})).success()),
+        [digest.as_str()]
+    );
+    let with = proxy.seen().len();
+    assert!(
+        with <= without + 3,
+        "{with} requests with keys, {without} without"
+    );
+}

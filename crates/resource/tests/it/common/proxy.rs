@@ -103,6 +103,9 @@ struct State {
     rules: Vec<Rule>,
     seen: Vec<Seen>,
     tag_page_limit: Option<usize>,
+    /// The referrers API, when the proxy serves it: (repository, subject digest) → the
+    /// descriptors of the manifests pushed through it with that subject.
+    referrers: Option<std::collections::HashMap<(String, String), Vec<serde_json::Value>>>,
 }
 
 pub struct FaultProxy {
@@ -171,6 +174,17 @@ impl FaultProxy {
     /// whatever `n` the client asked for above `limit` (or none). `None` turns it off.
     pub fn limit_tag_pages(&self, limit: Option<usize>) {
         self.state.lock().unwrap().tag_page_limit = limit;
+    }
+
+    /// Serves the OCI 1.1 referrers API (`GET /v2/<name>/referrers/<digest>`), which
+    /// distribution 2.8 lacks: every manifest PUT through the proxy with a `subject` is
+    /// listed under its subject's digest. Before this is called, referrers requests go to
+    /// the registry (which answers 404).
+    pub fn serve_referrers(&self) {
+        let mut s = self.state.lock().unwrap();
+        if s.referrers.is_none() {
+            s.referrers = Some(Default::default());
+        }
     }
 
     /// Every request so far, oldest first.
@@ -301,13 +315,55 @@ async fn handle(
         _ => {}
     }
 
+    let referrers_on = shared.state.lock().unwrap().referrers.is_some();
+    let route = referrers_route(req.method(), req.uri().path());
+    if let (true, Some(Route::List(name, digest))) = (referrers_on, &route) {
+        let manifests = shared
+            .state
+            .lock()
+            .unwrap()
+            .referrers
+            .as_ref()
+            .and_then(|r| r.get(&(name.clone(), digest.clone())).cloned())
+            .unwrap_or_default();
+        record(200);
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": manifests,
+        });
+        return Ok(Response::builder()
+            .status(200)
+            .header("content-type", "application/vnd.oci.image.index.v1+json")
+            .body(full(index.to_string()))
+            .unwrap());
+    }
     let tag_list = page_limit.and_then(|limit| {
         let path = req.uri().path();
         let name = path.strip_prefix("/v2/")?.strip_suffix("/tags/list")?;
         (req.method() == hyper::Method::GET).then(|| (name.to_string(), limit))
     });
 
-    let response = match forward(shared, req).await {
+    let forwarded = match (referrers_on, route) {
+        (true, Some(Route::PutManifest(name))) => {
+            // Manifests are small: read whole, so that a subject can be recorded.
+            let (parts, body) = req.into_parts();
+            let bytes = body.collect().await.map_err(|_| Abort)?.to_bytes();
+            let media_type = parts
+                .headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            let response = forward(shared, Request::from_parts(parts, full(bytes.clone()))).await;
+            if response.as_ref().is_ok_and(|r| r.status().is_success()) {
+                record_referrer(shared, &name, &media_type, &bytes);
+            }
+            response
+        }
+        _ => forward(shared, req).await,
+    };
+    let response = match forwarded {
         Ok(r) => r,
         Err(e) => {
             record(502);
@@ -358,12 +414,70 @@ async fn handle(
     Ok(Response::from_parts(parts, body))
 }
 
+enum Route {
+    /// `GET /v2/<name>/referrers/<digest>`
+    List(String, String),
+    /// `PUT /v2/<name>/manifests/<reference>`
+    PutManifest(String),
+}
+
+fn referrers_route(method: &hyper::Method, path: &str) -> Option<Route> {
+    let rest = path.strip_prefix("/v2/")?;
+    if method == hyper::Method::GET {
+        let (name, digest) = rest.rsplit_once("/referrers/")?;
+        return Some(Route::List(name.to_string(), digest.to_string()));
+    }
+    if method == hyper::Method::PUT {
+        let (name, _) = rest.rsplit_once("/manifests/")?;
+        return Some(Route::PutManifest(name.to_string()));
+    }
+    None
+}
+
+/// A pushed manifest with a `subject`, listed under the subject's digest.
+fn record_referrer(shared: &Shared, name: &str, media_type: &str, bytes: &[u8]) {
+    let Ok(manifest) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return;
+    };
+    let Some(subject) = manifest["subject"]["digest"].as_str() else {
+        return;
+    };
+    let digest = super::image::sha256(bytes);
+    let artifact_type = manifest["artifactType"]
+        .as_str()
+        .or(manifest["config"]["mediaType"].as_str())
+        .unwrap_or_default();
+    let mut descriptor = serde_json::json!({
+        "mediaType": if media_type.is_empty() { manifest["mediaType"].as_str().unwrap_or_default() } else { media_type },
+        "digest": digest,
+        "size": bytes.len(),
+        "artifactType": artifact_type,
+    });
+    if manifest["annotations"].is_object() {
+        descriptor["annotations"] = manifest["annotations"].clone();
+    }
+    let mut s = shared.state.lock().unwrap();
+    let list = s
+        .referrers
+        .get_or_insert_with(Default::default)
+        .entry((name.to_string(), subject.to_string()))
+        .or_default();
+    if !list.iter().any(|d| d["digest"] == descriptor["digest"]) {
+        list.push(descriptor);
+    }
+}
+
 /// One upstream connection per request: simple, and a reset upstream cannot poison a pool.
-async fn forward(shared: &Shared, req: Request<Incoming>) -> Result<Response<Incoming>, BoxError> {
+async fn forward<B>(shared: &Shared, req: Request<B>) -> Result<Response<Incoming>, BoxError>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
     let stream = tokio::net::TcpStream::connect(&shared.upstream).await?;
     let _ = stream.set_nodelay(true);
     let (mut sender, connection) =
-        hyper::client::conn::http1::handshake::<_, Incoming>(TokioIo::new(stream)).await?;
+        hyper::client::conn::http1::handshake::<_, B>(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
     let (mut parts, body) = req.into_parts();
     for name in HOP_BY_HOP {
