@@ -120,6 +120,12 @@ pub async fn put(request: &Request, src: &Path) -> Result<Response, Error> {
     let variant = settings.variant.as_deref();
     let repository = &settings.repository;
     let mut tags = tags(&params, &settings.tag, src, variant)?;
+    if params.copy_signatures && params.pull_repository.is_none() && params.load.is_none() {
+        return Err(Error::field(
+            "params.copy_signatures",
+            "needs pull_repository or load: the image's signatures are copied from the repository it came from",
+        ));
+    }
     // The key is opened before anything is pushed: a wrong password pushes nothing.
     let signer = match &params.cosign_sign {
         Some(sign) => Some(signing_key(sign).await?),
@@ -175,6 +181,7 @@ pub async fn put(request: &Request, src: &Path) -> Result<Response, Error> {
             }
         }
         let tags = &tags;
+        let origin = mount_from.clone();
         let mount_from = mount_from.filter(|r| r.host() == repository.host() && r != repository);
         let digest = push(
             &registry,
@@ -185,6 +192,16 @@ pub async fn put(request: &Request, src: &Path) -> Result<Response, Error> {
             mount_from.as_ref(),
         )
         .await?;
+        if params.copy_signatures {
+            copy_signatures(
+                &settings,
+                origin.as_ref(),
+                (&registry, repository),
+                &digest,
+                staging.path(),
+            )
+            .await?;
+        }
         let signed = match &signer {
             Some(key) => {
                 let signed = signature::sign::sign(&registry, repository, &digest, key).await?;
@@ -223,6 +240,52 @@ pub async fn put(request: &Request, src: &Path) -> Result<Response, Error> {
         },
         metadata,
     })
+}
+
+/// `copy_signatures`: what cosign attached to `digest` in the repository the image came from
+/// (its tags and referrers), copied to the target.
+async fn copy_signatures(
+    settings: &crate::source::Settings,
+    origin: Option<&Repository>,
+    (registry, repository): (&Registry, &Repository),
+    digest: &crate::reference::Digest,
+    staging: &Path,
+) -> Result<(), Error> {
+    let Some(origin) = origin else {
+        tracing::warn!(
+            "params.copy_signatures: the image's repository is not known; no signatures copied"
+        );
+        return Ok(());
+    };
+    if origin == repository {
+        return Ok(());
+    }
+    let origin_registry;
+    let from_registry = if origin.host() == repository.host() {
+        registry
+    } else {
+        origin_registry = Registry::new(origin.host().clone(), &settings.registries).await;
+        &origin_registry
+    };
+    let from = signature::copy::End {
+        registry: from_registry,
+        repository: origin,
+    };
+    let to = signature::copy::End {
+        registry,
+        repository,
+    };
+    let copied = signature::copy::copy_attached(&from, &to, digest, staging).await?;
+    if copied.tags.is_empty() && copied.referrers.is_empty() {
+        tracing::warn!("params.copy_signatures: {origin}@{digest} has no signatures to copy");
+    } else {
+        tracing::info!(
+            "copied {} tags and {} referrers of {digest} from {origin}",
+            copied.tags.len(),
+            copied.referrers.len()
+        );
+    }
+    Ok(())
 }
 
 /// `params.cosign_sign` opened (scrypt is slow on purpose: off the async threads); a wrong

@@ -10,6 +10,7 @@
 //! - `copy.rs`: copying `.sig`/`.att`/`.sbom` tags and referrers to another repository.
 
 pub(crate) mod bundle;
+pub(crate) mod copy;
 pub(crate) mod cosign;
 pub(crate) mod keys;
 pub(crate) mod sign;

@@ -710,3 +710,139 @@ fn an_up_to_date_check_signed_by_a_bundle_costs_at_most_three_more_requests() {
         "{with} requests with keys, {without} without"
     );
 }
+
+#[test]
+fn promotion_with_copy_signatures_carries_tags_and_referrers_to_another_registry() {
+    let env = env();
+    let (origin_reg, target_reg) = (&env.plain, &env.basic);
+    let origin = FaultProxy::start(&origin_reg.host);
+    origin.serve_referrers();
+    let target = FaultProxy::start(&target_reg.host);
+    target.serve_referrers();
+    let http = Http::new(&origin.host());
+    let tag_key = KeyPair::new("ec");
+    let bundle_key = KeyPair::new("ec");
+    let repo = common::unique("promote-from");
+    let digest = origin_reg.push(&Image::marked("promote"), &format!("{repo}:1"));
+    sign_with_openssl(&http, &repo, &digest, &tag_key);
+    http.store_bundle(
+        &repo,
+        subject(&http, &repo, &digest),
+        &cosign::dsse_bundle(&bundle_key, &repo, &digest),
+    );
+    let sig = http.manifest(&repo, &attached_tag(&digest, "sig")).unwrap();
+    http.put_manifest(
+        &repo,
+        &attached_tag(&digest, "att"),
+        "application/vnd.oci.image.manifest.v1+json",
+        &sig,
+    );
+
+    let to = common::unique("promote-to");
+    let mut source = json!({
+        "repository": target.repo(&to),
+        "tag": "prod",
+        "username": common::USER,
+        "password": common::PASSWORD,
+    });
+    let params = json!({
+        "pull_repository": origin.repo(&repo),
+        "pull_tag": "1",
+        "copy_signatures": true,
+    });
+    let out = put(&source, params, tempfile::tempdir().unwrap().path()).success();
+    assert_eq!(out["version"]["digest"], digest.as_str());
+    assert!(target_reg.exists(&format!("{to}:{}", attached_tag(&digest, "att"))));
+
+    // Each kind of signature verifies at the target on its own.
+    for (key, found_in) in [(&tag_key, "tag sha256-"), (&bundle_key, "referrer sha256:")] {
+        source["cosign_public_keys"] = json!([key.public_pem]);
+        assert_eq!(
+            digests(&check(&json!({"source": source})).success()),
+            [digest.as_str()]
+        );
+        let dest = tempfile::tempdir().unwrap();
+        get(
+            &source,
+            &digest,
+            json!({"skip_download": true}),
+            dest.path(),
+        )
+        .success();
+        let signatures: Value =
+            serde_json::from_slice(&std::fs::read(dest.path().join("signatures.json")).unwrap())
+                .unwrap();
+        assert!(signatures[0]["found_in"]
+            .as_str()
+            .unwrap()
+            .starts_with(found_in));
+    }
+
+    // Without copy_signatures, a promotion is unsigned at the target.
+    let bare = common::unique("promote-bare");
+    let mut source = json!({
+        "repository": target.repo(&bare),
+        "tag": "prod",
+        "username": common::USER,
+        "password": common::PASSWORD,
+    });
+    put(
+        &source,
+        json!({"pull_repository": origin.repo(&repo), "pull_tag": "1"}),
+        tempfile::tempdir().unwrap().path(),
+    )
+    .success();
+    source["cosign_public_keys"] = json!([tag_key.public_pem, bundle_key.public_pem]);
+    assert_eq!(check(&json!({"source": source})).success(), json!([]));
+}
+
+#[test]
+fn load_with_copy_signatures_copies_from_the_repository_in_got_it_from() {
+    let reg = &env().plain;
+    let http = Http::new(&reg.host);
+    let key = KeyPair::new("ec");
+    let repo = common::unique("load-signed");
+    let digest = reg.push(&Image::marked("load signed"), &format!("{repo}:1"));
+    sign_with_openssl(&http, &repo, &digest, &key);
+    let source = json!({
+        "repository": reg.repo(&repo),
+        "tag": "1",
+        "cosign_public_keys": [key.public_pem],
+    });
+    let src = tempfile::tempdir().unwrap();
+    get(
+        &source,
+        &digest,
+        json!({"save": true}),
+        &src.path().join("got"),
+    )
+    .success();
+    let to = common::unique("load-signed-to");
+    let target = json!({
+        "repository": reg.repo(&to),
+        "tag": "prod",
+        "cosign_public_keys": [key.public_pem],
+    });
+    let out = put(
+        &target,
+        json!({"load": "got", "copy_signatures": true}),
+        src.path(),
+    )
+    .success();
+    assert_eq!(out["version"]["digest"], digest.as_str());
+    assert_eq!(
+        digests(&check(&json!({"source": target})).success()),
+        [digest.as_str()]
+    );
+
+    let e = put(
+        &target,
+        json!({"image": "got/image", "copy_signatures": true}),
+        src.path(),
+    )
+    .failure();
+    assert!(
+        e.starts_with("error: params.copy_signatures: needs pull_repository or load"),
+        "{e}"
+    );
+}

@@ -1,0 +1,135 @@
+//! Carrying signatures along when an image moves (`out` with `copy_signatures: true`): what
+//! cosign attached to the digest in the source repository (the `sha256-<hex>.sig`, `.att`
+//! and `.sbom` tags) and the manifests the referrers API lists for it, copied with their
+//! blobs to the target repository, so that the promoted image verifies there too (a
+//! signature names the digest, which the copy keeps).
+
+use std::path::Path;
+
+use crate::image::ImageManifest;
+use crate::reference::{Digest, Repository};
+use crate::registry::{Mount, Registry, RegistryError};
+
+/// The tags cosign attaches to a digest: signatures, attestations, SBOMs.
+pub(crate) const ATTACHED_SUFFIXES: [&str; 3] = ["sig", "att", "sbom"];
+/// Referrers copied for one digest; more are left with a warning.
+const MAX_COPIED_REFERRERS: usize = 64;
+
+/// One side of the copy.
+pub(crate) struct End<'a> {
+    pub registry: &'a Registry,
+    pub repository: &'a Repository,
+}
+
+/// What was copied: the tags and the referrers' digests.
+#[derive(Debug, Default)]
+pub(crate) struct Copied {
+    pub tags: Vec<String>,
+    pub referrers: Vec<Digest>,
+}
+
+/// Copies what is attached to `digest` from `from` to `to`; `staging` holds blobs on the way.
+pub(crate) async fn copy_attached(
+    from: &End<'_>,
+    to: &End<'_>,
+    digest: &Digest,
+    staging: &Path,
+) -> Result<Copied, RegistryError> {
+    let mut copied = Copied::default();
+    for suffix in ATTACHED_SUFFIXES {
+        let tag = super::cosign::attached_tag(digest, suffix);
+        let Some(manifest) = from.registry.manifest(from.repository, &tag).await? else {
+            continue;
+        };
+        copy_blobs(from, to, &manifest.bytes, staging).await?;
+        to.registry
+            .put_manifest(to.repository, &tag, &manifest.media_type, &manifest.bytes)
+            .await?;
+        tracing::info!("copied {tag} to {}", to.repository);
+        copied.tags.push(tag);
+    }
+    let listed = from
+        .registry
+        .referrers(from.repository, digest)
+        .await?
+        .unwrap_or_default();
+    if listed.len() > MAX_COPIED_REFERRERS {
+        tracing::warn!(
+            "{}@{digest} has {} referrers; copying the first {MAX_COPIED_REFERRERS}",
+            from.repository,
+            listed.len()
+        );
+    }
+    for referrer in listed.iter().take(MAX_COPIED_REFERRERS) {
+        let Some(manifest) = from
+            .registry
+            .manifest(from.repository, referrer.digest.as_str())
+            .await?
+        else {
+            continue;
+        };
+        copy_blobs(from, to, &manifest.bytes, staging).await?;
+        to.registry
+            .put_manifest(
+                to.repository,
+                referrer.digest.as_str(),
+                &manifest.media_type,
+                &manifest.bytes,
+            )
+            .await?;
+        tracing::info!("copied referrer {} to {}", referrer.digest, to.repository);
+        copied.referrers.push(referrer.digest.clone());
+    }
+    Ok(copied)
+}
+
+/// The config and layers of a manifest, made present in the target: already there, mounted
+/// (same registry), or downloaded (verified) and uploaded.
+async fn copy_blobs(
+    from: &End<'_>,
+    to: &End<'_>,
+    manifest: &[u8],
+    staging: &Path,
+) -> Result<(), RegistryError> {
+    let Ok(parsed) = serde_json::from_slice::<ImageManifest>(manifest) else {
+        return Ok(());
+    };
+    let same_registry = from.registry.host() == to.registry.host();
+    for blob in std::iter::once(&parsed.config).chain(&parsed.layers) {
+        if to.registry.blob_exists(to.repository, &blob.digest).await? {
+            continue;
+        }
+        let mut session = None;
+        if same_registry {
+            match to
+                .registry
+                .mount_blob(to.repository, &blob.digest, from.repository)
+                .await?
+            {
+                Mount::Mounted => continue,
+                Mount::Upload(location) => session = Some(location),
+                Mount::NotMounted => {}
+            }
+        }
+        let path = staging.join(blob.digest.hex());
+        from.registry
+            .download_blob(
+                from.repository,
+                &blob.digest,
+                Some(blob.size),
+                &path,
+                &|_| {},
+            )
+            .await?;
+        let body = crate::blob::Body::File {
+            path: path.clone(),
+            offset: 0,
+            len: blob.size,
+        };
+        to.registry
+            .upload_blob(to.repository, &blob.digest, body, session)
+            .await?;
+        let _ = std::fs::remove_file(&path);
+    }
+    Ok(())
+}
