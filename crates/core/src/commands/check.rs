@@ -7,6 +7,9 @@
 //! and never for more than [`MAX_DIGEST_REQUESTS`] tags in one check, newest first. An
 //! up-to-date check with a cursor costs a ping, one page, and a HEAD of the cursor's tag (and
 //! of `latest` when it counts). With the cursor at `latest`, only `latest` is asked about.
+//!
+//! With `cosign_public_keys`, every version about to be emitted (the cursor's included) is
+//! verified ([`crate::signature::verify`]): three more requests for a signed one.
 
 use std::collections::HashMap;
 
