@@ -120,10 +120,14 @@ pub async fn put(request: &Request, src: &Path) -> Result<Response, Error> {
     let variant = settings.variant.as_deref();
     let repository = &settings.repository;
     let mut tags = tags(&params, &settings.tag, src, variant)?;
-    if params.copy_signatures && params.pull_repository.is_none() && params.load.is_none() {
+    if params.copy_signatures
+        && params.pull_repository.is_none()
+        && params.load.is_none()
+        && params.image.is_none()
+    {
         return Err(Error::field(
             "params.copy_signatures",
-            "needs pull_repository or load: the image's signatures are copied from the repository it came from",
+            "needs pull_repository, load or image: signatures are copied from the repository the image came from, or from its OCI layout",
         ));
     }
     // The key is opened before anything is pushed: a wrong password pushes nothing.
@@ -193,14 +197,22 @@ pub async fn put(request: &Request, src: &Path) -> Result<Response, Error> {
         )
         .await?;
         if params.copy_signatures {
-            copy_signatures(
-                &settings,
-                origin.as_ref(),
-                (&registry, repository),
-                &digest,
-                staging.path(),
-            )
-            .await?;
+            if plan.referrers.is_empty() {
+                copy_signatures(
+                    &settings,
+                    origin.as_ref(),
+                    (&registry, repository),
+                    &digest,
+                    staging.path(),
+                )
+                .await?;
+            } else {
+                let to = signature::copy::End {
+                    registry: &registry,
+                    repository,
+                };
+                signature::copy::push_attached(&to, &plan.referrers).await?;
+            }
         }
         let signed = match &signer {
             Some(key) => {
@@ -603,6 +615,7 @@ async fn pull_plan(
         Image {
             blobs,
             children,
+            referrers: Vec::new(),
             top: RawManifest {
                 digest: top.digest,
                 media_type: top.media_type,

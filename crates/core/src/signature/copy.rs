@@ -133,3 +133,26 @@ async fn copy_blobs(
     }
     Ok(())
 }
+
+/// Pushes manifests that refer to a pushed image (from an OCI layout), each by its digest,
+/// after the blobs the registry lacks.
+pub(crate) async fn push_attached(
+    to: &End<'_>,
+    attached: &[crate::image::Attached],
+) -> Result<(), RegistryError> {
+    for a in attached {
+        for blob in &a.blobs {
+            if !to.registry.blob_exists(to.repository, &blob.digest).await? {
+                to.registry
+                    .upload_blob(to.repository, &blob.digest, blob.body.clone(), None)
+                    .await?;
+            }
+        }
+        let m = &a.manifest;
+        to.registry
+            .put_manifest(to.repository, m.digest.as_str(), &m.media_type, &m.bytes)
+            .await?;
+        tracing::info!("pushed referrer {} to {}", m.digest, to.repository);
+    }
+    Ok(())
+}

@@ -837,12 +837,69 @@ fn load_with_copy_signatures_copies_from_the_repository_in_got_it_from() {
 
     let e = put(
         &target,
-        json!({"image": "got/image", "copy_signatures": true}),
+        json!({"import_file": "got/rootfs.tar", "copy_signatures": true}),
         src.path(),
     )
     .failure();
     assert!(
-        e.starts_with("error: params.copy_signatures: needs pull_repository or load"),
+        e.starts_with("error: params.copy_signatures: needs pull_repository, load or image"),
         "{e}"
+    );
+}
+
+#[test]
+fn an_image_layout_holding_referrers_pushes_them_with_copy_signatures() {
+    use crate::common::image::write_blob;
+    let reg = &env().plain;
+    let proxy = FaultProxy::start(&reg.host);
+    proxy.serve_referrers();
+    let key = KeyPair::new("ec");
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    let built = Image::marked("layout referrers").write_layout(&layout, "t");
+    // A DSSE bundle referring to the image, as `oras copy --to-oci-layout` keeps it.
+    let bundle = cosign::dsse_bundle(&key, "app", &built.digest);
+    let empty = write_blob(&layout, b"{}");
+    let bundle_digest = write_blob(&layout, &bundle);
+    let referrer = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": cosign::BUNDLE_V03,
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "size": 2, "digest": empty},
+        "layers": [{"mediaType": cosign::BUNDLE_V03, "size": bundle.len(), "digest": bundle_digest}],
+        "subject": built.descriptor(),
+    }))
+    .unwrap();
+    let referrer_digest = write_blob(&layout, &referrer);
+    let index_path = layout.join("index.json");
+    let mut index: Value = serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    index["manifests"].as_array_mut().unwrap().push(json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": referrer_digest,
+        "size": referrer.len(),
+        "artifactType": cosign::BUNDLE_V03,
+    }));
+    std::fs::write(&index_path, index.to_string()).unwrap();
+
+    // Without copy_signatures: the image alone, under its own digest.
+    let bare = common::unique("layout-bare");
+    let source = json!({"repository": proxy.repo(&bare), "tag": "1", "cosign_public_keys": [key.public_pem]});
+    let out = put(&source, json!({"image": "layout"}), dir.path()).success();
+    assert_eq!(out["version"]["digest"], built.digest.as_str());
+    assert_eq!(check(&json!({"source": source})).success(), json!([]));
+
+    let to = common::unique("layout-referrers");
+    let source =
+        json!({"repository": proxy.repo(&to), "tag": "1", "cosign_public_keys": [key.public_pem]});
+    let out = put(
+        &source,
+        json!({"image": "layout", "copy_signatures": true}),
+        dir.path(),
+    )
+    .success();
+    assert_eq!(out["version"]["digest"], built.digest.as_str());
+    assert_eq!(
+        digests(&check(&json!({"source": source})).success()),
+        [built.digest.as_str()]
     );
 }
