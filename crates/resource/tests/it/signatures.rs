@@ -903,3 +903,60 @@ fn an_image_layout_holding_referrers_pushes_them_with_copy_signatures() {
         [built.digest.as_str()]
     );
 }
+
+#[test]
+fn hostile_signature_manifests_are_read_within_bounds() {
+    let reg = &env().plain;
+    let http = Http::new(&reg.host);
+    let key = KeyPair::new("ec");
+    let other = KeyPair::new("ec");
+    let repo = common::unique("signed-hostile");
+    let digest = reg.push(&Image::marked("hostile sig"), &format!("{repo}:1"));
+    // 40 layers signed by another key, then the valid one: only the first 16 are looked at.
+    let p = payload(&reg.repo(&repo), &digest);
+    let mut layers: Vec<(Vec<u8>, Vec<u8>)> =
+        (0..40).map(|_| (p.clone(), other.sign(&p))).collect();
+    layers.push((p.clone(), key.sign(&p)));
+    http.store_signatures(&repo, &digest, &layers);
+    let proxy = FaultProxy::start(&reg.host);
+    let source = json!({"repository": proxy.repo(&repo), "tag": "1", "cosign_public_keys": [key.public_pem]});
+    let out = check(&json!({"source": source}));
+    assert_eq!(out.success(), json!([]));
+    assert!(
+        proxy.count_method(Some("GET"), "/blobs/") <= 16,
+        "{}",
+        proxy.count("/blobs/")
+    );
+
+    // A payload whose descriptor claims 300 KiB is not downloaded.
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let d = http.put_blob(&repo, &p);
+    let config = http.put_blob(&repo, b"{}");
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "size": 2, "digest": config},
+        "layers": [{
+            "mediaType": cosign::SIMPLE_SIGNING,
+            "size": 300 << 10,
+            "digest": d,
+            "annotations": {cosign::SIGNATURE_ANNOTATION: b64.encode(key.sign(&p))}
+        }]
+    }))
+    .unwrap();
+    http.put_manifest(
+        &repo,
+        &attached_tag(&digest, "sig"),
+        "application/vnd.oci.image.manifest.v1+json",
+        &manifest,
+    );
+    proxy.clear();
+    let out = check(&json!({"source": source}));
+    assert_eq!(out.success(), json!([]));
+    assert!(
+        out.stderr.contains("larger than 262144 bytes"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(proxy.count("/blobs/"), 0);
+}
