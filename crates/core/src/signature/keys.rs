@@ -443,6 +443,31 @@ MC4CAQAwBQYDK2VwBCIEIALEbo1EFnWFqBK/wC+hhypG/8hXEerwdNetAoFoFVdv
         }
     }
 
+    /// cosign's test data (`validecp256`): a SEC1 `EC PRIVATE KEY`.
+    const COSIGN_SEC1_KEY: &str = "-----BEGIN EC PRIVATE KEY-----
+MHcCAQEEIIGhcmCI5F7BPMH4r3pWCpQdAsveErdU5DjvVQerErJuoAoGCCqGSM49
+AwEHoUQDQgAE+9E3Qe+h25ofmz3Uo2T004Dfy49iX06MMbxf9rsGmLkOPrS0KYDl
+1QMfFuSbrtf8wTWNT9HNxrW/Foz39mDhHw==
+-----END EC PRIVATE KEY-----";
+
+    #[test]
+    fn a_sec1_ec_key_signs_and_other_curves_are_refused() {
+        let key = PrivateKey::from_pem(COSIGN_SEC1_KEY, "").unwrap();
+        let signature = key.sign(b"m");
+        assert!(key.public_key().verify(b"m", &signature));
+        // cosign's `validecp384`: a curve dockhand does not take.
+        let p384 = "-----BEGIN EC PRIVATE KEY-----
+MIGkAgEBBDDWIebxSdyJVber6J/l5MKnD0+VU0b7fcjY/RbIxuIsHLVIvwJrSohY
+r3gJ/iJmIKGgBwYFK4EEACKhZANiAAQeoKZkkc1GafmIgp1tbNbMBjr2EdvX2dtT
+lGhzHJgE0YB6TavazcYH1iOBNmX7/pInCopiyWbjF/5olrRKJMG6DQz80td++fYf
+O4tr+Z3nyUgRGmf/fqYA4PSN30CuOMU=
+-----END EC PRIVATE KEY-----";
+        assert_eq!(
+            PrivateKey::from_pem(p384, "").unwrap_err(),
+            KeyError::Unsupported
+        );
+    }
+
     #[test]
     fn public_keys_parse_from_pem_and_other_pem_is_refused() {
         let key = PrivateKey::from_pem(COSIGN_SIGSTORE_KEY, "hello").unwrap();

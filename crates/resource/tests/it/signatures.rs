@@ -835,6 +835,25 @@ fn load_with_copy_signatures_copies_from_the_repository_in_got_it_from() {
         [digest.as_str()]
     );
 
+    // Copied, then signed again at the target: both signatures are there, in that order.
+    let signed_to = common::unique("load-signed-again");
+    let target2 = json!({"repository": reg.repo(&signed_to), "tag": "prod"});
+    let params = json!({
+        "load": "got",
+        "copy_signatures": true,
+        "cosign_sign": {"key": cosign::COSIGN_TEST_KEY, "password": cosign::COSIGN_TEST_PASSWORD},
+    });
+    put(&target2, params, src.path()).success();
+    let stored = stored_signatures(&http, &signed_to, &digest);
+    assert_eq!(stored.len(), 2);
+    assert!(key.openssl_verifies(&stored[0].0, &stored[0].1));
+    assert!(cosign::verify_with_openssl(
+        cosign::COSIGN_TEST_PUBLIC_KEY,
+        &stored[1].0,
+        &stored[1].1,
+        false
+    ));
+
     let e = put(
         &target,
         json!({"import_file": "got/rootfs.tar", "copy_signatures": true}),
