@@ -20,7 +20,7 @@ use crate::pull;
 use crate::push::push;
 use crate::reference::{NameError, Repository, Tag};
 use crate::registry::Registry;
-use crate::signature::{self, keys::KeyError};
+use crate::signature;
 
 /// The most read of a `tag_file`, `additional_tags` file or a saved image's `repository`.
 const MAX_TAG_FILE_BYTES: u64 = 64 << 10;
@@ -132,7 +132,9 @@ pub async fn put(request: &Request, src: &Path) -> Result<Response, Error> {
     }
     // The key is opened before anything is pushed: a wrong password pushes nothing.
     let signer = match &params.cosign_sign {
-        Some(sign) => Some(signing_key(sign).await?),
+        Some(sign) => {
+            Some(signature::sign::open_key(sign.key.as_ref(), sign.password.as_ref()).await?)
+        }
         None => None,
     };
 
@@ -197,22 +199,19 @@ pub async fn put(request: &Request, src: &Path) -> Result<Response, Error> {
         )
         .await?;
         if params.copy_signatures {
-            if plan.referrers.is_empty() {
-                copy_signatures(
-                    &settings,
-                    origin.as_ref(),
-                    (&registry, repository),
-                    &digest,
-                    staging.path(),
-                )
-                .await?;
-            } else {
-                let to = signature::copy::End {
-                    registry: &registry,
-                    repository,
-                };
-                signature::copy::push_attached(&to, &plan.referrers).await?;
-            }
+            let to = signature::copy::End {
+                registry: &registry,
+                repository,
+            };
+            signature::copy::carry(
+                &to,
+                &plan.referrers,
+                origin.as_ref(),
+                &settings.registries,
+                &digest,
+                staging.path(),
+            )
+            .await?;
         }
         let signed = match &signer {
             Some(key) => {
@@ -252,74 +251,6 @@ pub async fn put(request: &Request, src: &Path) -> Result<Response, Error> {
         },
         metadata,
     })
-}
-
-/// `copy_signatures`: what cosign attached to `digest` in the repository the image came from
-/// (its tags and referrers), copied to the target.
-async fn copy_signatures(
-    settings: &crate::source::Settings,
-    origin: Option<&Repository>,
-    (registry, repository): (&Registry, &Repository),
-    digest: &crate::reference::Digest,
-    staging: &Path,
-) -> Result<(), Error> {
-    let Some(origin) = origin else {
-        tracing::warn!(
-            "params.copy_signatures: the image's repository is not known; no signatures copied"
-        );
-        return Ok(());
-    };
-    if origin == repository {
-        return Ok(());
-    }
-    let origin_registry;
-    let from_registry = if origin.host() == repository.host() {
-        registry
-    } else {
-        origin_registry = Registry::new(origin.host().clone(), &settings.registries).await;
-        &origin_registry
-    };
-    let from = signature::copy::End {
-        registry: from_registry,
-        repository: origin,
-    };
-    let to = signature::copy::End {
-        registry,
-        repository,
-    };
-    let copied = signature::copy::copy_attached(&from, &to, digest, staging).await?;
-    if copied.tags.is_empty() && copied.referrers.is_empty() {
-        tracing::warn!("params.copy_signatures: {origin}@{digest} has no signatures to copy");
-    } else {
-        tracing::info!(
-            "copied {} tags and {} referrers of {digest} from {origin}",
-            copied.tags.len(),
-            copied.referrers.len()
-        );
-    }
-    Ok(())
-}
-
-/// `params.cosign_sign` opened (scrypt is slow on purpose: off the async threads); a wrong
-/// password or a bad key is one line naming the field, never quoting either.
-async fn signing_key(sign: &CosignSign) -> Result<signature::PrivateKey, Error> {
-    let key = sign
-        .key
-        .clone()
-        .filter(|k| !k.is_empty())
-        .ok_or_else(|| Error::field("params.cosign_sign.key", "required"))?;
-    let password = sign.password.clone().unwrap_or_default();
-    blocking(move || signature::PrivateKey::from_pem(key.expose(), password.expose()))
-        .await
-        .map_err(|e| {
-            let field = match e {
-                KeyError::WrongPassword | KeyError::PasswordRequired => {
-                    "params.cosign_sign.password"
-                }
-                _ => "params.cosign_sign.key",
-            };
-            Error::field(field, e)
-        })
 }
 
 /// A scratch directory (compressed layers, a build's export, the CLI's credentials), under

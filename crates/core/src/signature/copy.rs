@@ -8,6 +8,7 @@ use std::path::Path;
 
 use crate::image::ImageManifest;
 use crate::reference::{Digest, Repository};
+use crate::registry::config::RegistryConfig;
 use crate::registry::{Mount, Registry, RegistryError};
 
 /// The tags cosign attaches to a digest: signatures, attestations, SBOMs.
@@ -28,8 +29,55 @@ pub(crate) struct Copied {
     pub referrers: Vec<Digest>,
 }
 
+/// `copy_signatures` for an image just pushed to `to`: the referrers its OCI layout held
+/// (`attached`), else what is attached to `digest` in `origin`, the repository it came from
+/// (reached with `registries`' credentials).
+pub(crate) async fn carry(
+    to: &End<'_>,
+    attached: &[crate::image::Attached],
+    origin: Option<&Repository>,
+    registries: &RegistryConfig,
+    digest: &Digest,
+    staging: &Path,
+) -> Result<(), RegistryError> {
+    if !attached.is_empty() {
+        return push_attached(to, attached).await;
+    }
+    let Some(origin) = origin else {
+        tracing::warn!(
+            "params.copy_signatures: the image's repository is not known; no signatures copied"
+        );
+        return Ok(());
+    };
+    if origin == to.repository {
+        return Ok(());
+    }
+    let origin_registry;
+    let registry = if origin.host() == to.repository.host() {
+        to.registry
+    } else {
+        origin_registry = Registry::new(origin.host().clone(), registries).await;
+        &origin_registry
+    };
+    let from = End {
+        registry,
+        repository: origin,
+    };
+    let copied = copy_attached(&from, to, digest, staging).await?;
+    if copied.tags.is_empty() && copied.referrers.is_empty() {
+        tracing::warn!("params.copy_signatures: {origin}@{digest} has no signatures to copy");
+    } else {
+        tracing::info!(
+            "copied {} tags and {} referrers of {digest} from {origin}",
+            copied.tags.len(),
+            copied.referrers.len()
+        );
+    }
+    Ok(())
+}
+
 /// Copies what is attached to `digest` from `from` to `to`; `staging` holds blobs on the way.
-pub(crate) async fn copy_attached(
+async fn copy_attached(
     from: &End<'_>,
     to: &End<'_>,
     digest: &Digest,
@@ -136,7 +184,7 @@ async fn copy_blobs(
 
 /// Pushes manifests that refer to a pushed image (from an OCI layout), each by its digest,
 /// after the blobs the registry lacks.
-pub(crate) async fn push_attached(
+async fn push_attached(
     to: &End<'_>,
     attached: &[crate::image::Attached],
 ) -> Result<(), RegistryError> {

@@ -5,10 +5,14 @@
 use base64::Engine as _;
 
 use super::cosign::{self, Layer, SignatureManifest};
+use super::keys::KeyError;
 use super::PrivateKey;
 use crate::blob::Body;
+use crate::blocking::blocking;
+use crate::error::Error;
 use crate::reference::{Digest, Repository};
 use crate::registry::{Registry, RegistryError};
+use crate::secret::Secret;
 
 /// Signatures kept in one `.sig` manifest; the oldest beyond this are dropped.
 const MAX_KEPT_SIGNATURES: usize = 32;
@@ -70,4 +74,28 @@ pub(crate) async fn sign(
         .put_manifest(repository, &tag, crate::image::OCI_MANIFEST, &manifest)
         .await?;
     Ok(Signed { tag })
+}
+
+/// `params.cosign_sign` opened (scrypt is slow on purpose: off the async threads); a wrong
+/// password or a bad key is one line naming the field, never quoting either.
+pub(crate) async fn open_key(
+    key: Option<&Secret>,
+    password: Option<&Secret>,
+) -> Result<PrivateKey, Error> {
+    let key = key
+        .filter(|k| !k.is_empty())
+        .cloned()
+        .ok_or_else(|| Error::field("params.cosign_sign.key", "required"))?;
+    let password = password.cloned().unwrap_or_default();
+    blocking(move || PrivateKey::from_pem(key.expose(), password.expose()))
+        .await
+        .map_err(|e| {
+            let field = match e {
+                KeyError::WrongPassword | KeyError::PasswordRequired => {
+                    "params.cosign_sign.password"
+                }
+                _ => "params.cosign_sign.key",
+            };
+            Error::field(field, e)
+        })
 }
