@@ -99,4 +99,37 @@ mod tests {
         assert!(hub.names_repository("index.docker.io/library/alpine"));
         assert!(hub.names_repository("alpine:3"));
     }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever a registry or a pipeline hands over as a key, a payload or a bundle:
+        /// an answer or a short error, never a panic, never the password.
+        #[test]
+        fn hostile_keys_payloads_and_bundles_never_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..512),
+            text in "\\PC{0,300}",
+        ) {
+            let digest = crate::reference::Digest::of(b"x");
+            let policy = Policy {
+                keys: Vec::new(),
+                check_reference: true,
+                repository: "127.0.0.1:5000/app".parse().unwrap(),
+            };
+            let _ = cosign::read_payload(&bytes, &digest);
+            let _ = bundle::verify_bundle(&bytes, &digest, &policy);
+            let _ = bundle::verify_bundle(text.as_bytes(), &digest, &policy);
+            let _ = PublicKey::from_pem(&text);
+            let pem = format!("-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----\n{text}\n-----END ENCRYPTED SIGSTORE PRIVATE KEY-----");
+            for candidate in [text.as_str(), pem.as_str()] {
+                if let Err(e) = PrivateKey::from_pem(candidate, "p4ssw0rd-secret") {
+                    let line = e.to_string();
+                    prop_assert!(!line.contains("p4ssw0rd-secret") && line.len() < 300, "{line}");
+                }
+            }
+            let _ = policy.names_repository(&text);
+        }
+    }
 }
