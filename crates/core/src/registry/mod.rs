@@ -38,6 +38,7 @@ use retry::Answer;
 pub(crate) use auth::{parse_challenge, Challenge};
 pub(crate) use blobs::CONFIG_LIMIT;
 pub(crate) use error::RegistryError;
+pub(crate) use referrers::{List as ReferrerList, Referrer};
 pub(crate) use retry::RetryPolicy;
 pub(crate) use tags::MAX_TAG_PAGES;
 pub(crate) use transport::check_tls_material;

@@ -23,10 +23,11 @@ pub(crate) struct Referrer {
     pub artifact_type: Option<String>,
 }
 
+/// A referrers list: the API's answer, or the index under the tag schema's tag.
 #[derive(Deserialize)]
-struct List {
+pub(crate) struct List {
     #[serde(default)]
-    manifests: Vec<Referrer>,
+    pub manifests: Vec<Referrer>,
 }
 
 impl Registry {

@@ -41,7 +41,7 @@ pub(crate) async fn carry(
     staging: &Path,
 ) -> Result<(), RegistryError> {
     if !attached.is_empty() {
-        return push_attached(to, attached).await;
+        return push_attached(to, attached, digest).await;
     }
     let Some(origin) = origin else {
         tracing::warn!(
@@ -96,11 +96,12 @@ async fn copy_attached(
         tracing::info!("copied {tag} to {}", to.repository);
         copied.tags.push(tag);
     }
-    let listed = from
-        .registry
-        .referrers(from.repository, digest)
-        .await?
-        .unwrap_or_default();
+    let listed = match from.registry.referrers(from.repository, digest).await? {
+        Some(listed) => listed,
+        None => super::verify::tag_index(from.registry, from.repository, digest)
+            .await?
+            .unwrap_or_default(),
+    };
     if listed.len() > MAX_COPIED_REFERRERS {
         tracing::warn!(
             "{}@{digest} has {} referrers; copying the first {MAX_COPIED_REFERRERS}",
@@ -108,6 +109,7 @@ async fn copy_attached(
             listed.len()
         );
     }
+    let mut pushed = Vec::new();
     for referrer in listed.iter().take(MAX_COPIED_REFERRERS) {
         let Some(manifest) = from
             .registry
@@ -127,8 +129,73 @@ async fn copy_attached(
             .await?;
         tracing::info!("copied referrer {} to {}", referrer.digest, to.repository);
         copied.referrers.push(referrer.digest.clone());
+        pushed.push(manifest);
     }
+    index_referrers(to, digest, &pushed).await?;
     Ok(copied)
+}
+
+/// On a registry without the referrers API, `pushed` (manifests referring to `digest`) are
+/// added to the index under `sha256-<hex>`, the distribution spec's referrers tag schema,
+/// which is where clients then look.
+async fn index_referrers(
+    to: &End<'_>,
+    digest: &Digest,
+    pushed: &[crate::image::RawManifest],
+) -> Result<(), RegistryError> {
+    if pushed.is_empty()
+        || to
+            .registry
+            .referrers(to.repository, digest)
+            .await?
+            .is_some()
+    {
+        return Ok(());
+    }
+    let tag = super::verify::index_tag(digest);
+    let mut manifests: Vec<serde_json::Value> =
+        match to.registry.manifest(to.repository, &tag).await? {
+            Some(index) => serde_json::from_slice::<serde_json::Value>(&index.bytes)
+                .ok()
+                .and_then(|v| v["manifests"].as_array().cloned())
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+    for m in pushed {
+        if manifests.iter().any(|d| d["digest"] == m.digest.as_str()) {
+            continue;
+        }
+        let parsed: serde_json::Value = serde_json::from_slice(&m.bytes).unwrap_or_default();
+        let mut descriptor = serde_json::json!({
+            "mediaType": m.media_type,
+            "digest": m.digest,
+            "size": m.bytes.len(),
+        });
+        let artifact_type = parsed["artifactType"]
+            .as_str()
+            .or(parsed["config"]["mediaType"].as_str());
+        if let Some(t) = artifact_type {
+            descriptor["artifactType"] = t.into();
+        }
+        if parsed["annotations"].is_object() {
+            descriptor["annotations"] = parsed["annotations"].clone();
+        }
+        manifests.push(descriptor);
+    }
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": crate::image::OCI_INDEX,
+        "manifests": manifests,
+    }))
+    .expect("json");
+    to.registry
+        .put_manifest(to.repository, &tag, crate::image::OCI_INDEX, &index)
+        .await?;
+    tracing::info!(
+        "{} has no referrers API: listed the referrers under {tag}",
+        to.repository
+    );
+    Ok(())
 }
 
 /// The config and layers of a manifest, made present in the target: already there, mounted
@@ -187,6 +254,7 @@ async fn copy_blobs(
 async fn push_attached(
     to: &End<'_>,
     attached: &[crate::image::Attached],
+    digest: &Digest,
 ) -> Result<(), RegistryError> {
     for a in attached {
         for blob in &a.blobs {
@@ -202,5 +270,6 @@ async fn push_attached(
             .await?;
         tracing::info!("pushed referrer {} to {}", m.digest, to.repository);
     }
-    Ok(())
+    let manifests: Vec<_> = attached.iter().map(|a| a.manifest.clone()).collect();
+    index_referrers(to, digest, &manifests).await
 }

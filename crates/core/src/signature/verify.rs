@@ -1,10 +1,12 @@
 //! Whether a digest carries a valid signature by one of the policy's keys.
 //!
 //! Where signatures are looked for, in order: the OCI 1.1 referrers API
-//! (`/v2/<name>/referrers/<digest>`), for sigstore bundles; on a 404 there, or when nothing
-//! it lists verifies, cosign's tag `sha256-<hex>.sig`. The first valid signature ends the
-//! search, so a signed digest costs three requests (the referrers list, a manifest, a blob),
-//! an unsigned one a few more.
+//! (`/v2/<name>/referrers/<digest>`), for sigstore bundles; then cosign's tag
+//! `sha256-<hex>.sig`; then, when the registry has no referrers API (404), the index the
+//! distribution spec's referrers tag schema keeps under `sha256-<hex>`. The first valid
+//! signature ends the search, so a signed digest costs three requests (the referrers list, a
+//! manifest, a blob), a bundle on a registry without the API five, an unsigned one a few
+//! more.
 //!
 //! A signature counts only when its payload names the digest being verified (a signature
 //! for another digest copied under this digest's tag is a replay, refused) and, with
@@ -16,7 +18,7 @@ use super::bundle;
 use super::cosign::{self, SignatureManifest};
 use super::{Policy, PublicKey};
 use crate::reference::{Digest, Repository};
-use crate::registry::{Registry, RegistryError};
+use crate::registry::{Referrer, ReferrerList, Registry, RegistryError};
 
 /// Layers of a `.sig` manifest, and referrers, looked at for one digest.
 pub(crate) const MAX_CANDIDATES: usize = 16;
@@ -61,40 +63,83 @@ pub(crate) async fn verify(
     policy: &Policy,
 ) -> Result<Outcome, RegistryError> {
     let mut reasons = Vec::new();
-    match registry.referrers(repository, digest).await? {
-        None => tracing::debug!("{repository}: no referrers API; using the tag scheme"),
-        Some(listed) => {
-            for referrer in listed.into_iter().take(MAX_CANDIDATES) {
-                if !bundle::is_bundle_type(&referrer.artifact_type) {
-                    continue;
-                }
-                let found_in = format!("referrer {}", referrer.digest);
-                match bundle::verify_referrer(
-                    registry,
-                    repository,
-                    &referrer.digest,
-                    digest,
-                    policy,
-                )
-                .await?
-                {
-                    Ok((key, format, claims)) => {
-                        return Ok(Ok(Verified {
-                            key,
-                            found_in,
-                            format,
-                            claims,
-                        }))
-                    }
-                    Err(why) => reasons.push(format!("{found_in}: {why}")),
-                }
-            }
+    let api = registry.referrers(repository, digest).await?;
+    if let Some(listed) = &api {
+        if let Some(v) = bundles(registry, repository, digest, policy, listed, &mut reasons).await?
+        {
+            return Ok(Ok(v));
         }
     }
-    match tag_scheme(registry, repository, digest, policy, &mut reasons).await? {
-        Some(v) => Ok(Ok(v)),
-        None => Ok(Err(reasons)),
+    if let Some(v) = tag_scheme(registry, repository, digest, policy, &mut reasons).await? {
+        return Ok(Ok(v));
     }
+    if api.is_none() {
+        // No referrers API: the distribution spec's referrers tag schema, last, so that a
+        // cosign `.sig` costs no more than with the API.
+        match tag_index(registry, repository, digest).await? {
+            Some(listed) => {
+                if let Some(v) =
+                    bundles(registry, repository, digest, policy, &listed, &mut reasons).await?
+                {
+                    return Ok(Ok(v));
+                }
+            }
+            None => reasons.push(format!("no referrers tag {}", index_tag(digest))),
+        }
+    }
+    Ok(Err(reasons))
+}
+
+/// `sha256-<hex>`: the distribution spec's referrers tag schema.
+pub(crate) fn index_tag(digest: &Digest) -> String {
+    format!("sha256-{}", digest.hex())
+}
+
+/// The referrers listed by the index under `sha256-<hex>` (registries without the API).
+pub(crate) async fn tag_index(
+    registry: &Registry,
+    repository: &Repository,
+    digest: &Digest,
+) -> Result<Option<Vec<Referrer>>, RegistryError> {
+    let Some(index) = registry.manifest(repository, &index_tag(digest)).await? else {
+        return Ok(None);
+    };
+    Ok(Some(
+        serde_json::from_slice::<ReferrerList>(&index.bytes)
+            .map(|l| l.manifests)
+            .unwrap_or_default(),
+    ))
+}
+
+/// The sigstore bundles among `listed`, tried in order.
+async fn bundles(
+    registry: &Registry,
+    repository: &Repository,
+    digest: &Digest,
+    policy: &Policy,
+    listed: &[Referrer],
+    reasons: &mut Vec<String>,
+) -> Result<Option<Verified>, RegistryError> {
+    for referrer in listed.iter().take(MAX_CANDIDATES) {
+        if !bundle::is_bundle_type(&referrer.artifact_type) {
+            continue;
+        }
+        let found_in = format!("referrer {}", referrer.digest);
+        match bundle::verify_referrer(registry, repository, &referrer.digest, digest, policy)
+            .await?
+        {
+            Ok((key, format, claims)) => {
+                return Ok(Some(Verified {
+                    key,
+                    found_in,
+                    format,
+                    claims,
+                }))
+            }
+            Err(why) => reasons.push(format!("{found_in}: {why}")),
+        }
+    }
+    Ok(None)
 }
 
 /// The signatures in `sha256-<hex>.sig`, tried layer by layer.

@@ -979,3 +979,81 @@ fn hostile_signature_manifests_are_read_within_bounds() {
     );
     assert_eq!(proxy.count("/blobs/"), 0);
 }
+
+#[test]
+fn without_a_referrers_api_bundles_are_found_and_copied_under_the_referrers_tag_schema() {
+    let reg = &env().plain;
+    let http = Http::new(&reg.host);
+    let key = KeyPair::new("ec");
+    let repo = common::unique("tag-schema");
+    let digest = reg.push(&Image::marked("tag schema"), &format!("{repo}:1"));
+    let source =
+        json!({"repository": reg.repo(&repo), "tag": "1", "cosign_public_keys": [key.public_pem]});
+    // The bundle alone is not found: distribution 2.8 has no referrers API.
+    let bundle = http.store_bundle(
+        &repo,
+        subject(&http, &repo, &digest),
+        &cosign::dsse_bundle(&key, &repo, &digest),
+    );
+    let out = check(&json!({"source": source}));
+    assert_eq!(out.success(), json!([]));
+    assert!(
+        out.stderr.contains(&format!(
+            "no referrers tag sha256-{}",
+            digest.trim_start_matches("sha256:")
+        )),
+        "{}",
+        out.stderr
+    );
+    // Listed under `sha256-<hex>`, as the distribution spec's referrers tag schema keeps it.
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": bundle,
+            "size": http.manifest(&repo, &bundle).unwrap().len(),
+            "artifactType": cosign::BUNDLE_V03,
+        }]
+    }))
+    .unwrap();
+    let schema_tag = format!("sha256-{}", digest.trim_start_matches("sha256:"));
+    http.put_manifest(
+        &repo,
+        &schema_tag,
+        "application/vnd.oci.image.index.v1+json",
+        &index,
+    );
+    assert_eq!(
+        digests(&check(&json!({"source": source})).success()),
+        [digest.as_str()]
+    );
+
+    // Promoted to another repository without the API: the copy lists it there the same way.
+    let to = common::unique("tag-schema-to");
+    let target =
+        json!({"repository": reg.repo(&to), "tag": "prod", "cosign_public_keys": [key.public_pem]});
+    put(
+        &target,
+        json!({"pull_repository": reg.repo(&repo), "pull_tag": "1", "copy_signatures": true}),
+        tempfile::tempdir().unwrap().path(),
+    )
+    .success();
+    assert!(http.manifest(&to, &schema_tag).is_some());
+    assert_eq!(
+        digests(&check(&json!({"source": target})).success()),
+        [digest.as_str()]
+    );
+    let dest = tempfile::tempdir().unwrap();
+    get(
+        &target,
+        &digest,
+        json!({"skip_download": true}),
+        dest.path(),
+    )
+    .success();
+    let signatures: Value =
+        serde_json::from_slice(&std::fs::read(dest.path().join("signatures.json")).unwrap())
+            .unwrap();
+    assert_eq!(signatures[0]["found_in"], format!("referrer {bundle}"));
+}
