@@ -43,6 +43,16 @@ pub(crate) struct Image {
     pub blobs: Vec<Blob>,
     /// The config digest (image id) of a single-platform image.
     pub image_id: Option<Digest>,
+    /// Manifests that refer to the image (their `subject` is its top), as an OCI layout may
+    /// hold them (signatures, attestations, SBOMs); pushed only with `copy_signatures`.
+    pub referrers: Vec<Attached>,
+}
+
+/// A manifest attached to an image, and its blobs.
+#[derive(Debug)]
+pub(crate) struct Attached {
+    pub manifest: RawManifest,
+    pub blobs: Vec<Blob>,
 }
 
 /// One blob of an image, and where its bytes are.

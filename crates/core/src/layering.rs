@@ -13,6 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &["layout"],
     &["daemon", "git", "protocol"],
     &["source"],
+    &["signature"],
     &["select"],
     &["error"],
     &["registry"],

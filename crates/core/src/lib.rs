@@ -35,6 +35,7 @@ mod report;
 mod rootfs;
 mod secret;
 mod select;
+mod signature;
 mod source;
 mod time;
 

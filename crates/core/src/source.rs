@@ -65,6 +65,8 @@ pub(crate) const FIELDS: &[&str] = &[
     "label_regex",
     "annotation_regex",
     "content_trust",
+    "cosign_public_keys",
+    "cosign_check_reference",
 ];
 
 /// The `source` object as the pipeline wrote it.
@@ -135,6 +137,11 @@ pub(crate) struct Source {
     pub annotation_regex: Option<String>,
     /// registry-image-resource's Notary v1 signing: retired, warned about and not read.
     pub content_trust: Option<Retired>,
+    /// PEM public keys; one string or a list.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub cosign_public_keys: Vec<String>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub cosign_check_reference: bool,
 }
 
 /// A field that is accepted for its warning only: its value (keys, passphrases) is read
@@ -226,6 +233,8 @@ pub(crate) struct Settings {
     pub label_regex: Option<regex::Regex>,
     /// `annotation_regex`: which manifest annotations become `in`'s metadata.
     pub annotation_regex: Option<regex::Regex>,
+    /// `cosign_public_keys`: only digests one of them signed are checked and got.
+    pub signatures: Option<crate::signature::Policy>,
 }
 
 #[derive(Debug, Clone)]
@@ -307,7 +316,9 @@ impl Source {
         };
         let label_regex = metadata_regex(&self.label_regex, "source.label_regex")?;
         let annotation_regex = metadata_regex(&self.annotation_regex, "source.annotation_regex")?;
+        let signatures = self.signature_policy(&repository)?;
         Ok(Settings {
+            signatures,
             tag,
             registries,
             fail_when_missing: self.fail_when_missing,
@@ -540,6 +551,29 @@ impl Source {
 }
 
 impl Source {
+    /// `cosign_public_keys` (each entry one PEM key) and `cosign_check_reference`.
+    fn signature_policy(
+        &self,
+        repository: &Repository,
+    ) -> Result<Option<crate::signature::Policy>, Error> {
+        if self.cosign_public_keys.is_empty() {
+            if self.cosign_check_reference {
+                return Err(field_error(
+                    "source.cosign_check_reference",
+                    "needs source.cosign_public_keys",
+                ));
+            }
+            return Ok(None);
+        }
+        let keys = crate::signature::parse_public_keys(&self.cosign_public_keys)
+            .map_err(|(field, why)| field_error(field, why))?;
+        Ok(Some(crate::signature::Policy {
+            keys,
+            check_reference: self.cosign_check_reference,
+            repository: repository.clone(),
+        }))
+    }
+
     fn ecr(&self, repository: &Repository) -> Result<Option<EcrConfig>, Error> {
         let text = |v: &Option<String>| {
             v.as_deref()
@@ -759,6 +793,21 @@ fn check_private_key(pem: &str) -> Result<(), String> {
         // the message generic anyway.
         _ => Err("no PEM private key found (expected -----BEGIN ... PRIVATE KEY-----)".into()),
     }
+}
+
+/// A list of strings, or one string as a list of one; `null` is empty.
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Option::<OneOrMany>::deserialize(d)? {
+        None => Vec::new(),
+        Some(OneOrMany::One(s)) => vec![s],
+        Some(OneOrMany::Many(v)) => v,
+    })
 }
 
 impl<'de> Deserialize<'de> for TagText {

@@ -8,6 +8,9 @@
 //! and never for more than [`MAX_DIGEST_REQUESTS`] tags in one check, newest first. An
 //! up-to-date check with a cursor costs a ping, one page, and a HEAD of the cursor's tag (and
 //! of `latest` when it counts). With the cursor at `latest`, only `latest` is asked about.
+//!
+//! With `cosign_public_keys`, every version about to be emitted (the cursor's included) is
+//! verified ([`crate::signature::verify`]): three more requests for a signed one.
 
 use futures_util::{stream, StreamExt as _};
 
@@ -18,6 +21,7 @@ use crate::pull::{self, across_endpoints, Choice, Missing};
 use crate::reference::{Digest, Repository, Tag};
 use crate::registry::Registry;
 use crate::select::{one_per_digest, Candidate, Key, Selection};
+use crate::signature;
 use crate::source::Settings;
 use crate::time::parse_rfc3339;
 
@@ -89,20 +93,43 @@ async fn tag_mode(
         digest,
     };
     // A cursor without a valid digest matches nothing: the current version alone.
-    match cursor.and_then(|c| Some((c.tag, c.digest?))) {
+    let versions = match cursor.and_then(|c| Some((c.tag, c.digest?))) {
         Some((tag, digest)) if digest != current.digest => {
             let still_there = registry
                 .manifest_digest(repository, digest.as_str())
                 .await?
                 .is_some();
             if still_there {
-                Ok(vec![Version { tag, digest }, current])
+                vec![Version { tag, digest }, current]
             } else {
-                Ok(vec![current])
+                vec![current]
             }
         }
-        _ => Ok(vec![current]),
-    }
+        _ => vec![current],
+    };
+    signed_only(registry, repository, settings, versions).await
+}
+
+/// With `cosign_public_keys`, the versions whose digest one of the keys signed, in order
+/// (an unsigned one is skipped with a warning naming it); all of them otherwise.
+async fn signed_only(
+    registry: &Registry,
+    repository: &Repository,
+    settings: &Settings,
+    mut versions: Vec<Version>,
+) -> Result<Vec<Version>, Error> {
+    let Some(policy) = &settings.signatures else {
+        return Ok(versions);
+    };
+    let named: Vec<(String, Digest)> = versions
+        .iter()
+        .map(|v| (v.tag.clone().unwrap_or_default(), v.digest.clone()))
+        .collect();
+    let signed =
+        signature::verify::signed_digests(registry, repository, policy, &named, CONCURRENCY)
+            .await?;
+    versions.retain(|v| signed.contains(&v.digest));
+    Ok(versions)
 }
 
 /// A candidate and what the registry said about it.
@@ -206,6 +233,28 @@ async fn select_mode(
 
     // One version per digest: a final release over a pre-release, then the most specific tag.
     let mut versions: Vec<Found> = one_per_digest(found, |f| (&f.candidate, &f.digest));
+    let mut latest_signed = None;
+    let mut latest_digest = None;
+    if let Some(policy) = &settings.signatures {
+        // Only signed versions count, the cursor's included: an unsigned newest tag leaves
+        // the newest signed one.
+        let mut named: Vec<(String, Digest)> = versions
+            .iter()
+            .map(|f| (f.candidate.tag.clone(), f.digest.clone()))
+            .collect();
+        if let Some(latest) = &plan.latest {
+            let digest = registry.manifest_digest(repository, latest).await?;
+            if let Some(digest) = &digest {
+                named.push((latest.clone(), digest.clone()));
+            }
+            latest_digest = Some(digest);
+        }
+        let signed =
+            signature::verify::signed_digests(registry, repository, policy, &named, CONCURRENCY)
+                .await?;
+        versions.retain(|f| signed.contains(&f.digest));
+        latest_signed = Some(signed);
+    }
     if selection.created_at_sort {
         versions.sort_by(|a, b| {
             a.created
@@ -224,8 +273,13 @@ async fn select_mode(
         .collect();
 
     if let Some(latest) = &plan.latest {
-        if let Some(digest) = registry.manifest_digest(repository, latest).await? {
-            if !out.iter().any(|v| v.digest == digest) {
+        let digest = match latest_digest {
+            Some(known) => known,
+            None => registry.manifest_digest(repository, latest).await?,
+        };
+        if let Some(digest) = digest {
+            let signed = latest_signed.as_ref().is_none_or(|s| s.contains(&digest));
+            if signed && !out.iter().any(|v| v.digest == digest) {
                 out.push(Version {
                     tag: Some(latest.clone()),
                     digest,

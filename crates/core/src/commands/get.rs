@@ -22,6 +22,7 @@ use crate::pull::{self, find_image, Missing, Resolved};
 use crate::reference::{Digest, Repository};
 use crate::registry::Registry;
 use crate::rootfs;
+use crate::signature;
 use crate::source::Settings;
 
 /// `params` of `in`.
@@ -82,6 +83,11 @@ pub async fn get(request: &Request, dest: &Path) -> Result<Response, Error> {
         .and_then(|v| v.tag.clone())
         .unwrap_or_else(|| settings.tag.to_string());
     let source_repository = &settings.repository_text;
+    // An unsigned digest is refused before anything is written or downloaded.
+    let verified = match &settings.signatures {
+        Some(policy) => Some(signed(&settings, policy, &digest).await?),
+        None => None,
+    };
 
     std::fs::create_dir_all(dest).map_err(|e| io_error(dest, e))?;
     let work = WorkDir::create(dest)?;
@@ -94,6 +100,12 @@ pub async fn get(request: &Request, dest: &Path) -> Result<Response, Error> {
         digest: digest.clone(),
     };
     let mut metadata = vec![field("repository", source_repository), field("tag", &tag)];
+    if let Some(v) = &verified {
+        let json = serde_json::to_vec_pretty(&[v.to_json(&digest)]).expect("json");
+        write_file(&out.join("signatures.json"), &json)?;
+        metadata.push(field("signed_by", v.key.fingerprint()));
+        metadata.push(field("signature", &v.found_in));
+    }
     let wanted = Platform::wanted(params.platform.as_ref().or(settings.platform.as_ref()));
     if params.skip_download {
         if settings.label_regex.is_some() || settings.annotation_regex.is_some() {
@@ -197,6 +209,31 @@ async fn resolve(
         source: format!("no {wanted} image").into(),
     })?;
     Ok((registry, repository, image))
+}
+
+/// The signature of `digest` by one of the policy's keys, read from the repository's own
+/// registry; an error naming the digest and the keys when there is none.
+async fn signed(
+    settings: &Settings,
+    policy: &signature::Policy,
+    digest: &Digest,
+) -> Result<signature::Verified, Error> {
+    let repository = &settings.repository;
+    let registry = Registry::new(repository.host().clone(), &settings.registries).await;
+    match signature::verify(&registry, repository, digest, policy).await? {
+        Ok(v) => {
+            tracing::info!(
+                "{repository}@{digest} is signed by {} ({})",
+                v.key.fingerprint(),
+                v.found_in
+            );
+            Ok(v)
+        }
+        Err(reasons) => Err(Error::Image {
+            reference: format!("{repository}@{digest}"),
+            source: signature::verify::unsigned_reason(policy, &reasons).into(),
+        }),
+    }
 }
 
 /// One `in`: the resolved image, where it comes from, and what to write where.

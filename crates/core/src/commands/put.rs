@@ -21,6 +21,7 @@ use crate::pull;
 use crate::push::push;
 use crate::reference::{NameError, Repository, Tag};
 use crate::registry::Registry;
+use crate::signature;
 
 /// The most read of a `tag_file`, `additional_tags` file or a saved image's `repository`.
 const MAX_TAG_FILE_BYTES: u64 = 64 << 10;
@@ -67,6 +68,18 @@ pub struct Params {
     /// How layers that `out` compresses itself are written: `gzip` (default) or `zstd`.
     pub compression: Option<String>,
     pub compression_level: Option<u32>,
+    /// Sign the pushed digest: `{key, password}` (cosign's encrypted key, or PKCS#8 PEM).
+    pub cosign_sign: Option<CosignSign>,
+    /// Copy the source's signatures, attestations and SBOMs (cosign tags, referrers) too.
+    #[serde(default)]
+    pub copy_signatures: bool,
+}
+
+/// `params.cosign_sign`.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct CosignSign {
+    pub(crate) key: Option<crate::secret::Secret>,
+    pub(crate) password: Option<crate::secret::Secret>,
 }
 
 impl crate::protocol::Params for Params {
@@ -103,6 +116,8 @@ impl crate::protocol::Params for Params {
         "skip_download",
         "compression",
         "compression_level",
+        "cosign_sign",
+        "copy_signatures",
     ];
 }
 
@@ -143,6 +158,23 @@ pub async fn put(request: &Request, src: &Path) -> Result<Response, Error> {
     let repository = &settings.repository;
     let mut tags = tags(&params, &settings.tag, src, variant)?;
     let encoding = params.encoding()?;
+    if params.copy_signatures
+        && params.pull_repository.is_none()
+        && params.load.is_none()
+        && params.image.is_none()
+    {
+        return Err(Error::field(
+            "params.copy_signatures",
+            "needs pull_repository, load or image: signatures are copied from the repository the image came from, or from its OCI layout",
+        ));
+    }
+    // The key is opened before anything is pushed: a wrong password pushes nothing.
+    let signer = match &params.cosign_sign {
+        Some(sign) => {
+            Some(signature::sign::open_key(sign.key.as_ref(), sign.password.as_ref()).await?)
+        }
+        None => None,
+    };
 
     let staging = staging_dir()?;
     let result = async {
@@ -191,6 +223,7 @@ pub async fn put(request: &Request, src: &Path) -> Result<Response, Error> {
             }
         }
         let tags = &tags;
+        let origin = mount_from.clone();
         let mount_from = mount_from.filter(|r| r.host() == repository.host() && r != repository);
         let digest = push(
             &registry,
@@ -201,11 +234,38 @@ pub async fn put(request: &Request, src: &Path) -> Result<Response, Error> {
             mount_from.as_ref(),
         )
         .await?;
-        Ok::<_, Error>((plan.image_id, digest))
+        if params.copy_signatures {
+            let to = signature::copy::End {
+                registry: &registry,
+                repository,
+            };
+            signature::copy::carry(
+                &to,
+                &plan.referrers,
+                origin.as_ref(),
+                &settings.registries,
+                &digest,
+                staging.path(),
+            )
+            .await?;
+        }
+        let signed = match &signer {
+            Some(key) => {
+                let signed = signature::sign::sign(&registry, repository, &digest, key).await?;
+                tracing::info!(
+                    "signed {repository}@{digest} with {} ({})",
+                    key.public_key().fingerprint(),
+                    signed.tag
+                );
+                Some(signed)
+            }
+            None => None,
+        };
+        Ok::<_, Error>((plan.image_id, digest, signed))
     }
     .await;
     drop(staging);
-    let (image_id, digest) = result?;
+    let (image_id, digest, signed) = result?;
 
     // registry-image-resource's out metadata starts with the repository.
     let mut metadata = vec![field("repository", &settings.repository_text)];
@@ -217,6 +277,10 @@ pub async fn put(request: &Request, src: &Path) -> Result<Response, Error> {
         "tags",
         &tags.iter().map(Tag::as_str).collect::<Vec<_>>().join(" "),
     ));
+    if let (Some(key), Some(signed)) = (&signer, &signed) {
+        metadata.push(field("signed_by", key.public_key().fingerprint()));
+        metadata.push(field("signature", &signed.tag));
+    }
     Ok(Response {
         version: Version {
             tag: Some(tags[0].to_string()),
@@ -545,6 +609,7 @@ async fn pull_plan(
         Image {
             blobs,
             children,
+            referrers: Vec::new(),
             top: RawManifest {
                 digest: top.digest,
                 media_type: top.media_type,

@@ -230,9 +230,29 @@ fn read_oci_layout(files: &Files) -> Result<Image, Error> {
             ),
         )
     })?;
-    // One entry: that manifest or index is the image. Several: index.json itself is the
-    // (multi-platform) image, as `in` with `format: oci-layout` writes it.
-    let top = match index.manifests.as_slice() {
+    // Entries whose manifest has a `subject` refer to another entry (signatures, SBOMs):
+    // they are set aside. One entry left: that manifest or index is the image. Several:
+    // index.json itself is the (multi-platform) image, as `in` with `format: oci-layout`
+    // writes it.
+    let mut referring = Vec::new();
+    let mut entries = Vec::new();
+    for entry in &index.manifests {
+        let bytes = read_verified(files, &entry.digest)?;
+        if has_subject(&bytes) {
+            referring.push((entry, bytes));
+        } else {
+            entries.push(entry.clone());
+        }
+    }
+    let index_bytes = if referring.is_empty() || entries.len() < 2 {
+        index_bytes
+    } else {
+        return Err(bad(
+            files.describe(),
+            "index.json lists several images and manifests that refer to them: push the images and their referrers separately",
+        ));
+    };
+    let top = match entries.as_slice() {
         [] => return Err(bad(files.describe(), "index.json lists no image")),
         [one] => {
             let bytes = read_verified(files, &one.digest)?;
@@ -254,6 +274,7 @@ fn read_oci_layout(files: &Files) -> Result<Image, Error> {
         children: Vec::new(),
         image_id: None,
         top: top.clone(),
+        referrers: Vec::new(),
     };
     if is_index(&top.media_type, &top.bytes) {
         let idx: ImageIndex = serde_json::from_slice(&top.bytes).map_err(|e| {
@@ -278,6 +299,24 @@ fn read_oci_layout(files: &Files) -> Result<Image, Error> {
     } else {
         let id = add_manifest_blobs(files, &top.bytes, &top.digest, &mut image)?;
         image.image_id = Some(id);
+    }
+    for (entry, bytes) in referring {
+        let mut blobs = Image {
+            top: top.clone(),
+            children: Vec::new(),
+            blobs: Vec::new(),
+            image_id: None,
+            referrers: Vec::new(),
+        };
+        add_manifest_blobs(files, &bytes, &entry.digest, &mut blobs)?;
+        image.referrers.push(crate::image::Attached {
+            manifest: RawManifest {
+                digest: entry.digest.clone(),
+                media_type: media_type_of(&entry.media_type, &bytes),
+                bytes,
+            },
+            blobs: blobs.blobs,
+        });
     }
     Ok(image)
 }
@@ -315,6 +354,15 @@ fn unwrap_index(files: &Files, mut top: RawManifest) -> Result<RawManifest, Erro
         };
     }
     Ok(top)
+}
+
+/// Whether a manifest refers to another (has a `subject`).
+fn has_subject(bytes: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Subject {
+        subject: Option<serde_json::Value>,
+    }
+    serde_json::from_slice::<Subject>(bytes).is_ok_and(|s| s.subject.is_some())
 }
 
 /// Adds a manifest's config and layers to the image; returns the config digest.
@@ -540,6 +588,7 @@ fn read_docker_archive(
     Ok(Image {
         blobs,
         children: Vec::new(),
+        referrers: Vec::new(),
         top: RawManifest {
             digest: Digest::of(&bytes),
             media_type: manifest_type.to_string(),
@@ -633,6 +682,7 @@ pub(crate) fn import_rootfs(
     }))
     .expect("serialisable");
     Ok(Image {
+        referrers: Vec::new(),
         blobs: vec![
             Blob {
                 digest: config_digest.clone(),

@@ -23,6 +23,7 @@ mod gcp;
 mod identity;
 mod manifests;
 mod pace;
+mod referrers;
 mod retry;
 mod tags;
 mod transport;
@@ -45,6 +46,7 @@ pub(crate) use auth::Challenge;
 pub(crate) use blobs::CONFIG_LIMIT;
 pub(crate) use error::RegistryError;
 pub(crate) use gcp::register_key_secrets;
+pub(crate) use referrers::{List as ReferrerList, Referrer};
 pub(crate) use retry::RetryPolicy;
 #[cfg(test)]
 pub(crate) use tags::{next_link, resolve_link};

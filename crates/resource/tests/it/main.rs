@@ -17,4 +17,5 @@ mod put;
 mod put_hostile;
 mod registries;
 mod select;
+mod signatures;
 mod sources;

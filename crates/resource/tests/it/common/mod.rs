@@ -16,6 +16,7 @@
 #![allow(dead_code)]
 
 pub mod cloud;
+pub mod cosign;
 pub mod hostile;
 pub mod http;
 pub mod image;

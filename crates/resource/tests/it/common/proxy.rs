@@ -300,6 +300,9 @@ struct State {
     /// `(path prefix, upstream)`: the first match wins over the proxy's upstream.
     routes: Vec<(String, String)>,
     profile: Option<Profile>,
+    /// The referrers API, when the proxy serves it: (repository, subject digest) → the
+    /// descriptors of the manifests pushed through it with that subject.
+    referrers: Option<std::collections::HashMap<(String, String), Vec<serde_json::Value>>>,
 }
 
 pub struct FaultProxy {
@@ -405,6 +408,17 @@ impl FaultProxy {
         {
             Some(prefix) => format!("{}/{prefix}/{name}", self.host()),
             None => self.repo(name),
+        }
+    }
+
+    /// Serves the OCI 1.1 referrers API (`GET /v2/<name>/referrers/<digest>`), which
+    /// distribution 2.8 lacks: every manifest PUT through the proxy with a `subject` is
+    /// listed under its subject's digest. Before this is called, referrers requests go to
+    /// the registry (which answers 404).
+    pub fn serve_referrers(&self) {
+        let mut s = self.state.lock().unwrap();
+        if s.referrers.is_none() {
+            s.referrers = Some(Default::default());
         }
     }
 
@@ -560,6 +574,29 @@ async fn handle(
                 .unwrap());
         }
     }
+    let referrers_on = shared.state.lock().unwrap().referrers.is_some();
+    let route = referrers_route(req.method(), req.uri().path());
+    if let (true, Some(Route::List(name, digest))) = (referrers_on, &route) {
+        let manifests = shared
+            .state
+            .lock()
+            .unwrap()
+            .referrers
+            .as_ref()
+            .and_then(|r| r.get(&(name.clone(), digest.clone())).cloned())
+            .unwrap_or_default();
+        record(200);
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": manifests,
+        });
+        return Ok(Response::builder()
+            .status(200)
+            .header("content-type", "application/vnd.oci.image.index.v1+json")
+            .body(full(index.to_string()))
+            .unwrap());
+    }
     let accepts_gzip = req
         .headers()
         .get(hyper::header::ACCEPT_ENCODING)
@@ -580,7 +617,27 @@ async fn handle(
     let is_manifest = forwarded_path.contains("/manifests/");
     let is_blob = forwarded_path.contains("/blobs/sha256:");
 
-    let response = match forward(&upstream, req).await {
+    let forwarded = match (referrers_on, route) {
+        (true, Some(Route::PutManifest(name))) => {
+            // Manifests are small: read whole, so that a subject can be recorded.
+            let (parts, body) = req.into_parts();
+            let bytes = body.collect().await.map_err(|_| Abort)?.to_bytes();
+            let media_type = parts
+                .headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            let response =
+                forward(&upstream, Request::from_parts(parts, full(bytes.clone()))).await;
+            if response.as_ref().is_ok_and(|r| r.status().is_success()) {
+                record_referrer(shared, &name, &media_type, &bytes);
+            }
+            response
+        }
+        _ => forward(&upstream, req).await,
+    };
+    let response = match forwarded {
         Ok(r) => r,
         Err(e) => {
             record(502);
@@ -671,12 +728,70 @@ async fn handle(
     Ok(Response::from_parts(parts, body))
 }
 
+enum Route {
+    /// `GET /v2/<name>/referrers/<digest>`
+    List(String, String),
+    /// `PUT /v2/<name>/manifests/<reference>`
+    PutManifest(String),
+}
+
+fn referrers_route(method: &hyper::Method, path: &str) -> Option<Route> {
+    let rest = path.strip_prefix("/v2/")?;
+    if method == hyper::Method::GET {
+        let (name, digest) = rest.rsplit_once("/referrers/")?;
+        return Some(Route::List(name.to_string(), digest.to_string()));
+    }
+    if method == hyper::Method::PUT {
+        let (name, _) = rest.rsplit_once("/manifests/")?;
+        return Some(Route::PutManifest(name.to_string()));
+    }
+    None
+}
+
+/// A pushed manifest with a `subject`, listed under the subject's digest.
+fn record_referrer(shared: &Shared, name: &str, media_type: &str, bytes: &[u8]) {
+    let Ok(manifest) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return;
+    };
+    let Some(subject) = manifest["subject"]["digest"].as_str() else {
+        return;
+    };
+    let digest = super::image::sha256(bytes);
+    let artifact_type = manifest["artifactType"]
+        .as_str()
+        .or(manifest["config"]["mediaType"].as_str())
+        .unwrap_or_default();
+    let mut descriptor = serde_json::json!({
+        "mediaType": if media_type.is_empty() { manifest["mediaType"].as_str().unwrap_or_default() } else { media_type },
+        "digest": digest,
+        "size": bytes.len(),
+        "artifactType": artifact_type,
+    });
+    if manifest["annotations"].is_object() {
+        descriptor["annotations"] = manifest["annotations"].clone();
+    }
+    let mut s = shared.state.lock().unwrap();
+    let list = s
+        .referrers
+        .get_or_insert_with(Default::default)
+        .entry((name.to_string(), subject.to_string()))
+        .or_default();
+    if !list.iter().any(|d| d["digest"] == descriptor["digest"]) {
+        list.push(descriptor);
+    }
+}
+
 /// One upstream connection per request: simple, and a reset upstream cannot poison a pool.
-async fn forward(upstream: &str, req: Request<Incoming>) -> Result<Response<Incoming>, BoxError> {
+async fn forward<B>(upstream: &str, req: Request<B>) -> Result<Response<Incoming>, BoxError>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
     let stream = tokio::net::TcpStream::connect(upstream).await?;
     let _ = stream.set_nodelay(true);
     let (mut sender, connection) =
-        hyper::client::conn::http1::handshake::<_, Incoming>(TokioIo::new(stream)).await?;
+        hyper::client::conn::http1::handshake::<_, B>(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
     let (mut parts, body) = req.into_parts();
     for name in HOP_BY_HOP {
