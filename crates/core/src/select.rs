@@ -381,8 +381,18 @@ fn key_text(regex: &Regex, tag: &str) -> Option<String> {
 
 /// `^(?:pattern)$`, with the regex crate's multi-line message folded into one line.
 fn anchored(pattern: &str, field: &str) -> Result<Regex, Error> {
-    regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
-        .size_limit(1 << 20)
+    compile_regex(&format!("^(?:{pattern})$"), pattern, field)
+}
+
+/// The largest compiled program a pipeline's regular expression may make.
+pub(crate) const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// `text` compiled (at most [`REGEX_SIZE_LIMIT`]); an error names `field` and quotes
+/// `pattern` (what the pipeline wrote), with the regex crate's multi-line message folded into
+/// its last line.
+pub(crate) fn compile_regex(text: &str, pattern: &str, field: &str) -> Result<Regex, Error> {
+    regex::RegexBuilder::new(text)
+        .size_limit(REGEX_SIZE_LIMIT)
         .build()
         .map_err(|e| {
             let text = e.to_string();

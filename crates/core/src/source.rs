@@ -156,9 +156,6 @@ impl<'de> Deserialize<'de> for Retired {
     }
 }
 
-/// The size a `label_regex` or `annotation_regex` may compile to.
-const METADATA_REGEX_SIZE_LIMIT: usize = 1 << 20;
-
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct PrivateRegistry {
     pub registry: Option<String>,
@@ -293,25 +290,7 @@ impl Source {
         }
         let metadata_regex = |text: &Option<String>, field: &str| {
             text.as_deref()
-                .map(|r| {
-                    regex::RegexBuilder::new(r)
-                        .size_limit(METADATA_REGEX_SIZE_LIMIT)
-                        .build()
-                        .map_err(|e| {
-                            let reason = e.to_string();
-                            let reason = reason
-                                .lines()
-                                .map(str::trim)
-                                .rfind(|l| !l.is_empty())
-                                .unwrap_or("invalid")
-                                .trim_start_matches("error: ")
-                                .to_string();
-                            field_error(
-                                field,
-                                format!("invalid regular expression {r:?}: {reason}"),
-                            )
-                        })
-                })
+                .map(|r| crate::select::compile_regex(r, r, field))
                 .transpose()
         };
         let label_regex = metadata_regex(&self.label_regex, "source.label_regex")?;
