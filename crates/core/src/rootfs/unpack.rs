@@ -122,11 +122,21 @@ struct DirMeta {
     mtime: u64,
 }
 
+/// The buffer file contents are copied through: large, so that a big file is written in
+/// few system calls.
+const COPY_BUFFER: usize = 1 << 20;
+
 /// Applies layers, in order, to one root directory.
 pub(crate) struct Unpacker {
     root: OwnedFd,
     as_root: bool,
     dirs: HashMap<Vec<u8>, DirMeta>,
+    /// The directory the last entry was written in, by path: a layer lists a directory's
+    /// entries together, so the next one is most often written in the same directory. An
+    /// entry never changes what its own parent's path resolves to (only an entry at that
+    /// path or above it can), so the handle stays right while the parent stays the same.
+    last_parent: Option<(Vec<u8>, OwnedFd)>,
+    buffer: Vec<u8>,
     pub skipped: Skipped,
 }
 
@@ -142,6 +152,8 @@ impl Unpacker {
             root: fd,
             as_root: rustix::process::geteuid().is_root(),
             dirs: HashMap::new(),
+            last_parent: None,
+            buffer: Vec::new(),
             skipped: Skipped::default(),
         })
     }
@@ -181,10 +193,12 @@ impl Unpacker {
                 source,
             };
             if *name == OPAQUE {
+                self.last_parent = None;
                 self.opaque(parent, &this_layer).map_err(fail)?;
                 continue;
             }
             if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
+                self.last_parent = None;
                 self.whiteout(parent, hidden).map_err(fail)?;
                 continue;
             }
@@ -241,7 +255,6 @@ impl Unpacker {
     ) -> io::Result<()> {
         let xattrs = entry_xattrs(entry)?;
         let header = entry.header();
-        let kind = header.entry_type();
         let mode = header.mode()?;
         let old = header.as_old();
         let (uid_, gid_) = (
@@ -255,10 +268,32 @@ impl Unpacker {
             )));
         }
         let mtime = header.mtime().unwrap_or(0);
-        let dir = self.resolve_dir(parent, true)?;
+        let parent_path = parent.join(&b'/');
+        let dir = match self.last_parent.take() {
+            Some((path, fd)) if path == parent_path => fd,
+            _ => self.resolve_dir(parent, true)?,
+        };
+        self.write_entry(entry, &dir, name, path, xattrs, (mode, uid_, gid_, mtime))?;
+        self.last_parent = Some((parent_path, dir));
+        Ok(())
+    }
+
+    /// Writes one entry named `name` in `dir`, replacing what is there unless both are
+    /// directories.
+    fn write_entry<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        dir: &OwnedFd,
+        name: &[u8],
+        path: &[u8],
+        xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+        (mode, uid_, gid_, mtime): (u32, u64, u64, u64),
+    ) -> io::Result<()> {
+        let header = entry.header();
+        let kind = header.entry_type();
 
         // What is there now: a directory stays for a directory; anything else is replaced.
-        let existing = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)
+        let existing = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
             .ok()
             .map(|st| FileType::from_raw_mode(st.st_mode));
         if kind.is_hard_link() {
@@ -271,18 +306,18 @@ impl Unpacker {
         }
         match (existing, kind.is_dir()) {
             (Some(FileType::Directory), true) | (None, _) => {}
-            (Some(FileType::Directory), false) => remove_all(&dir, name)?,
-            (Some(_), _) => rustix::fs::unlinkat(&dir, name, AtFlags::empty())?,
+            (Some(FileType::Directory), false) => remove_all(dir, name)?,
+            (Some(_), _) => rustix::fs::unlinkat(dir, name, AtFlags::empty())?,
         }
 
         match kind {
             k if k.is_dir() => {
                 if existing != Some(FileType::Directory) {
-                    rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o755))?;
+                    rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o755))?;
                 }
                 if !xattrs.is_empty() {
                     let fd = rustix::fs::openat(
-                        &dir,
+                        dir,
                         name,
                         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                         Mode::empty(),
@@ -301,7 +336,7 @@ impl Unpacker {
             }
             k if k.is_file() || k == tar::EntryType::Continuous || k.is_gnu_sparse() => {
                 let fd = rustix::fs::openat(
-                    &dir,
+                    dir,
                     name,
                     OFlags::WRONLY
                         | OFlags::CREATE
@@ -311,7 +346,7 @@ impl Unpacker {
                     Mode::from_raw_mode(0o600),
                 )?;
                 let mut file = std::fs::File::from(fd);
-                io::copy(entry, &mut file)?;
+                copy_through(entry, &mut file, &mut self.buffer)?;
                 if self.as_root {
                     rustix::fs::fchown(&file, Some(uid(uid_)), Some(gid(gid_)))?;
                 }
@@ -326,17 +361,17 @@ impl Unpacker {
                     .link_name_bytes()
                     .ok_or_else(|| io::Error::other("symlink without a target"))?;
                 // Stored as given, absolute or not; never followed here.
-                rustix::fs::symlinkat(OsStr::from_bytes(&target), &dir, name)?;
+                rustix::fs::symlinkat(OsStr::from_bytes(&target), dir, name)?;
                 if self.as_root {
                     rustix::fs::chownat(
-                        &dir,
+                        dir,
                         name,
                         Some(uid(uid_)),
                         Some(gid(gid_)),
                         AtFlags::SYMLINK_NOFOLLOW,
                     )?;
                 }
-                rustix::fs::utimensat(&dir, name, &times(mtime), AtFlags::SYMLINK_NOFOLLOW)?;
+                rustix::fs::utimensat(dir, name, &times(mtime), AtFlags::SYMLINK_NOFOLLOW)?;
             }
             k if k.is_hard_link() => {
                 let target = entry.link_name_bytes().expect("checked above");
@@ -345,7 +380,7 @@ impl Unpacker {
                 };
                 let (tname, tparent) = target.split_last().expect("non-empty");
                 let tdir = self.resolve_dir(tparent, false)?;
-                rustix::fs::linkat(&tdir, *tname, &dir, name, AtFlags::empty())?;
+                rustix::fs::linkat(&tdir, *tname, dir, name, AtFlags::empty())?;
             }
             k if k.is_character_special() || k.is_block_special() || k.is_fifo() => {
                 let ft = if k.is_fifo() {
@@ -360,7 +395,7 @@ impl Unpacker {
                     header.device_major().ok().flatten().unwrap_or(0),
                     header.device_minor().ok().flatten().unwrap_or(0),
                 );
-                match rustix::fs::mknodat(&dir, name, ft, Mode::from_raw_mode(mode & 0o7777), dev) {
+                match rustix::fs::mknodat(dir, name, ft, Mode::from_raw_mode(mode & 0o7777), dev) {
                     Ok(()) => {}
                     Err(e)
                         if ft != FileType::Fifo
@@ -373,7 +408,7 @@ impl Unpacker {
                 }
                 if self.as_root {
                     rustix::fs::chownat(
-                        &dir,
+                        dir,
                         name,
                         Some(uid(uid_)),
                         Some(gid(gid_)),
@@ -381,7 +416,7 @@ impl Unpacker {
                     )?;
                 }
                 rustix::fs::chmodat(
-                    &dir,
+                    dir,
                     name,
                     Mode::from_raw_mode(mode & 0o7777),
                     AtFlags::empty(),
@@ -474,6 +509,36 @@ impl Unpacker {
                 open_in_root(&self.root, &path)
             }
             other => other,
+        }
+    }
+}
+
+/// Copies `from` to `to` through `buffer` ([`COPY_BUFFER`] bytes, allocated on first use),
+/// each write as full as the reader allows.
+fn copy_through(
+    from: &mut impl Read,
+    to: &mut impl io::Write,
+    buffer: &mut Vec<u8>,
+) -> io::Result<()> {
+    if buffer.is_empty() {
+        buffer.resize(COPY_BUFFER, 0);
+    }
+    loop {
+        let mut filled = 0;
+        while filled < buffer.len() {
+            match from.read(&mut buffer[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if filled == 0 {
+            return Ok(());
+        }
+        to.write_all(&buffer[..filled])?;
+        if filled < buffer.len() {
+            return Ok(());
         }
     }
 }
