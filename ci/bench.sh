@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Times `in` and `out` against the tools they replace, in one run, on one large image made locally:
-# one layer per directory in BENCH_DIRS (default: about 1.8 GB and 60k files of this
-# machine's /usr), pushed to a local registry. Prints a table with ratios and peak memory.
+# Times `in` and `out` against the tools they replace and against the machine's floors, in one
+# run, on images made locally: one layer per directory in BENCH_DIRS (default: about 1.8 GB
+# and 60k files of this machine's /usr), and one single layer of BENCH_BIG_MB (default 1000)
+# MB of large files (the shape of ML and CUDA images), pushed to a local registry. The floors:
+# inflating every layer to nothing (zlib-rs, every core and one thread: the `inflate`
+# example), and `gunzip | tar -x`. Prints a table with ratios and peak memory.
 # Not a test: numbers go into the README by hand.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,11 +12,15 @@ cd "$(dirname "$0")/.."
 . ci/lib.sh
 
 BENCH_DIRS=${BENCH_DIRS:-"/usr/share /usr/include /usr/bin /usr/sbin /usr/lib/x86_64-linux-gnu"}
+BENCH_BIG_MB=${BENCH_BIG_MB:-1000}
 ensure_packages
 ensure_cargo
 ensure_dockerd
 cargo build --release --quiet -p dockhand-resource
+cargo build --release --quiet -p dockhand --example inflate
 bin=$PWD/target/release
+inflate=$PWD/target/release/examples/inflate
+cores=$(nproc)
 work=$(mktemp -d /tmp/dockhand-bench.XXXXXX)
 on_exit "rm -rf $work"
 start_registry 127.0.0.1
@@ -23,7 +30,7 @@ log "building the bench image from: $BENCH_DIRS"
 layout=$work/layout
 blobs=$layout/blobs/sha256
 mkdir -p "$blobs"
-diff_ids=() layers=()
+diff_ids=() layers=() gzlayers=()
 for d in $BENCH_DIRS; do
   tar -C / --numeric-owner -cf "$work/layer.tar" "${d#/}" 2>/dev/null || true
   diff_ids+=("\"sha256:$(sha256sum "$work/layer.tar" | cut -d' ' -f1)\"")
@@ -32,7 +39,10 @@ for d in $BENCH_DIRS; do
   h=$(sha256sum "$work/layer.tar.gz" | cut -d' ' -f1)
   layers+=("{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar+gzip\",\"digest\":\"sha256:$h\",\"size\":$(stat -c %s "$work/layer.tar.gz")}")
   mv "$work/layer.tar.gz" "$blobs/$h"
+  gzlayers+=("$work/gz/$h")
 done
+mkdir -p "$work/gz"
+for g in "${gzlayers[@]}"; do ln "$blobs/$(basename "$g")" "$g"; done
 join() { local IFS=,; echo "$*"; }
 config="{\"architecture\":\"amd64\",\"os\":\"linux\",\"config\":{\"Cmd\":[\"/bin/sh\"]},\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[$(join "${diff_ids[@]}")]}}"
 ch=$(printf '%s' "$config" | sha256sum | cut -d' ' -f1)
@@ -48,6 +58,39 @@ rm -rf "$layout"
 digest="sha256:$mh"
 request() { printf '{"source":{"repository":"%s"},"version":{"digest":"%s"},"params":%s}' "$repository" "$digest" "$1"; }
 
+# push_one_layer_image NAME LAYER_TAR: gzips LAYER_TAR into a one-layer image at
+# $REGISTRY/bench/NAME:latest; prints its digest; keeps the gzipped layer as $work/gz-NAME.
+push_one_layer_image() {
+  local name=$1 tarball=$2 dir="$work/layout-$1" diff h config ch manifest mh
+  mkdir -p "$dir/blobs/sha256"
+  diff=$(sha256sum "$tarball" | cut -d' ' -f1)
+  gzip -1 -n -c "$tarball" >"$work/gz-$name"
+  h=$(sha256sum "$work/gz-$name" | cut -d' ' -f1)
+  ln "$work/gz-$name" "$dir/blobs/sha256/$h"
+  config="{\"architecture\":\"amd64\",\"os\":\"linux\",\"config\":{},\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[\"sha256:$diff\"]}}"
+  ch=$(printf '%s' "$config" | sha256sum | cut -d' ' -f1)
+  printf '%s' "$config" >"$dir/blobs/sha256/$ch"
+  manifest="{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"config\":{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"digest\":\"sha256:$ch\",\"size\":${#config}},\"layers\":[{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar+gzip\",\"digest\":\"sha256:$h\",\"size\":$(stat -c %s "$work/gz-$name")}]}"
+  mh=$(printf '%s' "$manifest" | sha256sum | cut -d' ' -f1)
+  printf '%s' "$manifest" >"$dir/blobs/sha256/$mh"
+  printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"org.opencontainers.image.ref.name":"bench"}}]}' "$mh" "${#manifest}" >"$dir/index.json"
+  printf '{"imageLayoutVersion":"1.0.0"}' >"$dir/oci-layout"
+  skopeo copy --quiet --preserve-digests --dest-tls-verify=false "oci:$dir:bench" "docker://$REGISTRY/bench/$name:latest" >&2
+  rm -rf "$dir"
+  echo "sha256:$mh"
+}
+
+# Large files: BENCH_BIG_MB of this machine's libraries and binaries, in 4 files.
+log "building the ${BENCH_BIG_MB} MB single-layer image"
+mkdir -p "$work/big/models"
+for i in 1 2 3 4; do
+  find /usr/lib /usr/bin -type f -size +64k -print0 2>/dev/null | sort -z | xargs -0 cat 2>/dev/null |
+    tail -c +$(( (i - 1) * 7919 + 1 )) | head -c $(( BENCH_BIG_MB * 1000000 / 4 )) >"$work/big/models/part$i.bin" || true
+done
+tar -C "$work/big" --numeric-owner -cf "$work/big.tar" models
+big_digest=$(push_one_layer_image big "$work/big.tar")
+rm -f "$work/big.tar"
+
 results=()
 # measure NAME COMMAND...: wall seconds and peak RSS (KiB) of the command, caches dropped.
 measure() {
@@ -62,9 +105,16 @@ measure() {
 }
 fresh() { rm -rf "$work/out"; mkdir -p "$work/out"; }
 
+measure "floor: inflate every layer ($cores threads)" "$inflate" --threads "$cores" "${gzlayers[@]}"
+measure "floor: inflate every layer (1 thread)" "$inflate" --threads 1 "${gzlayers[@]}"
+fresh; measure "floor: gunzip, tar -x" sh -c "for g in ${gzlayers[*]}; do gzip -dc \$g | tar -x -C $work/out || exit 1; done"
 fresh; measure "dockhand in (rootfs)" sh -c "$(printf "echo '%s' | %s/in %s/out" "$(request '{}')" "$bin" "$work")"
 fresh; measure "dockhand in (format: oci)" sh -c "$(printf "echo '%s' | %s/in %s/out" "$(request '{"format":"oci"}')" "$bin" "$work")"
 fresh; measure "dockhand in (save: true)" sh -c "$(printf "echo '%s' | %s/in %s/out" "$(request '{"save":true,"format":"oci"}')" "$bin" "$work")"
+measure "floor: inflate the big layer (1 thread)" "$inflate" --threads 1 "$work/gz-big"
+measure "floor: inflate the big layer ($cores threads)" "$inflate" --threads "$cores" "$work/gz-big"
+printf '{"source":{"repository":"%s"},"version":{"digest":"%s"}}' "$REGISTRY/bench/big" "$big_digest" >"$work/big.json"
+fresh; measure "dockhand in (rootfs, big layer)" sh -c "$bin/in $work/out <$work/big.json"
 docker rmi -f "$repository@$digest" >/dev/null 2>&1 || true
 fresh; measure "docker pull + docker save" sh -c "docker pull -q $repository@$digest && docker save -o $work/out/image.tar $repository@$digest"
 fresh; measure "docker create + docker export" sh -c "c=\$(docker create $repository@$digest) && docker export \$c > $work/out/rootfs.tar && docker rm \$c"
@@ -86,12 +136,25 @@ loaded=$(docker load -q -i "$work/saved/image" | awk '{print $NF}')
 docker tag "$loaded" "$target/pushed-docker:latest"
 measure "docker push (image loaded)" docker push -q "$target/pushed-docker:latest"
 measure "skopeo copy (docker-archive)" skopeo copy --quiet --dest-tls-verify=false "docker-archive:$work/saved/image" "docker://$target/pushed-skopeo:latest"
+# A build whose one new layer is a COPY of the big files, on the bench image (COPY, not
+# RUN: the bench image is /usr only, with no shell at /bin/sh). Each side starts from a daemon
+# without the base image and without build cache, and pushes to a registry that has nothing.
 mkdir -p "$work/ctx/build"
-# COPY, not RUN: the bench image is /usr only, with no shell at /bin/sh.
-echo built >"$work/ctx/build/built"
-printf 'FROM %s@%s\nCOPY built /built\n' "$repository" "$digest" >"$work/ctx/build/Dockerfile"
+mv "$work/big/models" "$work/ctx/build/models"
+printf 'FROM %s@%s\nCOPY models /models\n' "$repository" "$digest" >"$work/ctx/build/Dockerfile"
+forget_builds() {
+  docker rmi -f "$repository@$digest" "$target/built-docker:latest" >/dev/null 2>&1 || true
+  docker image prune -af >/dev/null 2>&1 || true
+  docker builder prune -af >/dev/null 2>&1 || true
+}
+forget_builds
+measure "docker build (no cache)" docker build -q --no-cache -t "$target/built-docker:latest" "$work/ctx/build"
+measure "docker push (after the build)" docker push -q "$target/built-docker:latest"
+docker save -o "$work/ctx/built.tar" "$target/built-docker:latest"
+measure "dockhand out (load_file of that build's docker save)" sh -c "$(printf "echo '%s' | %s/out %s" "$(put built-saved latest '{"load_file":"built.tar"}')" "$bin" "$work/ctx")"
+rm -f "$work/ctx/built.tar"
+forget_builds
 measure "dockhand out (build)" sh -c "$(printf "echo '%s' | %s/out %s" "$(put built-dockhand latest '{"build":"build"}')" "$bin" "$work/ctx")"
-measure "docker build + docker push" sh -c "docker build -q -t $target/built-docker:latest $work/ctx/build && docker push -q $target/built-docker:latest"
 
 printf '\nimage: %s layers, %s MB compressed\n\n' "$(wc -w <<<"$BENCH_DIRS")" "$((compressed / 1000000))"
 printf '| what | seconds | peak RSS (MB) |\n| --- | --- | --- |\n'
@@ -100,8 +163,13 @@ for r in "${results[@]}"; do
   printf '| %s | %s | %s |\n' "$name" "$secs" "$((rss / 1024))"
 done
 secs_of() { for r in "${results[@]}"; do IFS='|' read -r n s _ <<<"$r"; [ "$n" = "$1" ] && echo "$s"; done; }
-ratio() { python3 -c "print(f'{$1/$2:.1f}x')"; }
+ratio() { python3 -c "print(f'{$1/$2:.2f}x')"; }
 printf '\nin (rootfs) vs skopeo + umoci: %s faster\n' "$(ratio "$(secs_of 'skopeo copy + umoci raw unpack')" "$(secs_of 'dockhand in (rootfs)')")"
 printf 'in (format: oci) vs docker pull + save: %s faster\n' "$(ratio "$(secs_of 'docker pull + docker save')" "$(secs_of 'dockhand in (format: oci)')")"
 printf 'out (load_file) vs docker push: %s faster\n' "$(ratio "$(secs_of 'docker push (image loaded)')" "$(secs_of 'dockhand out (load_file)')")"
-printf 'out (build) vs docker build + push: %s faster\n' "$(ratio "$(secs_of 'docker build + docker push')" "$(secs_of 'dockhand out (build)')")"
+sum() { python3 -c "print($1+$2)"; }
+printf '\nin (rootfs) / inflate floor (%s threads): %s\n' "$cores" "$(ratio "$(secs_of 'dockhand in (rootfs)')" "$(secs_of "floor: inflate every layer ($cores threads)")")"
+printf 'in (rootfs) / (gunzip, tar -x): %s\n' "$(ratio "$(secs_of 'dockhand in (rootfs)')" "$(secs_of 'floor: gunzip, tar -x')")"
+printf 'in (rootfs, big layer) / inflating it on 1 thread: %s\n' "$(ratio "$(secs_of 'dockhand in (rootfs, big layer)')" "$(secs_of 'floor: inflate the big layer (1 thread)')")"
+printf 'out push after a build (load_file of its save) / docker push: %s\n' "$(ratio "$(secs_of "dockhand out (load_file of that build's docker save)")" "$(secs_of 'docker push (after the build)')")"
+printf 'out (build) / docker build + docker push: %s\n' "$(ratio "$(secs_of 'dockhand out (build)')" "$(sum "$(secs_of 'docker build (no cache)')" "$(secs_of 'docker push (after the build)')")")"

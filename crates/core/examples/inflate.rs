@@ -5,7 +5,7 @@
 //!
 //! `cargo run --release -p dockhand --example inflate -- --threads 2 layer1.gz layer2.gz`
 
-use std::io::{self, BufReader};
+use std::io::{self, BufReader, Read};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
@@ -32,14 +32,23 @@ fn main() -> io::Result<()> {
                         };
                         let file = BufReader::with_capacity(256 << 10, std::fs::File::open(path)?);
                         let mut gz = flate2::bufread::MultiGzDecoder::new(file);
-                        let n = io::copy(&mut gz, &mut io::sink())?;
-                        total.fetch_add(n, Ordering::Relaxed);
+                        // Large reads, as `in` makes them: io::copy's 8 KiB ones cost a
+                        // quarter more time in the inflater.
+                        let mut buffer = vec![0u8; 256 << 10];
+                        loop {
+                            let n = gz.read(&mut buffer)?;
+                            if n == 0 {
+                                break;
+                            }
+                            total.fetch_add(n as u64, Ordering::Relaxed);
+                        }
                     }
                 })
             })
             .collect();
         for w in workers {
-            w.join().map_err(|_| io::Error::other("a thread panicked"))??;
+            w.join()
+                .map_err(|_| io::Error::other("a thread panicked"))??;
         }
         Ok(())
     })?;
