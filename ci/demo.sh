@@ -9,9 +9,9 @@ cd "$(dirname "$0")/.."
 
 ensure_packages
 ensure_cargo
-log "building the binaries (release)"
-cargo build --release --quiet -p dockhand-resource
-bin=$PWD/target/release
+log "building the binaries (profile demo: release without LTO)"
+cargo build --profile demo --locked --quiet -p dockhand-resource
+bin=$PWD/target/demo
 work=$(mktemp -d /tmp/dockhand-demo.XXXXXX)
 on_exit "rm -rf $work"
 
