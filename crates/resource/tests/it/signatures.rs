@@ -25,6 +25,13 @@ fn put(source: &Value, params: Value, src: &Path) -> common::Outcome {
         .run()
 }
 
+/// `in` with `skip_download` of `digest` (it must succeed): its `signatures.json`.
+fn signatures_got(source: &Value, digest: &str) -> Value {
+    let dest = tempfile::tempdir().unwrap();
+    get(source, digest, json!({"skip_download": true}), dest.path()).success();
+    serde_json::from_slice(&std::fs::read(dest.path().join("signatures.json")).unwrap()).unwrap()
+}
+
 fn digests(out: &Value) -> Vec<String> {
     out.as_array()
         .unwrap()
@@ -604,17 +611,7 @@ fn bundles_served_by_the_referrers_api_verify_dsse_and_message_signatures() {
     proxy.clear();
     let out = check(&json!({"source": source, "version": cursor})).success();
     assert_eq!(digests(&out), [digest.as_str()]);
-    let dest = tempfile::tempdir().unwrap();
-    get(
-        &source,
-        &digest,
-        json!({"skip_download": true}),
-        dest.path(),
-    )
-    .success();
-    let signatures: Value =
-        serde_json::from_slice(&std::fs::read(dest.path().join("signatures.json")).unwrap())
-            .unwrap();
+    let signatures = signatures_got(&source, &digest);
     assert_eq!(signatures[0]["format"], "bundle/dsse");
     assert_eq!(signatures[0]["found_in"], format!("referrer {bundle}"));
     assert_eq!(
@@ -761,17 +758,7 @@ fn promotion_with_copy_signatures_carries_tags_and_referrers_to_another_registry
             digests(&check(&json!({"source": source})).success()),
             [digest.as_str()]
         );
-        let dest = tempfile::tempdir().unwrap();
-        get(
-            &source,
-            &digest,
-            json!({"skip_download": true}),
-            dest.path(),
-        )
-        .success();
-        let signatures: Value =
-            serde_json::from_slice(&std::fs::read(dest.path().join("signatures.json")).unwrap())
-                .unwrap();
+        let signatures = signatures_got(&source, &digest);
         assert!(signatures[0]["found_in"]
             .as_str()
             .unwrap()
@@ -1044,16 +1031,6 @@ fn without_a_referrers_api_bundles_are_found_and_copied_under_the_referrers_tag_
         digests(&check(&json!({"source": target})).success()),
         [digest.as_str()]
     );
-    let dest = tempfile::tempdir().unwrap();
-    get(
-        &target,
-        &digest,
-        json!({"skip_download": true}),
-        dest.path(),
-    )
-    .success();
-    let signatures: Value =
-        serde_json::from_slice(&std::fs::read(dest.path().join("signatures.json")).unwrap())
-            .unwrap();
+    let signatures = signatures_got(&target, &digest);
     assert_eq!(signatures[0]["found_in"], format!("referrer {bundle}"));
 }
