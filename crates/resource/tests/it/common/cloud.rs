@@ -124,16 +124,7 @@ async fn handle(
     _conn: Conn,
 ) -> Result<Response<Body>, Abort> {
     let query = http::query_pairs(req.uri().query().unwrap_or_default());
-    let headers: Vec<(String, String)> = req
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
+    let headers = http::header_pairs(req.headers());
     let mut record = MetadataRequest {
         method: req.method().to_string(),
         path: req.uri().path().to_string(),

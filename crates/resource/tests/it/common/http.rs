@@ -144,6 +144,20 @@ where
     })
 }
 
+/// A request's headers as `(name, value)` pairs, in order, values read lossily: what the
+/// test servers record.
+pub fn header_pairs(headers: &hyper::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
 /// `key=value` pairs of a query string or form body, percent-decoded, in order.
 pub fn query_pairs(query: &str) -> Vec<(String, String)> {
     query
