@@ -63,6 +63,17 @@ pub(crate) struct Blob {
     pub body: Body,
 }
 
+/// A layer an image in a registry already has, by the digest of its uncompressed tar (its
+/// diff id): a pushed image with the same layer refers to this blob instead of compressing
+/// the layer again (the base image's layers, after a build).
+#[derive(Debug, Clone)]
+pub(crate) struct KnownLayer {
+    pub diff_id: Digest,
+    pub layer: Descriptor,
+    /// Where the blob is: mounted from there on the same registry, else copied.
+    pub repository: crate::reference::Repository,
+}
+
 /// A manifest or index as stored: its bytes, media type and digest.
 #[derive(Debug, Clone)]
 pub(crate) struct RawManifest {

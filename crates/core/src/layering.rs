@@ -27,8 +27,8 @@ const LAYERS: &[&[&str]] = &[
         "time",
         "report",
     ],
-    &["hash"],
-    &["blob", "reference", "secret"],
+    &["hash", "blob"],
+    &["reference", "secret"],
     &["redact"],
 ];
 

@@ -11,11 +11,13 @@ use futures_util::stream::{FuturesUnordered, StreamExt as _};
 
 use crate::error::Error;
 use crate::image::{
-    self, Descriptor, ImageIndex, ImageManifest, Platform, RawManifest as Manifest,
+    self, Descriptor, ImageConfig, ImageIndex, ImageManifest, KnownLayer, Platform,
+    RawManifest as Manifest,
 };
 use crate::progress::Progress;
 use crate::protocol::Version;
 use crate::reference::{Digest, Repository};
+use crate::registry::config::RegistryConfig;
 use crate::registry::Registry;
 use crate::source::Settings;
 
@@ -341,6 +343,77 @@ pub(crate) fn distinct(wanted: &[Descriptor]) -> Vec<&Descriptor> {
         .collect()
 }
 
+/// An image reference as a `FROM` line writes it (`name[:tag][@digest]`): the repository,
+/// and the digest, else the tag (`latest` when there is neither).
+pub(crate) fn split_reference(reference: &str) -> Result<(Repository, &str), Error> {
+    let (name, at) = match reference.split_once('@') {
+        Some((name, digest)) => (name, Some(digest)),
+        None => (reference, None),
+    };
+    let (name, tag) = match name.rsplit_once(':') {
+        Some((name, tag)) if !tag.contains('/') => (name, tag),
+        _ => (name, "latest"),
+    };
+    let repository = name.parse().map_err(|e| Error::Image {
+        reference: reference.to_string(),
+        source: format!("not an image name: {e}").into(),
+    })?;
+    Ok((repository, at.unwrap_or(tag)))
+}
+
+/// The layers of the image `at` (a tag or digest) in `repository`, for linux/amd64 when it
+/// is an index, each with its diff id from the config: what an image built on it can refer
+/// to instead of compressing the same layers again. Empty when the config's diff ids do not
+/// pair with the layers.
+pub(crate) async fn known_layers(
+    config: &RegistryConfig,
+    repository: &Repository,
+    at: &str,
+) -> Result<Vec<KnownLayer>, Error> {
+    let reference = format!("{repository}:{at}");
+    let registry = Registry::new(repository.host().clone(), config).await;
+    let top = registry
+        .manifest(repository, at)
+        .await?
+        .ok_or_else(|| Error::Image {
+            reference: reference.clone(),
+            source: "not found in the registry".into(),
+        })?;
+    let wanted = Platform::wanted(None);
+    let Some(resolved) = resolve(
+        &registry,
+        repository,
+        top,
+        &reference,
+        &wanted,
+        Missing::Skip,
+    )
+    .await?
+    else {
+        return Ok(Vec::new());
+    };
+    let bytes = registry
+        .blob_bytes(repository, &resolved.image.config.digest)
+        .await?;
+    let diff_ids = serde_json::from_slice::<ImageConfig>(&bytes)
+        .ok()
+        .and_then(|c| c.rootfs)
+        .map(|r| r.diff_ids)
+        .unwrap_or_default();
+    if diff_ids.len() != resolved.image.layers.len() {
+        return Ok(Vec::new());
+    }
+    Ok(diff_ids
+        .into_iter()
+        .zip(resolved.image.layers)
+        .map(|(diff_id, layer)| KnownLayer {
+            diff_id,
+            layer,
+            repository: repository.clone(),
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -420,5 +493,26 @@ mod tests {
             .map(|d| d.digest.to_string())
             .collect();
         assert_eq!(got, [A, B]);
+    }
+
+    #[test]
+    fn references_split_as_from_lines_write_them() {
+        let split = |r: &str| {
+            let (repository, at) = split_reference(r).unwrap();
+            (repository.to_string(), at.to_string())
+        };
+        assert_eq!(
+            split("localhost:5000/a/b"),
+            ("localhost:5000/a/b".into(), "latest".into())
+        );
+        assert_eq!(
+            split("localhost:5000/a/b:1.2"),
+            ("localhost:5000/a/b".into(), "1.2".into())
+        );
+        assert_eq!(
+            split("reg.example.com/x:1@sha256:abc"),
+            ("reg.example.com/x".into(), "sha256:abc".into())
+        );
+        assert!(split_reference("UPPER/case").is_err());
     }
 }

@@ -1,16 +1,23 @@
 //! Where images go: every blob the registry lacks (a HEAD first; a mount from the source
-//! repository on the same registry where there is one; else an upload), in parallel, then an
-//! index's children by digest, then the top manifest under every tag.
+//! repository on the same registry where there is one; else an upload, of a blob that is
+//! elsewhere after copying it here), in parallel, then an index's children by digest, then
+//! the top manifest under every tag.
 
+use crate::blob::Body;
 use crate::error::Error;
-use crate::image::Image;
+use crate::image::{Blob, Image};
 use crate::reference::{Digest, Repository, Tag};
+use crate::registry::config::RegistryConfig;
 use crate::registry::{Mount, Registry};
 
 /// Makes sure the registry has every blob, then puts the manifests: an index's children by
 /// digest, then the top one under every tag. Returns the digest the registry stores.
+///
+/// A blob [`Body::Elsewhere`] is mounted from its repository when that is on this registry,
+/// else copied from there (`config` gives the other registry's credentials).
 pub(crate) async fn push(
     registry: &Registry,
+    config: &RegistryConfig,
     repository: &Repository,
     image: &Image,
     tags: &[Tag],
@@ -18,6 +25,19 @@ pub(crate) async fn push(
     mount_from: Option<&Repository>,
 ) -> Result<Digest, Error> {
     let semaphore = tokio::sync::Semaphore::new(concurrency.max(1));
+    let mut others: Vec<Registry> = Vec::new();
+    for blob in &image.blobs {
+        if let Body::Elsewhere {
+            repository: from, ..
+        } = &blob.body
+        {
+            let host = from.host();
+            if host != registry.host() && !others.iter().any(|r| r.host() == host) {
+                others.push(Registry::new(host.clone(), config).await);
+            }
+        }
+    }
+    let others = &others;
     let uploads = image.blobs.iter().map(|blob| {
         let semaphore = &semaphore;
         async move {
@@ -27,7 +47,12 @@ pub(crate) async fn push(
                 return Ok::<_, Error>(());
             }
             let mut session = None;
-            if let Some(from) = mount_from {
+            let from = match &blob.body {
+                Body::Elsewhere { repository, .. } => Some(repository),
+                _ => mount_from,
+            };
+            let from = from.filter(|r| r.host() == repository.host() && *r != repository);
+            if let Some(from) = from {
                 match registry.mount_blob(repository, &blob.digest, from).await? {
                     Mount::Mounted => {
                         tracing::info!("blob {} mounted from {}", blob.digest.short(), from.path());
@@ -37,8 +62,12 @@ pub(crate) async fn push(
                     Mount::NotMounted => {}
                 }
             }
+            let body = match &blob.body {
+                Body::Elsewhere { .. } => copy_here(registry, others, blob).await?,
+                body => body.clone(),
+            };
             registry
-                .upload_blob(repository, &blob.digest, blob.body.clone(), session)
+                .upload_blob(repository, &blob.digest, body, session)
                 .await?;
             tracing::info!(
                 "blob {} pushed ({})",
@@ -71,4 +100,29 @@ pub(crate) async fn push(
         tracing::info!("pushed {repository}:{tag} ({digest})");
     }
     Ok(image.top.digest.clone())
+}
+
+/// A blob that is elsewhere downloaded (verified) into its file, for the upload.
+async fn copy_here(registry: &Registry, others: &[Registry], blob: &Blob) -> Result<Body, Error> {
+    let Body::Elsewhere {
+        repository: from,
+        path,
+        len,
+    } = &blob.body
+    else {
+        return Ok(blob.body.clone());
+    };
+    // `push` made one for every other host a blob is on.
+    let source = (others.iter())
+        .find(|r| r.host() == from.host())
+        .unwrap_or(registry);
+    source
+        .download_blob(from, &blob.digest, Some(*len), path, &|_| {})
+        .await?;
+    tracing::info!("blob {} copied from {from}", blob.digest.short());
+    Ok(Body::File {
+        path: path.clone(),
+        offset: 0,
+        len: *len,
+    })
 }

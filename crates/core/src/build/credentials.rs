@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use bollard::auth::DockerCredentials;
 
-use super::dockerfile::from_images;
+use super::dockerfile::{from_images, MAX_DOCKERFILE_BYTES};
 use crate::error::Error;
 use crate::source::Settings;
 
@@ -40,9 +40,6 @@ pub(super) fn credentials(settings: &Settings) -> HashMap<String, DockerCredenti
         })
         .collect()
 }
-
-/// The Dockerfile is read for its `FROM` lines; a larger one is refused rather than read whole.
-const MAX_DOCKERFILE_BYTES: u64 = 4 << 20;
 
 /// Registry credentials for the daemon's pulls during the build (X-Registry-Config): the
 /// cloud login's (`azure_acr`, `gcp_metadata`) for the repository's registry, and ECR tokens

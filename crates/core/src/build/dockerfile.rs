@@ -3,12 +3,20 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-/// The images `FROM` lines name, without tag or digest, `$ARG`s substituted; stage names
-/// and `scratch` are left out.
-pub(super) fn from_images(dockerfile: &str, build_args: &BTreeMap<String, String>) -> Vec<String> {
+/// The Dockerfile is read for its `FROM` lines; a larger one is refused rather than read whole.
+pub(super) const MAX_DOCKERFILE_BYTES: u64 = 4 << 20;
+
+/// One `FROM` line: the image it names, `$ARG`s substituted (tag and digest kept), and the
+/// stage name it gives, lowercased.
+struct Stage {
+    image: String,
+    name: Option<String>,
+}
+
+/// The stages of the Dockerfile, in order.
+fn stages(dockerfile: &str, build_args: &BTreeMap<String, String>) -> Vec<Stage> {
     let mut args: HashMap<String, String> = HashMap::new();
-    let mut stages: Vec<String> = Vec::new();
-    let mut images = Vec::new();
+    let mut stages = Vec::new();
     for line in dockerfile.lines().map(str::trim) {
         let mut words = line.split_whitespace();
         let Some(instruction) = words.next() else {
@@ -28,27 +36,80 @@ pub(super) fn from_images(dockerfile: &str, build_args: &BTreeMap<String, String
             "FROM" => {
                 let rest: Vec<&str> = words.filter(|w| !w.starts_with("--")).collect();
                 let Some(image) = rest.first() else { continue };
-                let image = substitute(image, &args);
-                let earlier_stage = stages.contains(&image.to_ascii_lowercase());
-                if let [_, as_, name] = rest.as_slice() {
-                    if as_.eq_ignore_ascii_case("as") {
-                        stages.push(name.to_ascii_lowercase());
+                let name = match rest.as_slice() {
+                    [_, as_, name] if as_.eq_ignore_ascii_case("as") => {
+                        Some(name.to_ascii_lowercase())
                     }
-                }
-                if image == "scratch" || earlier_stage {
-                    continue;
-                }
-                let name = image.split('@').next().unwrap_or_default();
-                let name = match name.rsplit_once(':') {
-                    Some((n, tag)) if !tag.contains('/') => n,
-                    _ => name,
+                    _ => None,
                 };
-                images.push(name.to_string());
+                stages.push(Stage {
+                    image: substitute(image, &args),
+                    name,
+                });
             }
             _ => {}
         }
     }
+    stages
+}
+
+/// Is `image` the name of one of `earlier` stages? (Then it is a stage, not an image.)
+fn stage_named<'a>(earlier: &'a [Stage], image: &str) -> Option<&'a Stage> {
+    let image = image.to_ascii_lowercase();
+    earlier
+        .iter()
+        .rev()
+        .find(|s| s.name.as_deref() == Some(image.as_str()))
+}
+
+/// The images `FROM` lines name, without tag or digest, `$ARG`s substituted; stage names
+/// and `scratch` are left out.
+pub(super) fn from_images(dockerfile: &str, build_args: &BTreeMap<String, String>) -> Vec<String> {
+    let stages = stages(dockerfile, build_args);
+    let mut images = Vec::new();
+    for (i, stage) in stages.iter().enumerate() {
+        if stage.image == "scratch" || stage_named(&stages[..i], &stage.image).is_some() {
+            continue;
+        }
+        let name = stage.image.split('@').next().unwrap_or_default();
+        let name = match name.rsplit_once(':') {
+            Some((n, tag)) if !tag.contains('/') => n,
+            _ => name,
+        };
+        images.push(name.to_string());
+    }
     images
+}
+
+/// The image whose layers the built image starts with: the `FROM` image of the stage built
+/// (`target`, else the last one), followed through stage names; `None` for `scratch` or a
+/// target no stage has.
+pub(super) fn base_image(
+    dockerfile: &str,
+    build_args: &BTreeMap<String, String>,
+    target: Option<&str>,
+) -> Option<String> {
+    let stages = stages(dockerfile, build_args);
+    let mut end = match target {
+        Some(target) => {
+            let target = target.to_ascii_lowercase();
+            stages
+                .iter()
+                .rposition(|s| s.name.as_deref() == Some(&target))?
+                + 1
+        }
+        None => stages.len(),
+    };
+    loop {
+        let stage = stages[..end].last()?;
+        match stage_named(&stages[..end - 1], &stage.image) {
+            Some(earlier) => {
+                end = stages.iter().position(|s| std::ptr::eq(s, earlier))? + 1;
+            }
+            None if stage.image == "scratch" => return None,
+            None => return Some(stage.image.clone()),
+        }
+    }
 }
 
 /// `$NAME` and `${NAME}` from `args`.
@@ -102,6 +163,30 @@ from localhost:5000/x:2 as final
                 "reg.example.com/tools",
                 "localhost:5000/x"
             ]
+        );
+        assert_eq!(
+            base_image(dockerfile, &build_args, None).as_deref(),
+            Some("localhost:5000/x:2")
+        );
+        assert_eq!(
+            base_image(dockerfile, &build_args, Some("BUILDER")).as_deref(),
+            Some("123456789012.dkr.ecr.eu-west-1.amazonaws.com/base:1.0")
+        );
+        assert_eq!(base_image(dockerfile, &build_args, Some("nope")), None);
+        let chained = "FROM a/b:1 AS one\nFROM one AS two\nRUN x\nFROM two\n";
+        assert_eq!(
+            base_image(chained, &BTreeMap::new(), None).as_deref(),
+            Some("a/b:1")
+        );
+        assert_eq!(
+            base_image("FROM scratch\nCOPY x /\n", &BTreeMap::new(), None),
+            None
+        );
+        // A stage named like an image it comes after is still the image before it.
+        let shadow = "FROM x/y AS x/y\nFROM x/y\n";
+        assert_eq!(
+            base_image(shadow, &BTreeMap::new(), None).as_deref(),
+            Some("x/y")
         );
     }
 }

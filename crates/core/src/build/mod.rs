@@ -104,6 +104,19 @@ impl Build {
         })
     }
 
+    /// The image the build starts from (the `FROM` of the stage built), whose layers the
+    /// push can refer to instead of compressing them again; `None` for `scratch`, or when
+    /// the Dockerfile cannot be read.
+    pub(crate) fn base_image(&self, params: &BuildParams) -> Option<String> {
+        let text = crate::layout::read_capped_text(
+            &self.dockerfile,
+            "params.dockerfile",
+            dockerfile::MAX_DOCKERFILE_BYTES,
+        )
+        .ok()?;
+        dockerfile::base_image(&text, &self.build_args, params.target_name.as_deref())
+    }
+
     /// Builds the image and writes it as a `docker save` tarball to `out`.
     pub(crate) async fn run(
         &self,

@@ -14,7 +14,7 @@ use crate::blocking::blocking;
 use crate::build::{Build, BuildParams};
 use crate::compression::{Codec, Encoding};
 use crate::error::Error;
-use crate::image::{Blob, Image, RawManifest};
+use crate::image::{Blob, Image, KnownLayer, RawManifest};
 use crate::layout::{quote, read as archive, read_capped_text};
 use crate::protocol::{parse_params, Request, Response, Version};
 use crate::pull;
@@ -184,14 +184,25 @@ pub async fn put(request: &Request, src: &Path) -> Result<Response, Error> {
             let build = Build::prepare(&build_params, src)?;
             let daemon = crate::daemon::Daemon::connect_or_start(&settings).await?;
             let built = staging.path().join("built.tar");
+            let started = std::time::Instant::now();
             let result = build
                 .run(&daemon, &build_params, &settings, staging.path(), &built)
                 .await;
             daemon.stop().await;
             result?;
+            tracing::info!(
+                "built and exported in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            // The base image's layers are in a registry already: the push refers to them
+            // (mounted or copied) instead of compressing them again.
+            let known = match build.base_image(&build_params) {
+                Some(base) => base_layers(&settings, &base).await,
+                None => Vec::new(),
+            };
             let dir = staging.path().to_path_buf();
             (
-                blocking(move || archive::read_image(&built, &dir, None, encoding)).await?,
+                blocking(move || archive::read_image(&built, &dir, None, encoding, &known)).await?,
                 None,
             )
         } else if params.load.is_none()
@@ -227,6 +238,7 @@ pub async fn put(request: &Request, src: &Path) -> Result<Response, Error> {
         let mount_from = mount_from.filter(|r| r.host() == repository.host() && r != repository);
         let digest = push(
             &registry,
+            &settings.registries,
             repository,
             &plan,
             tags,
@@ -290,6 +302,37 @@ pub async fn put(request: &Request, src: &Path) -> Result<Response, Error> {
     })
 }
 
+/// The layers of `base`, the image a build started from, for the push to refer to. Docker
+/// Hub is not asked when pushing elsewhere: a manifest read counts against its pull quota,
+/// and its blobs would come over the internet. Anything that goes wrong only means the
+/// layers are compressed again.
+async fn base_layers(settings: &crate::source::Settings, base: &str) -> Vec<KnownLayer> {
+    let on_hub = |r: &Repository| r.host().is_docker_hub();
+    let known = match pull::split_reference(base) {
+        Ok((repository, _)) if on_hub(&repository) && !on_hub(&settings.repository) => {
+            tracing::debug!(
+                "the base image {base} is on Docker Hub: its layers are compressed again"
+            );
+            return Vec::new();
+        }
+        Ok((repository, at)) => pull::known_layers(&settings.registries, &repository, at).await,
+        Err(e) => Err(e),
+    };
+    match known {
+        Ok(known) => {
+            tracing::debug!("the base image {base} has {} layers", known.len());
+            known
+        }
+        Err(e) => {
+            tracing::warn!(
+                "cannot read the base image {base}, so its layers are compressed again: {}",
+                crate::report::chain(&e)
+            );
+            Vec::new()
+        }
+    }
+}
+
 /// A scratch directory (compressed layers, a build's export, the CLI's credentials), under
 /// the temp dir and never among the put's inputs; removed when dropped.
 fn staging_dir() -> Result<TempDir, Error> {
@@ -333,7 +376,10 @@ fn plan(params: &Params, src: &Path, staging: &Path) -> Result<(Image, Option<Re
         let from = read_capped_text(&dir.join("repository"), "params.load", MAX_TAG_FILE_BYTES)
             .ok()
             .and_then(|r| r.trim().parse().ok());
-        return Ok((archive::read_image(&image, staging, None, encoding)?, from));
+        return Ok((
+            archive::read_image(&image, staging, None, encoding, &[])?,
+            from,
+        ));
     }
     if let Some(file) = &params.load_file {
         let path = src.join(file);
@@ -352,7 +398,7 @@ fn plan(params: &Params, src: &Path, staging: &Path) -> Result<(Image, Option<Re
             )
         });
         return Ok((
-            archive::read_image(&path, staging, name.as_deref(), encoding)?,
+            archive::read_image(&path, staging, name.as_deref(), encoding, &[])?,
             None,
         ));
     }
@@ -368,7 +414,10 @@ fn plan(params: &Params, src: &Path, staging: &Path) -> Result<(Image, Option<Re
     }
     if let Some(pattern) = &params.image {
         let path = glob_one(src, pattern)?;
-        return Ok((archive::read_image(&path, staging, None, encoding)?, None));
+        return Ok((
+            archive::read_image(&path, staging, None, encoding, &[])?,
+            None,
+        ));
     }
     Err(Error::field(
         "params",

@@ -18,7 +18,8 @@ use crate::compression::{compress_to, open_layer, sniff, Codec, Compression, Enc
 use crate::error::Error;
 use crate::hash::HashingReader;
 use crate::image::{
-    is_index, null_as_default, Blob, Image, ImageIndex, ImageManifest, RawManifest,
+    is_index, null_as_default, Blob, Image, ImageConfig, ImageIndex, ImageManifest, KnownLayer,
+    RawManifest,
 };
 use crate::image::{
     DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_MANIFEST, OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP,
@@ -200,18 +201,22 @@ fn blob_name(d: &Digest) -> String {
 /// `name` (`repository:tag`, from `load_repository`/`load_tag`) picks the image of a `docker
 /// save` archive whose `RepoTags` has it, as `docker load` + `docker tag` would; without it the
 /// first image is taken.
+///
+/// A raw layer of a `docker save` archive whose diff id is one of `known` (the base image's
+/// layers, after a build) is not compressed: the image refers to the known blob instead.
 pub(crate) fn read_image(
     path: &Path,
     staging: &Path,
     name: Option<&str>,
     encoding: Encoding,
+    known: &[KnownLayer],
 ) -> Result<Image, Error> {
     let files = Files::open(path)?;
     if files.has("index.json")? && files.has("oci-layout")? {
         return read_oci_layout(&files);
     }
     if files.has("manifest.json")? {
-        return read_docker_archive(&files, staging, name, encoding);
+        return read_docker_archive(&files, staging, name, encoding, known);
     }
     Err(bad(
         path,
@@ -498,6 +503,7 @@ fn read_docker_archive(
     staging: &Path,
     name: Option<&str>,
     encoding: Encoding,
+    known: &[KnownLayer],
 ) -> Result<Image, Error> {
     let entries: Vec<SaveEntry> = serde_json::from_slice(
         &files.read_small("manifest.json", MAX_MANIFEST_BYTES)?,
@@ -528,6 +534,36 @@ fn read_docker_archive(
     let config = files.read_small(&entry.config, MAX_CONFIG_BYTES)?;
     let config_digest = Digest::of(&config);
     std::fs::create_dir_all(staging).map_err(|e| bad(staging, e))?;
+    // The daemon's own diff ids (it hashed the layers it wrote): layer i is diff_ids[i].
+    let diff_ids = serde_json::from_slice::<ImageConfig>(&config)
+        .ok()
+        .and_then(|c| c.rootfs)
+        .map(|r| r.diff_ids)
+        .unwrap_or_default();
+    let reused = |i: usize| {
+        let diff_id = diff_ids.get(i)?;
+        let k = known.iter().find(|k| &k.diff_id == diff_id)?;
+        let zstd = match k.layer.media_type.as_str() {
+            DOCKER_LAYER_GZIP | OCI_LAYER_GZIP => false,
+            OCI_LAYER_ZSTD => true,
+            _ => return None,
+        };
+        tracing::debug!(
+            "layer {diff_id} is {} of {}: not compressed again",
+            k.layer.digest.short(),
+            k.repository
+        );
+        Some(PreparedLayer {
+            digest: k.layer.digest.clone(),
+            size: k.layer.size,
+            body: Body::Elsewhere {
+                repository: k.repository.clone(),
+                path: staging.join(format!("base-{}", k.layer.digest.hex())),
+                len: k.layer.size,
+            },
+            zstd,
+        })
+    };
     // Each layer on its own thread: hashing or gzipping is the slow part.
     let prepared: Vec<Result<PreparedLayer, Error>> = std::thread::scope(|scope| {
         let handles: Vec<_> = entry
@@ -535,7 +571,11 @@ fn read_docker_archive(
             .iter()
             .enumerate()
             .map(|(i, name)| {
+                let reused = reused(i);
                 scope.spawn(move || {
+                    if let Some(layer) = reused {
+                        return Ok(layer);
+                    }
                     let out = staging.join(format!("layer-{i}.tar.{}", encoding.codec.name()));
                     prepare_layer(files, name, &out, encoding)
                 })
@@ -736,6 +776,7 @@ mod tests {
             &staging,
             None,
             Encoding::default(),
+            &[],
         ) {
             Ok(_) => panic!("read an image naming a file outside it"),
             Err(e) => crate::report::chain(&e),
@@ -787,6 +828,7 @@ mod tests {
             &dir.path().join("staging"),
             None,
             Encoding::default(),
+            &[],
         )
         .unwrap();
     }

@@ -27,6 +27,10 @@ pub(super) async fn to_reqwest(body: &Body) -> std::io::Result<reqwest::Body> {
             });
             Ok(reqwest::Body::wrap_stream(stream))
         }
+        // The push fetches such a blob into a file before it uploads it.
+        Body::Elsewhere { repository, .. } => Err(std::io::Error::other(format!(
+            "the blob is in {repository}, not here"
+        ))),
     }
 }
 

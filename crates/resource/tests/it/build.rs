@@ -162,6 +162,12 @@ fn load_base_and_cache_from_directories_written_by_in_are_loaded() {
         src.path(),
     );
     let result = out.success();
+    // The base is gone from the registry, so its layers are compressed again.
+    assert!(
+        out.stderr.contains("so its layers are compressed again"),
+        "{}",
+        out.stderr
+    );
     let reference = format!(
         "{}@{}",
         reg.repo(&to),
@@ -178,6 +184,76 @@ fn load_base_and_cache_from_directories_written_by_in_are_loaded() {
         "/copied",
     ]);
     assert_eq!(String::from_utf8_lossy(&ran), "from load_base");
+}
+
+/// The layer digests of the manifest `reference` names on `reg`.
+fn layer_digests(reg: &common::Registry, reference: &str) -> Vec<String> {
+    let manifest: Value = serde_json::from_slice(&reg.skopeo_raw(reference)).unwrap();
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_build_refers_to_its_base_images_layers_instead_of_compressing_them_again() {
+    let reg = &env().plain;
+    let base_repo = common::unique("build-reuse-base");
+    let base = Image::busybox().layer(vec![common::Entry::file("base-marker", "base layer")]);
+    let base_digest = reg.push(&base, &format!("{base_repo}:1"));
+    let base_layers = layer_digests(reg, &format!("{base_repo}@{base_digest}"));
+    let src = tempfile::tempdir().unwrap();
+    write(
+        src.path(),
+        "ctx/Dockerfile",
+        "ARG BASE\nFROM $BASE AS first\nFROM first\nRUN cat /base-marker > /copied\n",
+    );
+    let base_ref = format!("{}:1", reg.repo(&base_repo));
+    let check = |to_reg: &common::Registry, to: &str, how: &str| {
+        let out = put(
+            to_reg.source(to, "latest"),
+            json!({"build": "ctx", "build_args": {"BASE": base_ref}}),
+            src.path(),
+        );
+        let digest = out.success()["version"]["digest"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let layers = layer_digests(to_reg, &format!("{to}@{digest}"));
+        assert_eq!(layers.len(), base_layers.len() + 1, "{layers:?}");
+        assert_eq!(layers[..base_layers.len()], base_layers[..]);
+        assert!(
+            out.stderr.contains(how),
+            "expected {how:?} in:\n{}",
+            out.stderr
+        );
+        assert!(!out.stderr.contains("compressed again"), "{}", out.stderr);
+        // The pushed image runs. (The daemon has no credentials for the basic registry,
+        // which checked the copied blobs' digests when they were put.)
+        if to_reg.credentials().is_none() {
+            let reference = format!("{}@{digest}", to_reg.repo(to));
+            docker(&["pull", "-q", &reference]);
+            let ran = docker(&[
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                &reference,
+                "cat",
+                "/copied",
+            ]);
+            assert_eq!(String::from_utf8_lossy(&ran), "base layer");
+        }
+    };
+    // On the same registry the base's blobs are mounted; on another they are copied.
+    check(reg, &common::unique("build-reuse-mounted"), "mounted from");
+    check(
+        &env().basic,
+        &common::unique("build-reuse-copied"),
+        "copied from",
+    );
 }
 
 #[test]
