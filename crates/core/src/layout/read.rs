@@ -5,7 +5,8 @@
 //!
 //! Blobs inside a tarball are not copied out: they are sent straight from their offset in
 //! the file. An OCI layout is pushed byte for byte, so digests (of indexes too) are kept.
-//! Uncompressed layers (`docker save` before Docker 25) are gzipped, in parallel.
+//! Uncompressed layers of a `docker save` (Docker 25 and later write theirs as an OCI layout
+//! too) are gzipped, in parallel.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Seek};
@@ -213,7 +214,13 @@ pub(crate) fn read_image(
 ) -> Result<Image, Error> {
     let files = Files::open(path)?;
     if files.has("index.json")? && files.has("oci-layout")? {
-        return read_oci_layout(&files);
+        let image = read_oci_layout(&files)?;
+        // `docker save` since Docker 25 writes its raw layers as an OCI layout too: pushed as
+        // `docker push` would push them, compressed.
+        if has_raw_layers(&image.top) && files.has("manifest.json")? {
+            return read_docker_archive(&files, staging, name, encoding, known);
+        }
+        return Ok(image);
     }
     if files.has("manifest.json")? {
         return read_docker_archive(&files, staging, name, encoding, known);
@@ -324,6 +331,13 @@ fn read_oci_layout(files: &Files) -> Result<Image, Error> {
         });
     }
     Ok(image)
+}
+
+/// Does this image manifest list uncompressed layers?
+fn has_raw_layers(top: &RawManifest) -> bool {
+    serde_json::from_slice::<ImageManifest>(&top.bytes).is_ok_and(|m| {
+        (m.layers.iter()).any(|l| l.media_type == "application/vnd.oci.image.layer.v1.tar")
+    })
 }
 
 /// Indexes that only wrap another index, unwrapped at most this many times.
@@ -767,6 +781,63 @@ mod tests {
         std::fs::write(image.join("manifest.json"), manifest.to_string()).unwrap();
         std::fs::write(dir.path().join("secret"), "outside").unwrap();
         dir
+    }
+
+    #[test]
+    fn a_docker_25_save_is_pushed_with_its_raw_layers_compressed() {
+        // The shape of `docker save` since Docker 25: an OCI layout of raw layers, and
+        // manifest.json naming the same blobs.
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = dir.path().join("blobs/sha256");
+        std::fs::create_dir_all(&blobs).unwrap();
+        let put = |bytes: &[u8]| {
+            let digest = Digest::of(bytes);
+            std::fs::write(blobs.join(digest.hex()), bytes).unwrap();
+            digest
+        };
+        let mut layer = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(5);
+        header.set_mode(0o644);
+        header.set_cksum();
+        layer
+            .append_data(&mut header, "hello", &b"hello"[..])
+            .unwrap();
+        let layer = layer.into_inner().unwrap();
+        let layer_digest = put(&layer);
+        let config = serde_json::json!({"architecture": "amd64", "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [layer_digest]}})
+        .to_string();
+        let config_digest = put(config.as_bytes());
+        let manifest = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                "digest": layer_digest, "size": layer.len()}]})
+        .to_string();
+        let manifest_digest = put(manifest.as_bytes());
+        let index = serde_json::json!({"schemaVersion": 2, "manifests": [{"mediaType": OCI_MANIFEST,
+            "digest": manifest_digest, "size": manifest.len()}]});
+        std::fs::write(dir.path().join("index.json"), index.to_string()).unwrap();
+        std::fs::write(
+            dir.path().join("oci-layout"),
+            r#"{"imageLayoutVersion":"1.0.0"}"#,
+        )
+        .unwrap();
+        let save = serde_json::json!([{"Config": format!("blobs/sha256/{}", config_digest.hex()),
+            "RepoTags": ["x:1"], "Layers": [format!("blobs/sha256/{}", layer_digest.hex())]}]);
+        std::fs::write(dir.path().join("manifest.json"), save.to_string()).unwrap();
+
+        let staging = tempfile::tempdir().unwrap();
+        let image = read_image(dir.path(), staging.path(), None, Encoding::default(), &[]).unwrap();
+        let pushed: ImageManifest = serde_json::from_slice(&image.top.bytes).unwrap();
+        assert_eq!(pushed.layers[0].media_type, DOCKER_LAYER_GZIP);
+        assert_ne!(pushed.layers[0].digest, layer_digest);
+        assert_eq!(image.image_id, Some(config_digest));
+
+        // Without manifest.json it is an OCI layout like any other: pushed byte for byte.
+        std::fs::remove_file(dir.path().join("manifest.json")).unwrap();
+        let image = read_image(dir.path(), staging.path(), None, Encoding::default(), &[]).unwrap();
+        assert_eq!(image.top.digest, manifest_digest);
     }
 
     fn refused(dir: &tempfile::TempDir) -> String {
