@@ -4,7 +4,9 @@
 # and 60k files of this machine's /usr), and one single layer of BENCH_BIG_MB (default 1000)
 # MB of large files (the shape of ML and CUDA images), pushed to a local registry. The floors:
 # inflating every layer to nothing (zlib-rs, every core and one thread: the `inflate`
-# example), and `gunzip | tar -x`. Prints a table with ratios and peak memory.
+# example), and `gunzip | tar -x`. Builds compare `out` (build) with `docker build` + `docker
+# push` on two bases: the bench image, and a small one (/usr/sbin). Prints a table with
+# ratios and peak memory.
 # Not a test: numbers go into the README by hand.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -104,6 +106,7 @@ measure() {
   log "$name: ${secs}s, peak ${rss} KiB"
 }
 fresh() { rm -rf "$work/out"; mkdir -p "$work/out"; }
+secs_of() { for r in "${results[@]}"; do IFS='|' read -r n s _ <<<"$r"; [ "$n" = "$1" ] && echo "$s"; done; }
 
 measure "floor: inflate every layer ($cores threads)" "$inflate" --threads "$cores" "${gzlayers[@]}"
 measure "floor: inflate every layer (1 thread)" "$inflate" --threads 1 "${gzlayers[@]}"
@@ -155,6 +158,23 @@ measure "dockhand out (load_file of that build's docker save)" sh -c "$(printf "
 rm -f "$work/ctx/built.tar"
 forget_builds
 measure "dockhand out (build)" sh -c "$(printf "echo '%s' | %s/out %s" "$(put built-dockhand latest '{"build":"build"}')" "$bin" "$work/ctx")"
+# Its push part: the whole less the build and its export, which out logs.
+built=$(sed -n 's/.*built and exported in \([0-9.]*\) s.*/\1/p' "$work/stderr")
+results+=("dockhand out (build): the push after the build and export|$(python3 -c "print(round($(secs_of 'dockhand out (build)') - $built, 2))")|0")
+# The same COPY on a small base (one layer of /usr/sbin, about 100 MB: the size of a slim
+# language image), where the build's own layer is most of what is exported and pushed.
+tar -C / --numeric-owner -cf "$work/small.tar" usr/sbin 2>/dev/null || true
+small_digest=$(push_one_layer_image small "$work/small.tar")
+rm -f "$work/small.tar"
+printf 'FROM %s@%s\nCOPY models /models\n' "$REGISTRY/bench/small" "$small_digest" >"$work/ctx/build/Dockerfile.small"
+forget_builds
+measure "docker build (no cache, small base)" docker build -q --no-cache -f "$work/ctx/build/Dockerfile.small" -t "$target/built-small-docker:latest" "$work/ctx/build"
+measure "docker push (after the small-base build)" docker push -q "$target/built-small-docker:latest"
+docker rmi -f "$target/built-small-docker:latest" >/dev/null 2>&1 || true
+forget_builds
+measure "dockhand out (build, small base)" sh -c "$(printf "echo '%s' | %s/out %s" "$(put built-small-dockhand latest '{"build":"build","dockerfile":"build/Dockerfile.small"}')" "$bin" "$work/ctx")"
+built=$(sed -n 's/.*built and exported in \([0-9.]*\) s.*/\1/p' "$work/stderr")
+results+=("dockhand out (build, small base): the push after the build and export|$(python3 -c "print(round($(secs_of 'dockhand out (build, small base)') - $built, 2))")|0")
 
 printf '\nimage: %s layers, %s MB compressed\n\n' "$(wc -w <<<"$BENCH_DIRS")" "$((compressed / 1000000))"
 printf '| what | seconds | peak RSS (MB) |\n| --- | --- | --- |\n'
@@ -162,7 +182,6 @@ for r in "${results[@]}"; do
   IFS='|' read -r name secs rss <<<"$r"
   printf '| %s | %s | %s |\n' "$name" "$secs" "$((rss / 1024))"
 done
-secs_of() { for r in "${results[@]}"; do IFS='|' read -r n s _ <<<"$r"; [ "$n" = "$1" ] && echo "$s"; done; }
 ratio() { python3 -c "print(f'{$1/$2:.2f}x')"; }
 printf '\nin (rootfs) vs skopeo + umoci: %s faster\n' "$(ratio "$(secs_of 'skopeo copy + umoci raw unpack')" "$(secs_of 'dockhand in (rootfs)')")"
 printf 'in (format: oci) vs docker pull + save: %s faster\n' "$(ratio "$(secs_of 'docker pull + docker save')" "$(secs_of 'dockhand in (format: oci)')")"
@@ -171,5 +190,8 @@ sum() { python3 -c "print($1+$2)"; }
 printf '\nin (rootfs) / inflate floor (%s threads): %s\n' "$cores" "$(ratio "$(secs_of 'dockhand in (rootfs)')" "$(secs_of "floor: inflate every layer ($cores threads)")")"
 printf 'in (rootfs) / (gunzip, tar -x): %s\n' "$(ratio "$(secs_of 'dockhand in (rootfs)')" "$(secs_of 'floor: gunzip, tar -x')")"
 printf 'in (rootfs, big layer) / inflating it on 1 thread: %s\n' "$(ratio "$(secs_of 'dockhand in (rootfs, big layer)')" "$(secs_of 'floor: inflate the big layer (1 thread)')")"
-printf 'out push after a build (load_file of its save) / docker push: %s\n' "$(ratio "$(secs_of "dockhand out (load_file of that build's docker save)")" "$(secs_of 'docker push (after the build)')")"
+printf 'out push after a build (its push part, the base layers copied) / docker push: %s\n' "$(ratio "$(secs_of 'dockhand out (build): the push after the build and export')" "$(secs_of 'docker push (after the build)')")"
+printf 'out push after a build (load_file of its save: every layer compressed) / docker push: %s\n' "$(ratio "$(secs_of "dockhand out (load_file of that build's docker save)")" "$(secs_of 'docker push (after the build)')")"
 printf 'out (build) / docker build + docker push: %s\n' "$(ratio "$(secs_of 'dockhand out (build)')" "$(sum "$(secs_of 'docker build (no cache)')" "$(secs_of 'docker push (after the build)')")")"
+printf 'out push after the small-base build (its push part) / docker push: %s\n' "$(ratio "$(secs_of 'dockhand out (build, small base): the push after the build and export')" "$(secs_of 'docker push (after the small-base build)')")"
+printf 'out (build, small base) / docker build + docker push: %s\n' "$(ratio "$(secs_of 'dockhand out (build, small base)')" "$(sum "$(secs_of 'docker build (no cache, small base)')" "$(secs_of 'docker push (after the small-base build)')")")"
