@@ -206,6 +206,15 @@ pub(crate) fn is_index(media_type: &str, bytes: &[u8]) -> bool {
     false
 }
 
+/// This machine's architecture as images name it.
+pub(crate) fn host_architecture() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
 impl Platform {
     /// The platform wanted: what is given, else linux and amd64.
     pub fn wanted(p: Option<&Platform>) -> Platform {

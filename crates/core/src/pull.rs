@@ -361,8 +361,8 @@ pub(crate) fn split_reference(reference: &str) -> Result<(Repository, &str), Err
     Ok((repository, at.unwrap_or(tag)))
 }
 
-/// The layers of the image `at` (a tag or digest) in `repository`, for linux/amd64 when it
-/// is an index, each with its diff id from the config: what an image built on it can refer
+/// The layers of the image `at` (a tag or digest) in `repository`, for this machine's
+/// architecture (the daemon's) when it is an index, each with its diff id from the config: what an image built on it can refer
 /// to instead of compressing the same layers again. Empty when the config's diff ids do not
 /// pair with the layers.
 pub(crate) async fn known_layers(
@@ -370,7 +370,8 @@ pub(crate) async fn known_layers(
     repository: &Repository,
     at: &str,
 ) -> Result<Vec<KnownLayer>, Error> {
-    let reference = format!("{repository}:{at}");
+    let separator = if at.contains(':') { '@' } else { ':' };
+    let reference = format!("{repository}{separator}{at}");
     let registry = Registry::new(repository.host().clone(), config).await;
     let top = registry
         .manifest(repository, at)
@@ -379,7 +380,10 @@ pub(crate) async fn known_layers(
             reference: reference.clone(),
             source: "not found in the registry".into(),
         })?;
-    let wanted = Platform::wanted(None);
+    let wanted = Platform::wanted(Some(&Platform {
+        architecture: image::host_architecture().to_string(),
+        ..Platform::default()
+    }));
     let Some(resolved) = resolve(
         &registry,
         repository,

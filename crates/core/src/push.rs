@@ -53,7 +53,16 @@ pub(crate) async fn push(
             };
             let from = from.filter(|r| r.host() == repository.host() && *r != repository);
             if let Some(from) = from {
-                match registry.mount_blob(repository, &blob.digest, from).await? {
+                let mounted = match registry.mount_blob(repository, &blob.digest, from).await {
+                    // A base image's blob is copied instead: its manifest and config were read
+                    // with these credentials, so its blobs can be.
+                    Err(e) if matches!(blob.body, Body::Elsewhere { .. }) => {
+                        tracing::debug!("{}; copying the blob instead", crate::report::chain(&e));
+                        Mount::NotMounted
+                    }
+                    other => other?,
+                };
+                match mounted {
                     Mount::Mounted => {
                         tracing::info!("blob {} mounted from {}", blob.digest.short(), from.path());
                         return Ok(());

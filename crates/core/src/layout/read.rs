@@ -709,11 +709,7 @@ pub(crate) fn import_rootfs(
     let (digest, size) =
         compress_to(&mut reader, &layer_path, encoding).map_err(|e| bad(path, e))?;
     let diff_id = reader.digest();
-    let architecture = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    };
+    let architecture = crate::image::host_architecture();
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": architecture,
         "os": "linux",

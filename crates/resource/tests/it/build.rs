@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use crate::common::{self, docker, env, Image, Run};
+use crate::common::{self, docker, env, Fault, FaultProxy, Image, Run};
 
 /// `out SRC` with the request on stdin, ready for more `env`.
 fn out_run(source: Value, params: Value, src: &Path) -> Run {
@@ -254,6 +254,28 @@ fn a_build_refers_to_its_base_images_layers_instead_of_compressing_them_again() 
         &common::unique("build-reuse-copied"),
         "copied from",
     );
+
+    // A registry that refuses the mount (as one may without pull access to the base's
+    // repository in the push token): the blobs are copied within it instead.
+    let proxy = FaultProxy::start(&reg.host);
+    proxy.add("mount=", Some("POST"), 100, Fault::status(401));
+    let to = common::unique("build-reuse-refused");
+    let out = put(
+        json!({"repository": proxy.repo(&to)}),
+        json!({"build": "ctx", "build_args": {"BASE": proxy.repo(&format!("{base_repo}:1"))}}),
+        src.path(),
+    );
+    let digest = out.success()["version"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(out.stderr.contains("copied from"), "{}", out.stderr);
+    let layers = layer_digests(reg, &format!("{to}@{digest}"));
+    assert_eq!(layers[..base_layers.len()], base_layers[..]);
+    let mounts = (proxy.seen().iter())
+        .filter(|s| s.method == "POST" && s.target.contains("mount="))
+        .count();
+    assert!(mounts > 0, "the mount was asked for");
 }
 
 #[test]
