@@ -130,8 +130,18 @@ fn substitute(text: &str, args: &HashMap<String, String>) -> String {
                 .unwrap_or(after.len());
             (&after[..end], &after[end..])
         };
-        let name = name.split(':').next().unwrap_or_default();
-        out.push_str(args.get(name).map(String::as_str).unwrap_or_default());
+        // `${NAME:-default}` and `${NAME:+alternative}`, as the Dockerfile reference has them.
+        let (name, modifier) = match name.split_once(':') {
+            Some((name, modifier)) => (name, Some(modifier)),
+            None => (name, None),
+        };
+        let value = args.get(name).map(String::as_str).filter(|v| !v.is_empty());
+        out.push_str(match (modifier, value) {
+            (Some(m), None) if m.starts_with('-') => &m[1..],
+            (Some(m), Some(_)) if m.starts_with('+') => &m[1..],
+            (Some(m), _) if m.starts_with('+') => "",
+            (_, value) => value.unwrap_or_default(),
+        });
         rest = next;
     }
     out.push_str(rest);
@@ -173,6 +183,17 @@ from localhost:5000/x:2 as final
             Some("123456789012.dkr.ecr.eu-west-1.amazonaws.com/base:1.0")
         );
         assert_eq!(base_image(dockerfile, &build_args, Some("nope")), None);
+        let defaults = "ARG REG\nARG TAG=\nFROM ${REG:-localhost:5000}/x:${TAG:-1}${REG:+-never}\n";
+        assert_eq!(
+            base_image(defaults, &BTreeMap::new(), None).as_deref(),
+            Some("localhost:5000/x:1")
+        );
+        let mut set = BTreeMap::new();
+        set.insert("REG".to_string(), "reg.example.com".to_string());
+        assert_eq!(
+            base_image(defaults, &set, None).as_deref(),
+            Some("reg.example.com/x:1-never")
+        );
         let chained = "FROM a/b:1 AS one\nFROM one AS two\nRUN x\nFROM two\n";
         assert_eq!(
             base_image(chained, &BTreeMap::new(), None).as_deref(),

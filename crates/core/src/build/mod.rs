@@ -172,8 +172,8 @@ impl Build {
                 .await?;
         }
 
-        // `docker save` of the result, for the daemonless push.
-        saved::export(docker, &tag, out).await?;
+        // `docker save` of the result, for the daemonless push; the tag goes either way.
+        let exported = saved::export(docker, &tag, out).await;
         let _ = docker
             .remove_image(
                 &tag,
@@ -181,7 +181,7 @@ impl Build {
                 None,
             )
             .await;
-        Ok(())
+        exported
     }
 }
 
