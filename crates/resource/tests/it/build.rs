@@ -173,17 +173,22 @@ fn load_base_and_cache_from_directories_written_by_in_are_loaded() {
         reg.repo(&to),
         result["version"]["digest"].as_str().unwrap()
     );
-    docker(&["pull", "-q", &reference]);
+    assert_eq!(copied_file(&reference), "from load_base");
+}
+
+/// `/copied` of the image `reference` names, pulled by the daemon and run.
+fn copied_file(reference: &str) -> String {
+    docker(&["pull", "-q", reference]);
     let ran = docker(&[
         "run",
         "--rm",
         "--network",
         "none",
-        &reference,
+        reference,
         "cat",
         "/copied",
     ]);
-    assert_eq!(String::from_utf8_lossy(&ran), "from load_base");
+    String::from_utf8_lossy(&ran).into_owned()
 }
 
 /// The layer digests of the manifest `reference` names on `reg`.
@@ -234,17 +239,7 @@ fn a_build_refers_to_its_base_images_layers_instead_of_compressing_them_again() 
         // which checked the copied blobs' digests when they were put.)
         if to_reg.credentials().is_none() {
             let reference = format!("{}@{digest}", to_reg.repo(to));
-            docker(&["pull", "-q", &reference]);
-            let ran = docker(&[
-                "run",
-                "--rm",
-                "--network",
-                "none",
-                &reference,
-                "cat",
-                "/copied",
-            ]);
-            assert_eq!(String::from_utf8_lossy(&ran), "base layer");
+            assert_eq!(copied_file(&reference), "base layer");
         }
     };
     // On the same registry the base's blobs are mounted; on another they are copied.
