@@ -18,7 +18,7 @@ use crate::progress::Progress;
 use crate::protocol::Version;
 use crate::reference::{Digest, Repository};
 use crate::registry::config::RegistryConfig;
-use crate::registry::Registry;
+use crate::registry::{Registry, RetryPolicy};
 use crate::source::Settings;
 
 /// Where to look: the mirror first for Docker Hub repositories, then the repository itself.
@@ -372,7 +372,11 @@ pub(crate) async fn known_layers(
 ) -> Result<Vec<KnownLayer>, Error> {
     let separator = if at.contains(':') { '@' } else { ':' };
     let reference = format!("{repository}{separator}{at}");
-    let registry = Registry::new(repository.host().clone(), config).await;
+    // One try: this only saves work, and a registry that does not answer should not hold
+    // the push up with retries.
+    let registry = Registry::new(repository.host().clone(), config)
+        .await
+        .with_retry(RetryPolicy::once());
     let top = registry
         .manifest(repository, at)
         .await?
