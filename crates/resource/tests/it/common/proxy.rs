@@ -934,14 +934,7 @@ fn profile_page(
     let Ok(mut list) = serde_json::from_slice::<serde_json::Value>(body) else {
         return (body.to_vec(), None);
     };
-    let own: Vec<String> = list["tags"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|t| t.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
+    let own = listed_tags(&list);
     let listing = Listing { paging, own };
     let n = match http::query_values(query, "n")
         .pop()
@@ -974,19 +967,19 @@ fn profile_page(
     (serde_json::to_vec(&list).unwrap(), link)
 }
 
+/// The tag names of a tag list body's `tags`.
+fn listed_tags(list: &serde_json::Value) -> Vec<String> {
+    (list["tags"].as_array().into_iter().flatten())
+        .filter_map(|t| t.as_str().map(str::to_string))
+        .collect()
+}
+
 /// Applies the page limit to a distribution tag list body.
 fn page_tags(name: &str, body: &[u8], query: &str, limit: usize) -> (Vec<u8>, Option<String>) {
     let Ok(mut list) = serde_json::from_slice::<serde_json::Value>(body) else {
         return (body.to_vec(), None);
     };
-    let mut tags: Vec<String> = list["tags"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|t| t.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut tags = listed_tags(&list);
     tags.sort();
     let last = http::query_values(query, "last").pop();
     let asked: Option<usize> = http::query_values(query, "n")

@@ -240,13 +240,7 @@ async fn handle(
     let mut params = http::query_pairs(&query);
     let mut credentials = basic;
     if method == Method::POST {
-        let body = req
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let form = http::query_pairs(&String::from_utf8_lossy(&body));
+        let form = form_of(req).await;
         let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         if get("grant_type").as_deref() == Some("password") {
             if let (Some(u), Some(p)) = (get("username"), get("password")) {
@@ -334,6 +328,14 @@ async fn handle(
     Ok(json(StatusCode::OK, &body.to_string()))
 }
 
+/// The `key=value` pairs of a form body.
+async fn form_of(req: Request<Incoming>) -> Vec<(String, String)> {
+    let body = (req.into_body().collect().await)
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    http::query_pairs(&String::from_utf8_lossy(&body))
+}
+
 /// ACR's `/oauth2/exchange`: a known access token gets its refresh token.
 async fn exchange(state: &State, req: Request<Incoming>) -> Response<Body> {
     let content_type = req
@@ -341,13 +343,7 @@ async fn exchange(state: &State, req: Request<Incoming>) -> Response<Body> {
         .get(hyper::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    let form = http::query_pairs(&String::from_utf8_lossy(&body));
+    let form = form_of(req).await;
     let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let mut record = ExchangeRequest {
         grant_type: get("grant_type"),
