@@ -1,51 +1,90 @@
-//! Layers applied in order while the next ones decompress: a dispatcher thread starts each
-//! layer's decompression as soon as it is downloaded, into a small bounded queue of chunks, so
-//! memory stays flat and the writer and the decompressors work at once. Each layer's
-//! uncompressed bytes are hashed as they are applied and checked against the config's
-//! `diff_id`. Synchronous.
+//! Layers applied in order while the next ones decompress. A dispatcher starts each layer's
+//! decompression as soon as it is downloaded, on as many threads as there are cores. The layer
+//! being written streams to the writer through a small bounded queue of chunks. A layer ahead
+//! of the writer does not wait for it: it inflates into a spill file (unlinked, beside the
+//! rootfs, so mostly in the page cache) that the writer reads as it grows once it gets there.
+//! Only when 1 GiB is spilled and not yet read back do the layers ahead wait. So memory stays
+//! flat, decompression does not wait on the writer, and the writer waits on decompression
+//! only when it has caught up. Each layer's uncompressed bytes are hashed as
+//! they are applied and checked against the config's `diff_id`. Synchronous.
 
+use std::fs::File;
 use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::unpack::{Skipped, UnpackError, Unpacker};
 use super::{LayerIds, RootfsError};
 use crate::compression::open_layer;
 use crate::hash::HashingReader;
 
-/// How many layers decompress ahead of the one being written, at the least: one core writes
-/// while the others inflate, so on more cores as many layers as there are cores (each holds
-/// at most a few chunks: memory stays bounded).
-const DECOMPRESS_AHEAD: usize = 2;
+/// Threads that decompress, at the least: one core writes while another inflates.
+const MIN_INFLATERS: usize = 2;
 const CHUNK: usize = 256 << 10;
+/// Chunks queued between the layer being written and its decompressor (2 MiB).
+const QUEUED_CHUNKS: usize = 8;
+/// Bytes spilled ahead of the writer and not yet read back, across layers, beyond which the
+/// layers ahead wait (the one being written never does).
+const SPILL_LIMIT: u64 = 1 << 30;
 
 /// Applies the layers that arrive on `ready` (in order, one per entry of `layers`) to
-/// `target`: each layer decompresses on its own thread into a small bounded queue while the
-/// previous one is being written, so memory stays flat and both cores work. A layer whose
-/// uncompressed bytes (all of them, read to the end after the tar's) do not hash to its
-/// `diff_id` fails the whole rootfs.
+/// `target`, decompressing ahead of the writer on every core (see the module's comment). A
+/// layer whose uncompressed bytes (all of them, read to the end after the tar's) do not hash
+/// to its `diff_id` fails the whole rootfs.
 pub(crate) fn unpack_layers(
     target: &Path,
     ready: Receiver<PathBuf>,
     layers: &[LayerIds],
 ) -> Result<Skipped, RootfsError> {
+    unpack_spilling_at_most(target, ready, layers, SPILL_LIMIT)
+}
+
+fn unpack_spilling_at_most(
+    target: &Path,
+    ready: Receiver<PathBuf>,
+    layers: &[LayerIds],
+    spill_limit: u64,
+) -> Result<Skipped, RootfsError> {
     std::fs::create_dir_all(target)?;
     let mut unpacker = Unpacker::new(target)?;
-    // A dispatcher starts each layer's decompression as soon as it is downloaded, at most
-    // `ahead` beyond the one being applied (the bounded queue blocks it).
-    let ahead = crate::compression::threads().max(DECOMPRESS_AHEAD);
-    tracing::debug!("rootfs: one thread writes, up to {ahead} layers decompress ahead");
-    let (queued_tx, queued) = sync_channel::<Receiver<io::Result<Vec<u8>>>>(ahead - 1);
+    let spill_dir = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let inflaters = crate::compression::threads().max(MIN_INFLATERS);
+    tracing::debug!(
+        "rootfs: one thread writes, {inflaters} threads decompress; layers ahead of the writer \
+         spill to {}",
+        spill_dir.display()
+    );
+    let ahead = Arc::new(Ahead::new(spill_limit));
+    let _stop = Stop(ahead.clone());
+    let (started_tx, started) = channel::<Inflating>();
+    let dispatch_ahead = ahead.clone();
     std::thread::spawn(move || {
-        for path in ready {
-            if queued_tx.send(decompress_in_background(path)).is_err() {
+        // One token per decompressing thread; a thread hands its token back when it ends.
+        let (tokens_back, tokens) = channel::<()>();
+        for _ in 0..inflaters {
+            let _ = tokens_back.send(());
+        }
+        for (index, path) in ready.into_iter().enumerate() {
+            if tokens.recv().is_err() {
+                return;
+            }
+            let token = Token(tokens_back.clone());
+            let inflating =
+                Inflating::start(path, index, dispatch_ahead.clone(), &spill_dir, token);
+            if started_tx.send(inflating).is_err() {
                 return;
             }
         }
     });
     for (i, layer) in layers.iter().enumerate() {
-        let chunks = queued.recv().map_err(|_| RootfsError::Stopped)?;
-        let mut hashed = HashingReader::new(ChunkReader::new(chunks));
+        ahead.now_writing(i);
+        let inflating = started.recv().map_err(|_| RootfsError::Stopped)?;
+        let mut hashed = HashingReader::new(LayerReader::new(inflating));
         let in_layer = |source| RootfsError::Layer {
             layer: layer.digest.clone(),
             source,
@@ -62,37 +101,200 @@ pub(crate) fn unpack_layers(
         }
         tracing::debug!("applied layer {}/{}", i + 1, layers.len());
     }
+    tracing::debug!(
+        "rootfs: at most {} MiB were spilled ahead of the writer",
+        ahead.lock().peak >> 20
+    );
     Ok(unpacker.finish()?)
 }
 
-fn decompress_in_background(path: PathBuf) -> Receiver<io::Result<Vec<u8>>> {
-    let (tx, rx) = sync_channel(8);
-    std::thread::spawn(move || {
-        let mut reader = match open_layer(&path) {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = tx.send(Err(e));
-                return;
-            }
-        };
-        loop {
-            let mut buf = vec![0u8; CHUNK];
-            match read_full(&mut reader, &mut buf) {
-                Ok(0) => return,
-                Ok(n) => {
-                    buf.truncate(n);
-                    if tx.send(Ok(buf)).is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-            }
+/// Where the writer is, shared with every decompressor.
+struct Ahead {
+    state: Mutex<AheadState>,
+    changed: Condvar,
+    /// Unread spilled bytes beyond which the layers ahead wait.
+    limit: u64,
+}
+
+#[derive(Default)]
+struct AheadState {
+    /// The index of the layer being written: its decompressor queues chunks, the others spill.
+    writing: usize,
+    /// Spilled bytes not yet read back, over every layer.
+    unread: u64,
+    peak: u64,
+    /// The writer has returned: every decompressor stops.
+    stopped: bool,
+}
+
+impl Ahead {
+    fn new(limit: u64) -> Ahead {
+        Ahead {
+            state: Mutex::default(),
+            changed: Condvar::new(),
+            limit,
         }
-    });
-    rx
+    }
+
+    fn lock(&self) -> MutexGuard<'_, AheadState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn now_writing(&self, index: usize) {
+        self.lock().writing = index;
+        self.changed.notify_all();
+    }
+
+    /// Counts `n` more bytes about to be spilled by layer `index`, first waiting while the
+    /// unread spill is over the limit and `index` is not the layer being written. False when
+    /// the writer has stopped.
+    fn spilling(&self, index: usize, n: usize) -> bool {
+        let mut state = self.lock();
+        while !state.stopped
+            && state.writing != index
+            && state.unread > 0
+            && state.unread + n as u64 > self.limit
+        {
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        state.unread += n as u64;
+        state.peak = state.peak.max(state.unread);
+        !state.stopped
+    }
+
+    fn read_back(&self, n: usize) {
+        let mut state = self.lock();
+        state.unread = state.unread.saturating_sub(n as u64);
+        drop(state);
+        self.changed.notify_all();
+    }
+}
+
+/// Stops every decompressor when the writer returns, however it returns.
+struct Stop(Arc<Ahead>);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        self.0.lock().stopped = true;
+        self.0.changed.notify_all();
+    }
+}
+
+/// A decompressing thread's turn: handed back to the dispatcher when the thread ends, however
+/// it ends.
+struct Token(Sender<()>);
+
+impl Drop for Token {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
+}
+
+/// The writer's end of one layer's decompression: the queue, then the spill file.
+struct Inflating {
+    chunks: Receiver<Vec<u8>>,
+    spill: Arc<Spill>,
+    ahead: Arc<Ahead>,
+}
+
+/// What a decompressor has spilled, shared with the writer.
+#[derive(Default)]
+struct Spill {
+    state: Mutex<SpillState>,
+    grew: Condvar,
+}
+
+#[derive(Default)]
+struct SpillState {
+    /// Created when the decompressor first finds itself ahead of the writer; from then on
+    /// every byte goes there, after those already queued.
+    file: Option<Arc<File>>,
+    /// Bytes written to `file`.
+    len: u64,
+    /// The decompressor has ended: with `error`, or at the end of the layer.
+    done: bool,
+    error: Option<io::Error>,
+}
+
+impl Spill {
+    fn lock(&self) -> MutexGuard<'_, SpillState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Inflating {
+    /// Starts decompressing the layer at `path`, the `index`th, on a thread of its own.
+    fn start(
+        path: PathBuf,
+        index: usize,
+        ahead: Arc<Ahead>,
+        spill_dir: &Path,
+        token: Token,
+    ) -> Inflating {
+        let (tx, chunks) = sync_channel(QUEUED_CHUNKS);
+        let spill = Arc::new(Spill::default());
+        let shared = spill.clone();
+        let spill_dir = spill_dir.to_path_buf();
+        let writer = ahead.clone();
+        std::thread::spawn(move || {
+            let result = inflate(&path, index, &writer, &spill_dir, tx, &shared);
+            drop(token);
+            let mut state = shared.lock();
+            state.done = true;
+            state.error = result.err();
+            shared.grew.notify_all();
+        });
+        Inflating {
+            chunks,
+            spill,
+            ahead,
+        }
+    }
+}
+
+/// Decompresses the layer at `path`: into the queue while it is the layer being written, into
+/// the spill file from the first chunk that finds it ahead of the writer.
+fn inflate(
+    path: &Path,
+    index: usize,
+    ahead: &Ahead,
+    spill_dir: &Path,
+    queue: SyncSender<Vec<u8>>,
+    spill: &Spill,
+) -> io::Result<()> {
+    let mut reader = open_layer(path)?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut n;
+    loop {
+        n = read_full(&mut reader, &mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        if ahead.lock().writing != index {
+            break;
+        }
+        let mut chunk = std::mem::replace(&mut buf, vec![0u8; CHUNK]);
+        chunk.truncate(n);
+        if queue.send(chunk).is_err() {
+            return Ok(()); // the writer stopped
+        }
+    }
+    let file = Arc::new(tempfile::tempfile_in(spill_dir)?);
+    spill.lock().file = Some(file.clone());
+    // The writer reads the spill file once the queue is closed and empty.
+    drop(queue);
+    let mut len = 0u64;
+    while n > 0 {
+        if !ahead.spilling(index, n) {
+            return Ok(());
+        }
+        file.write_all_at(&buf[..n], len)?;
+        len += n as u64;
+        spill.lock().len = len;
+        spill.grew.notify_all();
+        n = read_full(&mut reader, &mut buf)?;
+    }
+    Ok(())
 }
 
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
@@ -108,32 +310,76 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
-struct ChunkReader {
-    rx: Receiver<io::Result<Vec<u8>>>,
+/// One layer's uncompressed bytes in order: the queued chunks, then the spill file as it
+/// grows, then the decompressor's error if it had one.
+struct LayerReader {
+    inflating: Inflating,
+    queue_closed: bool,
+    /// Where the next read of the spill file starts.
+    offset: u64,
     current: Vec<u8>,
     pos: usize,
 }
 
-impl ChunkReader {
-    fn new(rx: Receiver<io::Result<Vec<u8>>>) -> ChunkReader {
-        ChunkReader {
-            rx,
+impl LayerReader {
+    fn new(inflating: Inflating) -> LayerReader {
+        LayerReader {
+            inflating,
+            queue_closed: false,
+            offset: 0,
             current: Vec::new(),
             pos: 0,
         }
     }
-}
 
-impl Read for ChunkReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.current.len() {
-            match self.rx.recv() {
-                Ok(Ok(chunk)) => {
+    /// Refills `current`; false at the end of the layer.
+    fn fill(&mut self) -> io::Result<bool> {
+        if !self.queue_closed {
+            match self.inflating.chunks.recv() {
+                Ok(chunk) => {
                     self.current = chunk;
                     self.pos = 0;
+                    return Ok(true);
                 }
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Ok(0),
+                Err(_) => self.queue_closed = true,
+            }
+        }
+        let spill = &self.inflating.spill;
+        let mut state = spill.lock();
+        loop {
+            if let Some(file) = &state.file {
+                if state.len > self.offset {
+                    let file = file.clone();
+                    let want = (state.len - self.offset).min(CHUNK as u64) as usize;
+                    drop(state);
+                    self.current.resize(want, 0);
+                    let n = file.read_at(&mut self.current, self.offset)?;
+                    if n == 0 {
+                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    }
+                    self.current.truncate(n);
+                    self.pos = 0;
+                    self.offset += n as u64;
+                    self.inflating.ahead.read_back(n);
+                    return Ok(true);
+                }
+            }
+            if state.done {
+                return match state.error.take() {
+                    Some(e) => Err(e),
+                    None => Ok(false),
+                };
+            }
+            state = spill.grew.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+impl Read for LayerReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.current.len() {
+            if !self.fill()? {
+                return Ok(0);
             }
         }
         let n = buf.len().min(self.current.len() - self.pos);
@@ -197,6 +443,128 @@ mod tests {
                 Digest::of(&blob)
             )
         );
+    }
+
+    /// `len` bytes that do not repeat in any short period.
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// Starts decompressing `blob` as layer 1 while the writer is on layer `writing`.
+    fn inflating(blob: &[u8], writing: usize) -> (tempfile::TempDir, Inflating) {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("blob");
+        std::fs::write(&path, blob).unwrap();
+        let ahead = Arc::new(Ahead::new(SPILL_LIMIT));
+        ahead.now_writing(writing);
+        let token = Token(channel().0);
+        let inflating = Inflating::start(path, 1, ahead, tmp.path(), token);
+        (tmp, inflating)
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(bytes).unwrap();
+        gz.finish().unwrap()
+    }
+
+    #[test]
+    fn a_layer_ahead_of_the_writer_spills_and_is_read_back_whole() {
+        let raw = noise((QUEUED_CHUNKS + 2) * CHUNK, 7);
+        let (_tmp, inflating) = inflating(&gzip(&raw), 0);
+        let spill = inflating.spill.clone();
+        let mut got = Vec::new();
+        LayerReader::new(inflating).read_to_end(&mut got).unwrap();
+        assert!(got == raw, "the spilled layer reads back as it was");
+        assert!(spill.lock().file.is_some(), "a layer ahead spills");
+    }
+
+    #[test]
+    fn the_layer_being_written_streams_through_the_queue() {
+        let raw = noise((QUEUED_CHUNKS + 2) * CHUNK, 9);
+        let (_tmp, inflating) = inflating(&gzip(&raw), 1);
+        let spill = inflating.spill.clone();
+        let mut got = Vec::new();
+        LayerReader::new(inflating).read_to_end(&mut got).unwrap();
+        assert!(got == raw);
+        assert!(
+            spill.lock().file.is_none(),
+            "the layer being written does not spill"
+        );
+    }
+
+    #[test]
+    fn a_decompression_error_after_spilling_reaches_the_writer() {
+        let raw = noise((QUEUED_CHUNKS + 2) * CHUNK, 11);
+        let gz = gzip(&raw);
+        for writing in [0, 1] {
+            let (_tmp, inflating) = inflating(&gz[..gz.len() / 2], writing);
+            let mut got = Vec::new();
+            let e = LayerReader::new(inflating).read_to_end(&mut got);
+            assert!(
+                e.is_err(),
+                "a truncated layer is an error (writer on {writing})"
+            );
+        }
+    }
+
+    #[test]
+    fn layers_decompressed_ahead_are_applied_in_order() {
+        applied_in_order(SPILL_LIMIT);
+    }
+
+    #[test]
+    fn layers_ahead_wait_when_the_spill_is_full_and_the_layer_written_does_not() {
+        // A limit of one chunk: each layer ahead stops after its first, and the layer being
+        // written must go on regardless, or the writer would wait forever.
+        applied_in_order(CHUNK as u64);
+    }
+
+    /// Four layers, each larger than the queue (so those ahead of the writer spill) and each
+    /// rewriting `f` (so only the order of application decides what stays), applied with
+    /// `spill_limit`.
+    fn applied_in_order(spill_limit: u64) {
+        let size = (QUEUED_CHUNKS + 1) * CHUNK;
+        let contents: Vec<Vec<u8>> = (0..4).map(|i| noise(size, 100 + i)).collect();
+        let tmp = tempfile::tempdir().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut ids = Vec::new();
+        for (i, content) in contents.iter().enumerate() {
+            let mut tar = tar::Builder::new(Vec::new());
+            let mut h = tar::Header::new_gnu();
+            h.set_size(content.len() as u64);
+            h.set_mode(0o644);
+            tar.append_data(&mut h, "f", &content[..]).unwrap();
+            tar.append_data(&mut h.clone(), format!("only-{i}"), &content[..])
+                .unwrap();
+            let raw = tar.into_inner().unwrap();
+            let blob = gzip(&raw);
+            let path = tmp.path().join(format!("blob{i}"));
+            std::fs::write(&path, &blob).unwrap();
+            tx.send(path).unwrap();
+            ids.push(LayerIds {
+                digest: Digest::of(&blob),
+                diff_id: Digest::of(&raw),
+            });
+        }
+        drop(tx);
+        let rootfs = tmp.path().join("rootfs");
+        unpack_spilling_at_most(&rootfs, rx, &ids, spill_limit).unwrap();
+        assert!(std::fs::read(rootfs.join("f")).unwrap() == contents[3]);
+        for (i, content) in contents.iter().enumerate() {
+            assert!(std::fs::read(rootfs.join(format!("only-{i}"))).unwrap() == *content);
+        }
+        let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+        assert_eq!(left.len(), 5, "no spill file is left beside the rootfs");
     }
 
     #[test]
