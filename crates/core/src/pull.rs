@@ -280,8 +280,8 @@ fn invalid_manifest(reference: &str, e: serde_json::Error) -> Error {
 
 /// The blobs `wanted` (each once) downloaded into `staging`, named by their digests, at
 /// most `concurrency` at a time, each verified against its digest and size; their paths, in
-/// the order of `wanted`. `ready` gets the position of each blob in `wanted` in order, as
-/// soon as it and every one before it are done: what a layer unpacker waits for.
+/// the order of `wanted`. `ready` gets each position in `wanted` as soon as its blob is done,
+/// in whatever order they end: what a layer unpacker starts decompressing on.
 /// `progress` has one line per distinct blob, in order.
 pub(crate) async fn download(
     registry: &Registry,
@@ -318,14 +318,14 @@ pub(crate) async fn download(
             }
         })
         .collect();
-    let mut finished = HashSet::new();
-    let mut next = 0;
     while let Some((digest, result)) = pending.next().await {
         result?;
-        finished.insert(digest);
-        while next < wanted.len() && finished.contains(&wanted[next].digest) {
-            ready(next);
-            next += 1;
+        for (i, _) in wanted
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.digest == digest)
+        {
+            ready(i);
         }
     }
     Ok(wanted

@@ -332,7 +332,8 @@ impl Fetch<'_> {
     }
 
     /// All layer downloads start now, bounded; each is handed to the unpacker thread as soon
-    /// as it and every layer before it are complete. The layers' paths, in order.
+    /// as it is complete, which decompresses it and applies the layers in order. The layers'
+    /// paths, in order.
     async fn layers(&self, config: &ImageConfig) -> Result<Vec<PathBuf>, Error> {
         let layers = &self.image.image.layers;
         let progress = Progress::start(
@@ -346,7 +347,7 @@ impl Fetch<'_> {
         } else {
             Vec::new()
         };
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<PathBuf>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<(usize, PathBuf)>();
         let unpack = self.plan.rootfs_dir.then(|| {
             let target = self.out.join(".rootfs.partial");
             let _ = std::fs::remove_dir_all(&target);
@@ -356,7 +357,7 @@ impl Fetch<'_> {
         });
         let mut ready = |i: usize| {
             if self.plan.rootfs_dir {
-                let _ = ready_tx.send(self.staging.join(layers[i].digest.hex()));
+                let _ = ready_tx.send((i, self.staging.join(layers[i].digest.hex())));
             }
         };
         let paths = pull::download(

@@ -1,5 +1,6 @@
-//! Layers applied in order while the next ones decompress. A dispatcher starts each layer's
-//! decompression as soon as it is downloaded, on as many threads as there are cores. The layer
+//! Layers applied in order while the next ones decompress. Each layer's decompression starts
+//! as soon as it is downloaded, in whatever order the downloads end, on as many threads as
+//! there are cores (the lowest layers first when more are waiting). The layer
 //! being written streams to the writer through a small bounded queue of chunks. A layer ahead
 //! of the writer does not wait for it: it inflates into a spill file (unlinked, beside the
 //! rootfs, so mostly in the page cache) that the writer reads as it grows once it gets there.
@@ -8,11 +9,12 @@
 //! only when it has caught up. Each layer's uncompressed bytes are hashed as
 //! they are applied and checked against the config's `diff_id`. Synchronous.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::unpack::{Skipped, UnpackError, Unpacker};
@@ -29,13 +31,13 @@ const QUEUED_CHUNKS: usize = 8;
 /// layers ahead wait (the one being written never does).
 const SPILL_LIMIT: u64 = 1 << 30;
 
-/// Applies the layers that arrive on `ready` (in order, one per entry of `layers`) to
-/// `target`, decompressing ahead of the writer on every core (see the module's comment). A
-/// layer whose uncompressed bytes (all of them, read to the end after the tar's) do not hash
-/// to its `diff_id` fails the whole rootfs.
+/// Applies the layers that arrive on `ready` (each as `(index in layers, path)`, in any order)
+/// to `target` in order, decompressing ahead of the writer on every core (see the module's
+/// comment). A layer whose uncompressed bytes (all of them, read to the end after the tar's)
+/// do not hash to its `diff_id` fails the whole rootfs.
 pub(crate) fn unpack_layers(
     target: &Path,
-    ready: Receiver<PathBuf>,
+    ready: Receiver<(usize, PathBuf)>,
     layers: &[LayerIds],
 ) -> Result<Skipped, RootfsError> {
     unpack_spilling_at_most(target, ready, layers, SPILL_LIMIT)
@@ -43,7 +45,7 @@ pub(crate) fn unpack_layers(
 
 fn unpack_spilling_at_most(
     target: &Path,
-    ready: Receiver<PathBuf>,
+    ready: Receiver<(usize, PathBuf)>,
     layers: &[LayerIds],
     spill_limit: u64,
 ) -> Result<Skipped, RootfsError> {
@@ -59,31 +61,20 @@ fn unpack_spilling_at_most(
          spill to {}",
         spill_dir.display()
     );
-    let ahead = Arc::new(Ahead::new(spill_limit));
+    let ahead = Arc::new(Ahead::new(spill_dir, inflaters, spill_limit));
     let _stop = Stop(ahead.clone());
-    let (started_tx, started) = channel::<Inflating>();
-    let dispatch_ahead = ahead.clone();
+    let arrivals = ahead.clone();
     std::thread::spawn(move || {
-        // One token per decompressing thread; a thread hands its token back when it ends.
-        let (tokens_back, tokens) = channel::<()>();
-        for _ in 0..inflaters {
-            let _ = tokens_back.send(());
-        }
-        for (index, path) in ready.into_iter().enumerate() {
-            if tokens.recv().is_err() {
-                return;
-            }
-            let token = Token(tokens_back.clone());
-            let inflating =
-                Inflating::start(path, index, dispatch_ahead.clone(), &spill_dir, token);
-            if started_tx.send(inflating).is_err() {
+        for (index, path) in ready {
+            if !Ahead::arrived(&arrivals, index, path) {
                 return;
             }
         }
+        arrivals.lock().all_arrived = true;
+        arrivals.changed.notify_all();
     });
     for (i, layer) in layers.iter().enumerate() {
-        ahead.now_writing(i);
-        let inflating = started.recv().map_err(|_| RootfsError::Stopped)?;
+        let inflating = Ahead::next(&ahead, i).ok_or(RootfsError::Stopped)?;
         let mut hashed = HashingReader::new(LayerReader::new(inflating));
         let in_layer = |source| RootfsError::Layer {
             layer: layer.digest.clone(),
@@ -108,10 +99,15 @@ fn unpack_spilling_at_most(
     Ok(unpacker.finish()?)
 }
 
-/// Where the writer is, shared with every decompressor.
+/// The layers' decompressions, shared by the writer, the decompressors and the thread that
+/// hands over downloaded layers: which layer is written, which are downloaded, which
+/// decompress, and how much is spilled.
 struct Ahead {
     state: Mutex<AheadState>,
     changed: Condvar,
+    spill_dir: PathBuf,
+    /// Decompressions that run at once, besides the layer being written.
+    inflaters: usize,
     /// Unread spilled bytes beyond which the layers ahead wait.
     limit: u64,
 }
@@ -120,6 +116,14 @@ struct Ahead {
 struct AheadState {
     /// The index of the layer being written: its decompressor queues chunks, the others spill.
     writing: usize,
+    /// Downloaded layers not yet decompressing, by index.
+    waiting: BTreeMap<usize, PathBuf>,
+    /// Every layer has been downloaded (or the downloads have stopped).
+    all_arrived: bool,
+    /// Decompressions started, by index, until the writer takes them.
+    started: BTreeMap<usize, Inflating>,
+    /// Decompressing threads running.
+    running: usize,
     /// Spilled bytes not yet read back, over every layer.
     unread: u64,
     peak: u64,
@@ -128,10 +132,12 @@ struct AheadState {
 }
 
 impl Ahead {
-    fn new(limit: u64) -> Ahead {
+    fn new(spill_dir: PathBuf, inflaters: usize, limit: u64) -> Ahead {
         Ahead {
             state: Mutex::default(),
             changed: Condvar::new(),
+            spill_dir,
+            inflaters,
             limit,
         }
     }
@@ -140,9 +146,71 @@ impl Ahead {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn now_writing(&self, index: usize) {
-        self.lock().writing = index;
-        self.changed.notify_all();
+    /// Layer `index` is downloaded, at `path`. False when the writer has stopped.
+    fn arrived(this: &Arc<Ahead>, index: usize, path: PathBuf) -> bool {
+        let mut state = this.lock();
+        if state.stopped {
+            return false;
+        }
+        state.waiting.insert(index, path);
+        Ahead::schedule(this, &mut state);
+        true
+    }
+
+    /// The writer moves on to layer `index`: its decompression, once started. None when it
+    /// never will be (the downloads ended without it).
+    fn next(this: &Arc<Ahead>, index: usize) -> Option<Inflating> {
+        let mut state = this.lock();
+        state.writing = index;
+        Ahead::schedule(this, &mut state);
+        // Layers waiting on the spill limit look again: this one may be among them.
+        this.changed.notify_all();
+        loop {
+            if let Some(inflating) = state.started.remove(&index) {
+                return Some(inflating);
+            }
+            if state.all_arrived && !state.waiting.contains_key(&index) {
+                return None;
+            }
+            state = this.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Starts what may start: the layer being written whatever else runs (the layers ahead
+    /// may all be waiting on the spill limit, which only the writer's reading lowers), then
+    /// the lowest downloaded layers while there are free threads.
+    fn schedule(this: &Arc<Ahead>, state: &mut AheadState) {
+        let writing = state.writing;
+        let mut started = false;
+        if let Some(path) = state.waiting.remove(&writing) {
+            Ahead::start(this, state, writing, path);
+            started = true;
+        }
+        while state.running < this.inflaters {
+            let Some((index, path)) = state.waiting.pop_first() else {
+                break;
+            };
+            Ahead::start(this, state, index, path);
+            started = true;
+        }
+        if started {
+            this.changed.notify_all();
+        }
+    }
+
+    fn start(this: &Arc<Ahead>, state: &mut AheadState, index: usize, path: PathBuf) {
+        state.running += 1;
+        let inflating = Inflating::start(path, index, this.clone());
+        state.started.insert(index, inflating);
+    }
+
+    /// A decompressing thread has ended, however it ended.
+    fn finished(this: &Arc<Ahead>) {
+        let mut state = this.lock();
+        state.running = state.running.saturating_sub(1);
+        if !state.stopped {
+            Ahead::schedule(this, &mut state);
+        }
     }
 
     /// Counts `n` more bytes about to be spilled by layer `index`, first waiting while the
@@ -170,23 +238,19 @@ impl Ahead {
     }
 }
 
-/// Stops every decompressor when the writer returns, however it returns.
+/// Stops every decompressor when the writer returns, however it returns, and drops what the
+/// writer did not take (which also ends the references the decompressions hold back).
 struct Stop(Arc<Ahead>);
 
 impl Drop for Stop {
     fn drop(&mut self) {
-        self.0.lock().stopped = true;
+        let mut state = self.0.lock();
+        state.stopped = true;
+        let untaken = std::mem::take(&mut state.started);
+        state.waiting.clear();
+        drop(state);
         self.0.changed.notify_all();
-    }
-}
-
-/// A decompressing thread's turn: handed back to the dispatcher when the thread ends, however
-/// it ends.
-struct Token(Sender<()>);
-
-impl Drop for Token {
-    fn drop(&mut self) {
-        let _ = self.0.send(());
+        drop(untaken);
     }
 }
 
@@ -224,25 +288,19 @@ impl Spill {
 
 impl Inflating {
     /// Starts decompressing the layer at `path`, the `index`th, on a thread of its own.
-    fn start(
-        path: PathBuf,
-        index: usize,
-        ahead: Arc<Ahead>,
-        spill_dir: &Path,
-        token: Token,
-    ) -> Inflating {
+    fn start(path: PathBuf, index: usize, ahead: Arc<Ahead>) -> Inflating {
         let (tx, chunks) = sync_channel(QUEUED_CHUNKS);
         let spill = Arc::new(Spill::default());
         let shared = spill.clone();
-        let spill_dir = spill_dir.to_path_buf();
         let writer = ahead.clone();
         std::thread::spawn(move || {
-            let result = inflate(&path, index, &writer, &spill_dir, tx, &shared);
-            drop(token);
+            let result = inflate(&path, index, &writer, tx, &shared);
             let mut state = shared.lock();
             state.done = true;
             state.error = result.err();
+            drop(state);
             shared.grew.notify_all();
+            Ahead::finished(&writer);
         });
         Inflating {
             chunks,
@@ -258,7 +316,6 @@ fn inflate(
     path: &Path,
     index: usize,
     ahead: &Ahead,
-    spill_dir: &Path,
     queue: SyncSender<Vec<u8>>,
     spill: &Spill,
 ) -> io::Result<()> {
@@ -279,7 +336,7 @@ fn inflate(
             return Ok(()); // the writer stopped
         }
     }
-    let file = Arc::new(tempfile::tempfile_in(spill_dir)?);
+    let file = Arc::new(tempfile::tempfile_in(&ahead.spill_dir)?);
     spill.lock().file = Some(file.clone());
     // The writer reads the spill file once the queue is closed and empty.
     drop(queue);
@@ -411,7 +468,7 @@ mod tests {
         let path = tmp.path().join("blob");
         std::fs::write(&path, blob).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
-        tx.send(path).unwrap();
+        tx.send((0, path)).unwrap();
         drop(tx);
         let ids = [LayerIds {
             digest: Digest::of(blob),
@@ -463,10 +520,9 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("blob");
         std::fs::write(&path, blob).unwrap();
-        let ahead = Arc::new(Ahead::new(SPILL_LIMIT));
-        ahead.now_writing(writing);
-        let token = Token(channel().0);
-        let inflating = Inflating::start(path, 1, ahead, tmp.path(), token);
+        let ahead = Ahead::new(tmp.path().to_path_buf(), 1, SPILL_LIMIT);
+        ahead.lock().writing = writing;
+        let inflating = Inflating::start(path, 1, Arc::new(ahead));
         (tmp, inflating)
     }
 
@@ -475,6 +531,20 @@ mod tests {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(bytes).unwrap();
         gz.finish().unwrap()
+    }
+
+    #[test]
+    fn a_layer_that_never_arrives_stops_the_writer() {
+        // The downloads failed: the sender is gone without layer 0.
+        let tmp = tempfile::tempdir().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<(usize, PathBuf)>();
+        drop(tx);
+        let ids = [LayerIds {
+            digest: Digest::of(b"a"),
+            diff_id: Digest::of(b"b"),
+        }];
+        let result = unpack_layers(&tmp.path().join("rootfs"), rx, &ids);
+        assert!(matches!(result, Err(RootfsError::Stopped)));
     }
 
     #[test]
@@ -538,6 +608,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let mut ids = Vec::new();
+        let mut paths = Vec::new();
         for (i, content) in contents.iter().enumerate() {
             let mut tar = tar::Builder::new(Vec::new());
             let mut h = tar::Header::new_gnu();
@@ -550,11 +621,15 @@ mod tests {
             let blob = gzip(&raw);
             let path = tmp.path().join(format!("blob{i}"));
             std::fs::write(&path, &blob).unwrap();
-            tx.send(path).unwrap();
+            paths.push(path);
             ids.push(LayerIds {
                 digest: Digest::of(&blob),
                 diff_id: Digest::of(&raw),
             });
+        }
+        // Downloads end in any order: the last layer arrives first.
+        for (i, path) in paths.into_iter().enumerate().rev() {
+            tx.send((i, path)).unwrap();
         }
         drop(tx);
         let rootfs = tmp.path().join("rootfs");
