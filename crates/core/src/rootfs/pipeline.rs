@@ -1,13 +1,16 @@
 //! Layers applied in order while the next ones decompress. Each layer's decompression starts
 //! as soon as it is downloaded, in whatever order the downloads end, on as many threads as
-//! there are cores (the lowest layers first when more are waiting). The layer
-//! being written streams to the writer through a small bounded queue of chunks. A layer ahead
-//! of the writer does not wait for it: it inflates into a spill file (unlinked, beside the
-//! rootfs, so mostly in the page cache) that the writer reads as it grows once it gets there.
-//! Only when 1 GiB is spilled and not yet read back do the layers ahead wait. So memory stays
-//! flat, decompression does not wait on the writer, and the writer waits on decompression
-//! only when it has caught up. Each layer's uncompressed bytes are hashed as
-//! they are applied and checked against the config's `diff_id`. Synchronous.
+//! there are cores (the lowest layers first when more are waiting). The layer being written
+//! streams to the writer through a small bounded queue of chunks. A layer ahead of the writer
+//! does not wait for it: it inflates into a spill file (unlinked, beside the rootfs, so mostly
+//! in the page cache) that the writer reads as it grows once it gets there.
+//!
+//! The spill is bounded: the layers ahead wait once 1 GiB is spilled and not yet read back,
+//! and a layer that spilled and is now being written waits at 2 GiB (so a layer that inflates
+//! to terabytes fills the disk no faster than the writer). Memory stays flat, decompression
+//! does not wait on the writer short of those bounds, and the writer waits on decompression
+//! only when it has caught up. Each layer's uncompressed bytes are hashed as they are applied
+//! and checked against the config's `diff_id`. Synchronous.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -27,8 +30,8 @@ const MIN_INFLATERS: usize = 2;
 const CHUNK: usize = 256 << 10;
 /// Chunks queued between the layer being written and its decompressor (2 MiB).
 const QUEUED_CHUNKS: usize = 8;
-/// Bytes spilled ahead of the writer and not yet read back, across layers, beyond which the
-/// layers ahead wait (the one being written never does).
+/// Bytes spilled and not yet read back, across layers, beyond which the layers ahead of the
+/// writer wait; the layer being written waits beyond twice as many.
 const SPILL_LIMIT: u64 = 1 << 30;
 
 /// Applies the layers that arrive on `ready` (each as `(index in layers, path)`, in any order)
@@ -213,16 +216,22 @@ impl Ahead {
         }
     }
 
-    /// Counts `n` more bytes about to be spilled by layer `index`, first waiting while the
-    /// unread spill is over the limit and `index` is not the layer being written. False when
-    /// the writer has stopped.
+    /// Counts `n` more bytes about to be spilled by layer `index`, first waiting while that
+    /// would put the unread spill over the limit, or over twice the limit when `index` is the
+    /// layer being written. The layers ahead hold at most the limit between them, so the
+    /// layer being written waits only on bytes of its own, which the writer is reading: it
+    /// never waits forever. False when the writer has stopped.
     fn spilling(&self, index: usize, n: usize) -> bool {
         let mut state = self.lock();
-        while !state.stopped
-            && state.writing != index
-            && state.unread > 0
-            && state.unread + n as u64 > self.limit
-        {
+        loop {
+            let limit = if state.writing == index {
+                2 * self.limit
+            } else {
+                self.limit
+            };
+            if state.stopped || state.unread == 0 || state.unread + n as u64 <= limit {
+                break;
+            }
             state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
         }
         state.unread += n as u64;
@@ -570,6 +579,32 @@ mod tests {
             spill.lock().file.is_none(),
             "the layer being written does not spill"
         );
+    }
+
+    #[test]
+    fn a_spilled_layer_being_written_spills_at_most_twice_the_limit_ahead_of_the_writer() {
+        let raw = noise((QUEUED_CHUNKS + 2) * CHUNK, 13);
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("blob");
+        std::fs::write(&path, gzip(&raw)).unwrap();
+        let ahead = Arc::new(Ahead::new(tmp.path().to_path_buf(), 1, CHUNK as u64));
+        let inflating = Inflating::start(path, 1, ahead.clone());
+        let spill = inflating.spill.clone();
+        while spill.lock().file.is_none() {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        // Ahead of the writer it stops at the limit; being written, at twice the limit.
+        ahead.lock().writing = 1;
+        ahead.changed.notify_all();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while spill.lock().len < 2 * CHUNK as u64 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert_eq!(spill.lock().len, 2 * CHUNK as u64);
+        let mut got = Vec::new();
+        LayerReader::new(inflating).read_to_end(&mut got).unwrap();
+        assert!(got == raw, "and it goes on as the writer reads");
     }
 
     #[test]
