@@ -7,6 +7,7 @@
 # example), and `gunzip | tar -x`. Builds compare `out` (build) with `docker build` + `docker
 # push` on two bases: the bench image, and a small one (/usr/sbin). What takes a few seconds
 # runs three times and counts its median. Prints a table with ratios and peak memory.
+# BENCH_PULL_ONLY=1 stops after the pulls (no pushes, no builds: a few minutes).
 # Not a test: numbers go into the README by hand.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -144,57 +145,59 @@ fresh; measure "docker create + docker export" sh -c "c=\$(docker create $reposi
 docker rmi -f "$repository@$digest" >/dev/null 2>&1 || true
 fresh; measure "skopeo copy + umoci raw unpack" sh -c "skopeo copy --quiet --src-tls-verify=false docker://$repository@$digest oci:$work/out/oci:b && umoci raw unpack --image $work/out/oci:b $work/out/rootfs"
 
-# Pushes, to a second registry (so nothing can be mounted or skipped): from the archive `in`
-# wrote with save: true, and from a daemon build on top of the bench image.
-source_registry=$REGISTRY
-start_registry 127.0.0.1
-target=$REGISTRY
-REGISTRY=$source_registry
-fresh
-printf '{"source":{"repository":"%s"},"version":{"digest":"%s"},"params":{"save":true}}' "$repository" "$digest" |
-  "$bin/in" "$work/saved" >/dev/null 2>&1
-put() { printf '{"source":{"repository":"%s","tag":"%s"},"params":%s}' "$target/$1" "$2" "$3"; }
-measure "dockhand out (load_file)" sh -c "$(printf "echo '%s' | %s/out %s" "$(put pushed-dockhand latest '{"load_file":"saved/image"}')" "$bin" "$work")"
-loaded=$(docker load -q -i "$work/saved/image" | awk '{print $NF}')
-docker tag "$loaded" "$target/pushed-docker:latest"
-measure "docker push (image loaded)" docker push -q "$target/pushed-docker:latest"
-measure "skopeo copy (docker-archive)" skopeo copy --quiet --dest-tls-verify=false "docker-archive:$work/saved/image" "docker://$target/pushed-skopeo:latest"
-# A build whose one new layer is a COPY of the big files, on the bench image (COPY, not
-# RUN: the bench image is /usr only, with no shell at /bin/sh). Each side starts from a daemon
-# without the base image and without build cache, and pushes to a registry that has nothing.
-mkdir -p "$work/ctx/build"
-mv "$work/big/models" "$work/ctx/build/models"
-printf 'FROM %s@%s\nCOPY models /models\n' "$repository" "$digest" >"$work/ctx/build/Dockerfile"
-forget_builds() {
-  docker rmi -f "$repository@$digest" "$target/built-docker:latest" >/dev/null 2>&1 || true
-  docker image prune -af >/dev/null 2>&1 || true
-  docker builder prune -af >/dev/null 2>&1 || true
-}
-forget_builds
-measure "docker build (no cache)" docker build -q --no-cache -t "$target/built-docker:latest" "$work/ctx/build"
-measure "docker push (after the build)" docker push -q "$target/built-docker:latest"
-docker save -o "$work/ctx/built.tar" "$target/built-docker:latest"
-measure "dockhand out (load_file of that build's docker save)" sh -c "$(printf "echo '%s' | %s/out %s" "$(put built-saved latest '{"load_file":"built.tar"}')" "$bin" "$work/ctx")"
-rm -f "$work/ctx/built.tar"
-forget_builds
-measure "dockhand out (build)" sh -c "$(printf "echo '%s' | %s/out %s" "$(put built-dockhand latest '{"build":"build"}')" "$bin" "$work/ctx")"
-# Its push part: the whole less the build and its export, which out logs.
-built=$(sed -n 's/.*built and exported in \([0-9.]*\) s.*/\1/p' "$work/stderr")
-results+=("dockhand out (build): the push after the build and export|$(python3 -c "print(round($(secs_of 'dockhand out (build)') - $built, 2))")|0")
-# The same COPY on a small base (one layer of /usr/sbin, about 100 MB: the size of a slim
-# language image), where the build's own layer is most of what is exported and pushed.
-tar -C / --numeric-owner -cf "$work/small.tar" usr/sbin 2>/dev/null || true
-small_digest=$(push_one_layer_image small "$work/small.tar")
-rm -f "$work/small.tar"
-printf 'FROM %s@%s\nCOPY models /models\n' "$REGISTRY/bench/small" "$small_digest" >"$work/ctx/build/Dockerfile.small"
-forget_builds
-measure "docker build (no cache, small base)" docker build -q --no-cache -f "$work/ctx/build/Dockerfile.small" -t "$target/built-small-docker:latest" "$work/ctx/build"
-measure "docker push (after the small-base build)" docker push -q "$target/built-small-docker:latest"
-docker rmi -f "$target/built-small-docker:latest" >/dev/null 2>&1 || true
-forget_builds
-measure "dockhand out (build, small base)" sh -c "$(printf "echo '%s' | %s/out %s" "$(put built-small-dockhand latest '{"build":"build","dockerfile":"build/Dockerfile.small"}')" "$bin" "$work/ctx")"
-built=$(sed -n 's/.*built and exported in \([0-9.]*\) s.*/\1/p' "$work/stderr")
-results+=("dockhand out (build, small base): the push after the build and export|$(python3 -c "print(round($(secs_of 'dockhand out (build, small base)') - $built, 2))")|0")
+if [ -z "${BENCH_PULL_ONLY:-}" ]; then
+  # Pushes, to a second registry (so nothing can be mounted or skipped): from the archive `in`
+  # wrote with save: true, and from a daemon build on top of the bench image.
+  source_registry=$REGISTRY
+  start_registry 127.0.0.1
+  target=$REGISTRY
+  REGISTRY=$source_registry
+  fresh
+  printf '{"source":{"repository":"%s"},"version":{"digest":"%s"},"params":{"save":true}}' "$repository" "$digest" |
+    "$bin/in" "$work/saved" >/dev/null 2>&1
+  put() { printf '{"source":{"repository":"%s","tag":"%s"},"params":%s}' "$target/$1" "$2" "$3"; }
+  measure "dockhand out (load_file)" sh -c "$(printf "echo '%s' | %s/out %s" "$(put pushed-dockhand latest '{"load_file":"saved/image"}')" "$bin" "$work")"
+  loaded=$(docker load -q -i "$work/saved/image" | awk '{print $NF}')
+  docker tag "$loaded" "$target/pushed-docker:latest"
+  measure "docker push (image loaded)" docker push -q "$target/pushed-docker:latest"
+  measure "skopeo copy (docker-archive)" skopeo copy --quiet --dest-tls-verify=false "docker-archive:$work/saved/image" "docker://$target/pushed-skopeo:latest"
+  # A build whose one new layer is a COPY of the big files, on the bench image (COPY, not
+  # RUN: the bench image is /usr only, with no shell at /bin/sh). Each side starts from a daemon
+  # without the base image and without build cache, and pushes to a registry that has nothing.
+  mkdir -p "$work/ctx/build"
+  mv "$work/big/models" "$work/ctx/build/models"
+  printf 'FROM %s@%s\nCOPY models /models\n' "$repository" "$digest" >"$work/ctx/build/Dockerfile"
+  forget_builds() {
+    docker rmi -f "$repository@$digest" "$target/built-docker:latest" >/dev/null 2>&1 || true
+    docker image prune -af >/dev/null 2>&1 || true
+    docker builder prune -af >/dev/null 2>&1 || true
+  }
+  forget_builds
+  measure "docker build (no cache)" docker build -q --no-cache -t "$target/built-docker:latest" "$work/ctx/build"
+  measure "docker push (after the build)" docker push -q "$target/built-docker:latest"
+  docker save -o "$work/ctx/built.tar" "$target/built-docker:latest"
+  measure "dockhand out (load_file of that build's docker save)" sh -c "$(printf "echo '%s' | %s/out %s" "$(put built-saved latest '{"load_file":"built.tar"}')" "$bin" "$work/ctx")"
+  rm -f "$work/ctx/built.tar"
+  forget_builds
+  measure "dockhand out (build)" sh -c "$(printf "echo '%s' | %s/out %s" "$(put built-dockhand latest '{"build":"build"}')" "$bin" "$work/ctx")"
+  # Its push part: the whole less the build and its export, which out logs.
+  built=$(sed -n 's/.*built and exported in \([0-9.]*\) s.*/\1/p' "$work/stderr")
+  results+=("dockhand out (build): the push after the build and export|$(python3 -c "print(round($(secs_of 'dockhand out (build)') - $built, 2))")|0")
+  # The same COPY on a small base (one layer of /usr/sbin, about 100 MB: the size of a slim
+  # language image), where the build's own layer is most of what is exported and pushed.
+  tar -C / --numeric-owner -cf "$work/small.tar" usr/sbin 2>/dev/null || true
+  small_digest=$(push_one_layer_image small "$work/small.tar")
+  rm -f "$work/small.tar"
+  printf 'FROM %s@%s\nCOPY models /models\n' "$REGISTRY/bench/small" "$small_digest" >"$work/ctx/build/Dockerfile.small"
+  forget_builds
+  measure "docker build (no cache, small base)" docker build -q --no-cache -f "$work/ctx/build/Dockerfile.small" -t "$target/built-small-docker:latest" "$work/ctx/build"
+  measure "docker push (after the small-base build)" docker push -q "$target/built-small-docker:latest"
+  docker rmi -f "$target/built-small-docker:latest" >/dev/null 2>&1 || true
+  forget_builds
+  measure "dockhand out (build, small base)" sh -c "$(printf "echo '%s' | %s/out %s" "$(put built-small-dockhand latest '{"build":"build","dockerfile":"build/Dockerfile.small"}')" "$bin" "$work/ctx")"
+  built=$(sed -n 's/.*built and exported in \([0-9.]*\) s.*/\1/p' "$work/stderr")
+  results+=("dockhand out (build, small base): the push after the build and export|$(python3 -c "print(round($(secs_of 'dockhand out (build, small base)') - $built, 2))")|0")
+fi
 
 printf '\nimage: %s layers, %s MB compressed\n\n' "$(wc -w <<<"$BENCH_DIRS")" "$((compressed / 1000000))"
 printf '| what | seconds | peak RSS (MB) |\n| --- | --- | --- |\n'
@@ -205,13 +208,17 @@ done
 ratio() { python3 -c "print(f'{$1/$2:.2f}x')"; }
 printf '\nin (rootfs) vs skopeo + umoci: %s faster\n' "$(ratio "$(secs_of 'skopeo copy + umoci raw unpack')" "$(secs_of 'dockhand in (rootfs)')")"
 printf 'in (format: oci) vs docker pull + save: %s faster\n' "$(ratio "$(secs_of 'docker pull + docker save')" "$(secs_of 'dockhand in (format: oci)')")"
-printf 'out (load_file) vs docker push: %s faster\n' "$(ratio "$(secs_of 'docker push (image loaded)')" "$(secs_of 'dockhand out (load_file)')")"
+if [ -z "${BENCH_PULL_ONLY:-}" ]; then
+  printf 'out (load_file) vs docker push: %s faster\n' "$(ratio "$(secs_of 'docker push (image loaded)')" "$(secs_of 'dockhand out (load_file)')")"
+fi
 sum() { python3 -c "print($1+$2)"; }
 printf '\nin (rootfs) / inflate floor (%s threads): %s\n' "$cores" "$(ratio "$(secs_of 'dockhand in (rootfs)')" "$(secs_of "floor: inflate every layer ($cores threads)")")"
 printf 'in (rootfs) / (gunzip, tar -x): %s\n' "$(ratio "$(secs_of 'dockhand in (rootfs)')" "$(secs_of 'floor: gunzip, tar -x')")"
 printf 'in (rootfs, big layer) / inflating it on 1 thread: %s\n' "$(ratio "$(secs_of 'dockhand in (rootfs, big layer)')" "$(secs_of 'floor: inflate the big layer (1 thread)')")"
-printf 'out push after a build (its push part, the base layers copied) / docker push: %s\n' "$(ratio "$(secs_of 'dockhand out (build): the push after the build and export')" "$(secs_of 'docker push (after the build)')")"
-printf 'out push after a build (load_file of its save: every layer compressed) / docker push: %s\n' "$(ratio "$(secs_of "dockhand out (load_file of that build's docker save)")" "$(secs_of 'docker push (after the build)')")"
-printf 'out (build) / docker build + docker push: %s\n' "$(ratio "$(secs_of 'dockhand out (build)')" "$(sum "$(secs_of 'docker build (no cache)')" "$(secs_of 'docker push (after the build)')")")"
-printf 'out push after the small-base build (its push part) / docker push: %s\n' "$(ratio "$(secs_of 'dockhand out (build, small base): the push after the build and export')" "$(secs_of 'docker push (after the small-base build)')")"
-printf 'out (build, small base) / docker build + docker push: %s\n' "$(ratio "$(secs_of 'dockhand out (build, small base)')" "$(sum "$(secs_of 'docker build (no cache, small base)')" "$(secs_of 'docker push (after the small-base build)')")")"
+if [ -z "${BENCH_PULL_ONLY:-}" ]; then
+  printf 'out push after a build (its push part, the base layers copied) / docker push: %s\n' "$(ratio "$(secs_of 'dockhand out (build): the push after the build and export')" "$(secs_of 'docker push (after the build)')")"
+  printf 'out push after a build (load_file of its save: every layer compressed) / docker push: %s\n' "$(ratio "$(secs_of "dockhand out (load_file of that build's docker save)")" "$(secs_of 'docker push (after the build)')")"
+  printf 'out (build) / docker build + docker push: %s\n' "$(ratio "$(secs_of 'dockhand out (build)')" "$(sum "$(secs_of 'docker build (no cache)')" "$(secs_of 'docker push (after the build)')")")"
+  printf 'out push after the small-base build (its push part) / docker push: %s\n' "$(ratio "$(secs_of 'dockhand out (build, small base): the push after the build and export')" "$(secs_of 'docker push (after the small-base build)')")"
+  printf 'out (build, small base) / docker build + docker push: %s\n' "$(ratio "$(secs_of 'dockhand out (build, small base)')" "$(sum "$(secs_of 'docker build (no cache, small base)')" "$(secs_of 'docker push (after the small-base build)')")")"
+fi
