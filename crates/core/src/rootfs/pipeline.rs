@@ -300,22 +300,45 @@ impl Inflating {
     fn start(path: PathBuf, index: usize, ahead: Arc<Ahead>) -> Inflating {
         let (tx, chunks) = sync_channel(QUEUED_CHUNKS);
         let spill = Arc::new(Spill::default());
-        let shared = spill.clone();
-        let writer = ahead.clone();
+        let mut ended = Ended {
+            spill: spill.clone(),
+            ahead: ahead.clone(),
+            result: None,
+        };
         std::thread::spawn(move || {
-            let result = inflate(&path, index, &writer, tx, &shared);
-            let mut state = shared.lock();
-            state.done = true;
-            state.error = result.err();
-            drop(state);
-            shared.grew.notify_all();
-            Ahead::finished(&writer);
+            let result = inflate(&path, index, &ended.ahead, tx, &ended.spill);
+            ended.result = Some(result);
+            drop(ended);
         });
         Inflating {
             chunks,
             spill,
             ahead,
         }
+    }
+}
+
+/// The end of a decompressing thread, however it ends (a panic too: the writer must not wait
+/// for bytes that will never come): the layer is done, with the thread's error if it had one,
+/// and its place goes to the next layer.
+struct Ended {
+    spill: Arc<Spill>,
+    ahead: Arc<Ahead>,
+    result: Option<io::Result<()>>,
+}
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        let mut state = self.spill.lock();
+        state.done = true;
+        state.error = match self.result.take() {
+            Some(Ok(())) => None,
+            Some(Err(e)) => Some(e),
+            None => Some(io::Error::other("the decompressing thread stopped")),
+        };
+        drop(state);
+        self.spill.grew.notify_all();
+        Ahead::finished(&self.ahead);
     }
 }
 
@@ -540,6 +563,34 @@ mod tests {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(bytes).unwrap();
         gz.finish().unwrap()
+    }
+
+    #[test]
+    fn a_decompressor_that_panics_ends_its_layer_with_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ahead = Arc::new(Ahead::new(tmp.path().to_path_buf(), 1, SPILL_LIMIT));
+        let spill = Arc::new(Spill::default());
+        let (tx, chunks) = sync_channel::<Vec<u8>>(QUEUED_CHUNKS);
+        let ended = Ended {
+            spill: spill.clone(),
+            ahead: ahead.clone(),
+            result: None,
+        };
+        let thread = std::thread::spawn(move || {
+            let _ended = ended;
+            drop(tx);
+            panic!("a bug in a decoder");
+        });
+        assert!(thread.join().is_err());
+        let inflating = Inflating {
+            chunks,
+            spill,
+            ahead,
+        };
+        let e = LayerReader::new(inflating)
+            .read_to_end(&mut Vec::new())
+            .unwrap_err();
+        assert_eq!(e.to_string(), "the decompressing thread stopped");
     }
 
     #[test]
