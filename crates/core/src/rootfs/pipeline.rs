@@ -111,7 +111,8 @@ struct Ahead {
     spill_dir: PathBuf,
     /// Decompressions that run at once, besides the layer being written.
     inflaters: usize,
-    /// Unread spilled bytes beyond which the layers ahead wait.
+    /// Unread spilled bytes beyond which the layers ahead wait (the layer being written, at
+    /// twice as many).
     limit: u64,
 }
 
