@@ -362,9 +362,9 @@ pub(crate) fn split_reference(reference: &str) -> Result<(Repository, &str), Err
 }
 
 /// The layers of the image `at` (a tag or digest) in `repository`, for this machine's
-/// architecture (the daemon's) when it is an index, each with its diff id from the config: what an image built on it can refer
-/// to instead of compressing the same layers again. Empty when the config's diff ids do not
-/// pair with the layers.
+/// architecture (the daemon's) when it is an index, each with its diff id from the config:
+/// what an image built on it can refer to instead of compressing the same layers again.
+/// Empty when the config's diff ids do not pair with the layers.
 pub(crate) async fn known_layers(
     config: &RegistryConfig,
     repository: &Repository,
