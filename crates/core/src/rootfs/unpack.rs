@@ -220,13 +220,15 @@ impl Unpacker {
             let Ok(dir) = self.resolve_dir(parent, false) else {
                 continue;
             };
-            let is_dir = rustix::fs::statat(&dir, *name, AtFlags::SYMLINK_NOFOLLOW)
-                .map(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory)
-                .unwrap_or(false);
-            if !is_dir {
+            let Ok(st) = rustix::fs::statat(&dir, *name, AtFlags::SYMLINK_NOFOLLOW) else {
+                continue;
+            };
+            if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
                 continue;
             }
-            if self.as_root {
+            // Only what is not already right, as for files.
+            let chown = self.as_root && !owned_by(&st, meta.uid, meta.gid);
+            if chown {
                 rustix::fs::chownat(
                     &dir,
                     *name,
@@ -235,12 +237,14 @@ impl Unpacker {
                     AtFlags::SYMLINK_NOFOLLOW,
                 )?;
             }
-            rustix::fs::chmodat(
-                &dir,
-                *name,
-                Mode::from_raw_mode(meta.mode & 0o7777),
-                AtFlags::empty(),
-            )?;
+            if chown || st.st_mode & 0o7777 != meta.mode & 0o7777 {
+                rustix::fs::chmodat(
+                    &dir,
+                    *name,
+                    Mode::from_raw_mode(meta.mode & 0o7777),
+                    AtFlags::empty(),
+                )?;
+            }
             rustix::fs::utimensat(&dir, *name, &times(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)?;
         }
         Ok(self.skipped)
@@ -279,7 +283,8 @@ impl Unpacker {
     }
 
     /// Writes one entry named `name` in `dir`, replacing what is there unless both are
-    /// directories.
+    /// directories. The entry is created first, and what holds the name is looked at only
+    /// when the name is taken: most names are new, and this saves a lookup per entry.
     fn write_entry<R: Read>(
         &mut self,
         entry: &mut tar::Entry<'_, R>,
@@ -287,15 +292,9 @@ impl Unpacker {
         name: &[u8],
         path: &[u8],
         xattrs: Vec<(Vec<u8>, Vec<u8>)>,
-        (mode, uid_, gid_, mtime): (u32, u64, u64, u64),
+        meta: (u32, u64, u64, u64),
     ) -> io::Result<()> {
-        let header = entry.header();
-        let kind = header.entry_type();
-
-        // What is there now: a directory stays for a directory; anything else is replaced.
-        let existing = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
-            .ok()
-            .map(|st| FileType::from_raw_mode(st.st_mode));
+        let kind = entry.header().entry_type();
         if kind.is_hard_link() {
             let target = entry
                 .link_name_bytes()
@@ -304,16 +303,54 @@ impl Unpacker {
                 return Ok(());
             }
         }
-        match (existing, kind.is_dir()) {
-            (Some(FileType::Directory), true) | (None, _) => {}
-            (Some(FileType::Directory), false) => remove_all(dir, name)?,
-            (Some(_), _) => rustix::fs::unlinkat(dir, name, AtFlags::empty())?,
+        let mut keep_dir = false;
+        if let Made::Taken = self.make(entry, dir, name, path, &xattrs, meta, keep_dir)? {
+            // What is there now: a directory stays for a directory; anything else goes.
+            let existing = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+                .ok()
+                .map(|st| FileType::from_raw_mode(st.st_mode));
+            match (existing, kind.is_dir()) {
+                (Some(FileType::Directory), true) => keep_dir = true,
+                (None, _) => {}
+                (Some(FileType::Directory), false) => remove_all(dir, name)?,
+                (Some(_), _) => rustix::fs::unlinkat(dir, name, AtFlags::empty())?,
+            }
+            if let Made::Taken = self.make(entry, dir, name, path, &xattrs, meta, keep_dir)? {
+                return Err(rustix::io::Errno::EXIST.into());
+            }
         }
+        Ok(())
+    }
 
+    /// Creates the entry named `name` in `dir` (a directory only when not `keep_dir`, which
+    /// says one is there), then sets its owner, mode, extended attributes and times.
+    /// [`Made::Taken`] when the name is taken, before anything was written.
+    #[allow(clippy::too_many_arguments)]
+    fn make<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        dir: &OwnedFd,
+        name: &[u8],
+        path: &[u8],
+        xattrs: &[(Vec<u8>, Vec<u8>)],
+        (mode, uid_, gid_, mtime): (u32, u64, u64, u64),
+        keep_dir: bool,
+    ) -> io::Result<Made> {
+        let taken = |e: rustix::io::Errno| -> io::Result<Made> {
+            if e == rustix::io::Errno::EXIST {
+                Ok(Made::Taken)
+            } else {
+                Err(e.into())
+            }
+        };
+        let header = entry.header();
+        let kind = header.entry_type();
         match kind {
             k if k.is_dir() => {
-                if existing != Some(FileType::Directory) {
-                    rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o755))?;
+                if !keep_dir {
+                    if let Err(e) = rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o755)) {
+                        return taken(e);
+                    }
                 }
                 if !xattrs.is_empty() {
                     let fd = rustix::fs::openat(
@@ -322,7 +359,7 @@ impl Unpacker {
                         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                         Mode::empty(),
                     )?;
-                    self.set_xattrs(&fd, &xattrs);
+                    self.set_xattrs(&fd, xattrs);
                 }
                 self.dirs.insert(
                     path.to_vec(),
@@ -335,7 +372,9 @@ impl Unpacker {
                 );
             }
             k if k.is_file() || k == tar::EntryType::Continuous || k.is_gnu_sparse() => {
-                let fd = rustix::fs::openat(
+                // Created with its permission bits (the umask may take some away; the
+                // setuid, setgid and sticky bits come after the owner, which clears them).
+                let fd = match rustix::fs::openat(
                     dir,
                     name,
                     OFlags::WRONLY
@@ -343,17 +382,26 @@ impl Unpacker {
                         | OFlags::EXCL
                         | OFlags::NOFOLLOW
                         | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )?;
+                    Mode::from_raw_mode(mode & 0o777),
+                ) {
+                    Ok(fd) => fd,
+                    Err(e) => return taken(e),
+                };
                 let mut file = std::fs::File::from(fd);
                 copy_through(entry, &mut file, &mut self.buffer)?;
-                if self.as_root {
+                // Owner and mode are changed only when they are not already right: each
+                // change is an inode update in the filesystem's journal.
+                let st = rustix::fs::fstat(&file)?;
+                let chown = self.as_root && !owned_by(&st, uid_, gid_);
+                if chown {
                     rustix::fs::fchown(&file, Some(uid(uid_)), Some(gid(gid_)))?;
                 }
                 // After chown, which clears setuid and setgid.
-                rustix::fs::fchmod(&file, Mode::from_raw_mode(mode & 0o7777))?;
+                if chown || st.st_mode & 0o7777 != mode & 0o7777 {
+                    rustix::fs::fchmod(&file, Mode::from_raw_mode(mode & 0o7777))?;
+                }
                 // After chown too, which clears file capabilities.
-                self.set_xattrs(&file, &xattrs);
+                self.set_xattrs(&file, xattrs);
                 rustix::fs::futimens(&file, &times(mtime))?;
             }
             k if k.is_symlink() => {
@@ -361,26 +409,33 @@ impl Unpacker {
                     .link_name_bytes()
                     .ok_or_else(|| io::Error::other("symlink without a target"))?;
                 // Stored as given, absolute or not; never followed here.
-                rustix::fs::symlinkat(OsStr::from_bytes(&target), dir, name)?;
+                if let Err(e) = rustix::fs::symlinkat(OsStr::from_bytes(&target), dir, name) {
+                    return taken(e);
+                }
                 if self.as_root {
-                    rustix::fs::chownat(
-                        dir,
-                        name,
-                        Some(uid(uid_)),
-                        Some(gid(gid_)),
-                        AtFlags::SYMLINK_NOFOLLOW,
-                    )?;
+                    let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+                    if !owned_by(&st, uid_, gid_) {
+                        rustix::fs::chownat(
+                            dir,
+                            name,
+                            Some(uid(uid_)),
+                            Some(gid(gid_)),
+                            AtFlags::SYMLINK_NOFOLLOW,
+                        )?;
+                    }
                 }
                 rustix::fs::utimensat(dir, name, &times(mtime), AtFlags::SYMLINK_NOFOLLOW)?;
             }
             k if k.is_hard_link() => {
-                let target = entry.link_name_bytes().expect("checked above");
+                let target = entry.link_name_bytes().expect("checked by write_entry");
                 let Some(target) = clean(&target) else {
                     return Err(io::Error::other("hardlink to the root"));
                 };
                 let (tname, tparent) = target.split_last().expect("non-empty");
                 let tdir = self.resolve_dir(tparent, false)?;
-                rustix::fs::linkat(&tdir, *tname, dir, name, AtFlags::empty())?;
+                if let Err(e) = rustix::fs::linkat(&tdir, *tname, dir, name, AtFlags::empty()) {
+                    return taken(e);
+                }
             }
             k if k.is_character_special() || k.is_block_special() || k.is_fifo() => {
                 let ft = if k.is_fifo() {
@@ -397,12 +452,13 @@ impl Unpacker {
                 );
                 match rustix::fs::mknodat(dir, name, ft, Mode::from_raw_mode(mode & 0o7777), dev) {
                     Ok(()) => {}
+                    Err(e) if e == rustix::io::Errno::EXIST => return Ok(Made::Taken),
                     Err(e)
                         if ft != FileType::Fifo
                             && (e == rustix::io::Errno::PERM || e == rustix::io::Errno::ACCESS) =>
                     {
                         self.skipped.devices += 1;
-                        return Ok(());
+                        return Ok(Made::Made);
                     }
                     Err(e) => return Err(e.into()),
                 }
@@ -426,7 +482,7 @@ impl Unpacker {
             // (GNU volume labels, unknown types) carries nothing to write.
             _ => {}
         }
-        Ok(())
+        Ok(Made::Made)
     }
 
     /// Sets extended attributes on an open file; what is refused (no privilege, a
@@ -511,6 +567,18 @@ impl Unpacker {
             other => other,
         }
     }
+}
+
+/// What [`Unpacker::make`] did.
+enum Made {
+    Made,
+    /// The name was taken; nothing was written.
+    Taken,
+}
+
+/// Whether `st` is owned by `uid`:`gid` already.
+fn owned_by(st: &rustix::fs::Stat, uid: u64, gid: u64) -> bool {
+    u64::from(st.st_uid) == uid && u64::from(st.st_gid) == gid
 }
 
 /// Copies `from` to `to` through `buffer` ([`COPY_BUFFER`] bytes, allocated on first use),
@@ -886,6 +954,84 @@ mod tests {
         // `sub` stays (this layer wrote under it) with what lower layers put in it;
         // `subway` shares the prefix but goes.
         assert_eq!(names, ["sub", "sub/new", "sub/new/deep", "sub/old"]);
+    }
+
+    /// Each kind of entry replaces each other kind. The entry is created first, and what
+    /// held its name goes only when the name turns out taken; a directory over a directory
+    /// keeps what is in it.
+    #[test]
+    fn an_entry_replaces_whatever_held_its_name() {
+        let lower = layer(&[
+            (b"f", Regular, b"", b"file"),
+            (b"d", Directory, b"", b""),
+            (b"d/child", Regular, b"", b"c"),
+            (b"kept", Directory, b"", b""),
+            (b"kept/child", Regular, b"", b"c"),
+            (b"s", Symlink, b"f", b""),
+            (b"l", Symlink, b"f", b""),
+            (b"p", tar::EntryType::Fifo, b"", b""),
+        ]);
+        let upper = layer(&[
+            (b"f", Directory, b"", b""),
+            (b"d", Regular, b"", b"now a file"),
+            (b"kept", Directory, b"", b""),
+            (b"s", Regular, b"", b"was a symlink"),
+            (b"l", tar::EntryType::Link, b"d", b""),
+            (b"p", Symlink, b"d", b""),
+            (b"twice", Regular, b"", b"first"),
+            (b"twice", Regular, b"", b"second"),
+        ]);
+        let (tmp, result) = apply(&[lower, upper]);
+        result.unwrap();
+        let root = tmp.path();
+        assert!(root.join("f").is_dir());
+        assert_eq!(std::fs::read(root.join("d")).unwrap(), b"now a file");
+        assert_eq!(std::fs::read(root.join("kept/child")).unwrap(), b"c");
+        let s = std::fs::symlink_metadata(root.join("s")).unwrap();
+        assert!(s.is_file());
+        assert_eq!(std::fs::read(root.join("s")).unwrap(), b"was a symlink");
+        use std::os::unix::fs::MetadataExt as _;
+        let (l, d) = (
+            std::fs::symlink_metadata(root.join("l")).unwrap(),
+            std::fs::symlink_metadata(root.join("d")).unwrap(),
+        );
+        assert_eq!((l.ino(), l.nlink()), (d.ino(), 2));
+        assert_eq!(std::fs::read_link(root.join("p")).unwrap(), Path::new("d"));
+        assert_eq!(std::fs::read(root.join("twice")).unwrap(), b"second");
+    }
+
+    /// Files are created with their permission bits, and their mode is changed afterwards
+    /// only when the umask took some away or a special bit is asked for: either way each
+    /// ends with the mode its header gives, and so does each directory.
+    #[test]
+    fn files_and_directories_end_with_their_modes() {
+        let modes = [0o444, 0o600, 0o644, 0o777, 0o4755, 0o2711];
+        let mut tar = tar::Builder::new(Vec::new());
+        for (i, mode) in modes.iter().enumerate() {
+            for (kind, name) in [(Regular, format!("f{i}")), (Directory, format!("d{i}"))] {
+                let mut h = tar::Header::new_ustar();
+                h.set_entry_type(kind);
+                h.set_size(0);
+                h.set_mode(*mode | if kind == Directory { 0o700 } else { 0 });
+                h.set_path(&name).unwrap();
+                h.set_cksum();
+                tar.append(&h, &[][..]).unwrap();
+            }
+        }
+        let (tmp, result) = apply(&[tar.into_inner().unwrap()]);
+        result.unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        for (i, mode) in modes.iter().enumerate() {
+            let mode_of = |name: String| {
+                std::fs::symlink_metadata(tmp.path().join(name))
+                    .unwrap()
+                    .permissions()
+                    .mode()
+                    & 0o7777
+            };
+            assert_eq!(mode_of(format!("f{i}")), *mode, "f{i}");
+            assert_eq!(mode_of(format!("d{i}")), *mode | 0o700, "d{i}");
+        }
     }
 
     fn walk_names(dir: &Path) -> Vec<String> {
