@@ -9,8 +9,8 @@
 //! and a layer that spilled and is now being written waits at 2 GiB (so a layer that inflates
 //! to terabytes fills the disk no faster than the writer). Memory stays flat, decompression
 //! does not wait on the writer short of those bounds, and the writer waits on decompression
-//! only when it has caught up. Each layer's uncompressed bytes are hashed as they are applied
-//! and checked against the config's `diff_id`. Synchronous.
+//! only when it has caught up. Each layer's uncompressed bytes are hashed, on a thread of
+//! their own beside the writer, and checked against the config's `diff_id`. Synchronous.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -20,16 +20,20 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
+use sha2::Digest as _;
+
 use super::unpack::{Skipped, UnpackError, Unpacker};
 use super::{LayerIds, RootfsError};
 use crate::compression::open_layer;
-use crate::hash::HashingReader;
+use crate::reference::Digest;
 
 /// Threads that decompress, at the least: one core writes while another inflates.
 const MIN_INFLATERS: usize = 2;
 const CHUNK: usize = 256 << 10;
 /// Chunks queued between the layer being written and its decompressor (2 MiB).
 const QUEUED_CHUNKS: usize = 8;
+/// Chunks the writer has read and the layer's hashing thread has not yet hashed (2 MiB).
+const HASHED_CHUNKS: usize = 8;
 /// Bytes spilled and not yet read back, across layers, beyond which the layers ahead of the
 /// writer wait; the layer being written waits beyond twice as many.
 const SPILL_LIMIT: u64 = 1 << 30;
@@ -78,14 +82,16 @@ fn unpack_spilling_at_most(
     });
     for (i, layer) in layers.iter().enumerate() {
         let inflating = Ahead::next(&ahead, i).ok_or(RootfsError::Stopped)?;
-        let mut hashed = HashingReader::new(LayerReader::new(inflating));
+        let mut reader = LayerReader::new(inflating);
         let in_layer = |source| RootfsError::Layer {
             layer: layer.digest.clone(),
             source,
         };
-        unpacker.apply_layer(&mut hashed).map_err(in_layer)?;
-        io::copy(&mut hashed, &mut io::sink()).map_err(|e| in_layer(UnpackError::Archive(e)))?;
-        let actual = hashed.digest();
+        unpacker.apply_layer(&mut reader).map_err(in_layer)?;
+        io::copy(&mut reader, &mut io::sink()).map_err(|e| in_layer(UnpackError::Archive(e)))?;
+        let actual = reader
+            .digest()
+            .map_err(|e| in_layer(UnpackError::Archive(e)))?;
         if actual != layer.diff_id {
             return Err(RootfsError::DiffId {
                 layer: layer.digest.clone(),
@@ -401,25 +407,62 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// One layer's uncompressed bytes in order: the queued chunks, then the spill file as it
-/// grows, then the decompressor's error if it had one.
+/// grows, then the decompressor's error if it had one. Each chunk is also handed to a
+/// thread that hashes it, so the sha256 of the layer is not on the writer's path.
 struct LayerReader {
     inflating: Inflating,
     queue_closed: bool,
     /// Where the next read of the spill file starts.
     offset: u64,
-    current: Vec<u8>,
+    current: Arc<Vec<u8>>,
     pos: usize,
+    hashing: Option<SyncSender<Arc<Vec<u8>>>>,
+    hashed: Option<std::thread::JoinHandle<Digest>>,
 }
 
 impl LayerReader {
     fn new(inflating: Inflating) -> LayerReader {
+        let (tx, chunks) = sync_channel::<Arc<Vec<u8>>>(HASHED_CHUNKS);
+        let hashed = std::thread::spawn(move || {
+            let mut hasher = sha2::Sha256::new();
+            for chunk in chunks {
+                hasher.update(&chunk[..]);
+            }
+            Digest::from_sha256(&hasher.finalize())
+        });
         LayerReader {
             inflating,
             queue_closed: false,
             offset: 0,
-            current: Vec::new(),
+            current: Arc::default(),
             pos: 0,
+            hashing: Some(tx),
+            hashed: Some(hashed),
         }
+    }
+
+    /// The sha256 of every byte read, once the layer has been read to its end.
+    fn digest(mut self) -> io::Result<Digest> {
+        drop(self.hashing.take());
+        self.hashed
+            .take()
+            .expect("digest is taken once")
+            .join()
+            .map_err(|_| io::Error::other("the hashing thread stopped"))
+    }
+
+    /// Makes `chunk` the one being read, and hands it to the hashing thread.
+    fn read_next(&mut self, chunk: Vec<u8>) -> io::Result<()> {
+        self.current = Arc::new(chunk);
+        self.pos = 0;
+        let sent = self
+            .hashing
+            .as_ref()
+            .is_some_and(|h| h.send(self.current.clone()).is_ok());
+        if !sent {
+            return Err(io::Error::other("the hashing thread stopped"));
+        }
+        Ok(())
     }
 
     /// Refills `current`; false at the end of the layer.
@@ -427,8 +470,7 @@ impl LayerReader {
         if !self.queue_closed {
             match self.inflating.chunks.recv() {
                 Ok(chunk) => {
-                    self.current = chunk;
-                    self.pos = 0;
+                    self.read_next(chunk)?;
                     return Ok(true);
                 }
                 Err(_) => self.queue_closed = true,
@@ -442,15 +484,15 @@ impl LayerReader {
                     let file = file.clone();
                     let want = (state.len - self.offset).min(CHUNK as u64) as usize;
                     drop(state);
-                    self.current.resize(want, 0);
-                    let n = file.read_at(&mut self.current, self.offset)?;
+                    let mut chunk = vec![0u8; want];
+                    let n = file.read_at(&mut chunk, self.offset)?;
                     if n == 0 {
                         return Err(io::ErrorKind::UnexpectedEof.into());
                     }
-                    self.current.truncate(n);
-                    self.pos = 0;
+                    chunk.truncate(n);
                     self.offset += n as u64;
                     self.inflating.ahead.read_back(n);
+                    self.read_next(chunk)?;
                     return Ok(true);
                 }
             }
