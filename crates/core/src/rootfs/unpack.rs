@@ -303,29 +303,25 @@ impl Unpacker {
                 return Ok(());
             }
         }
-        let mut keep_dir = false;
-        if let Made::Taken = self.make(entry, dir, name, path, &xattrs, meta, keep_dir)? {
-            // What is there now: a directory stays for a directory; anything else goes.
-            let existing = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
-                .ok()
-                .map(|st| FileType::from_raw_mode(st.st_mode));
-            match (existing, kind.is_dir()) {
-                (Some(FileType::Directory), true) => keep_dir = true,
-                (None, _) => {}
-                (Some(FileType::Directory), false) => remove_all(dir, name)?,
-                (Some(_), _) => rustix::fs::unlinkat(dir, name, AtFlags::empty())?,
+        if let Made::Taken = self.make(entry, dir, name, path, &xattrs, meta)? {
+            // What holds the name goes (a directory over a directory was kept by `make`).
+            match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                    remove_all(dir, name)?
+                }
+                Ok(_) => rustix::fs::unlinkat(dir, name, AtFlags::empty())?,
+                Err(_) => {}
             }
-            if let Made::Taken = self.make(entry, dir, name, path, &xattrs, meta, keep_dir)? {
+            if let Made::Taken = self.make(entry, dir, name, path, &xattrs, meta)? {
                 return Err(rustix::io::Errno::EXIST.into());
             }
         }
         Ok(())
     }
 
-    /// Creates the entry named `name` in `dir` (a directory only when not `keep_dir`, which
-    /// says one is there), then sets its owner, mode, extended attributes and times.
-    /// [`Made::Taken`] when the name is taken, before anything was written.
-    #[allow(clippy::too_many_arguments)]
+    /// Creates the entry named `name` in `dir` (a directory that is there already stays),
+    /// then sets its owner, mode, extended attributes and times. [`Made::Taken`] when the
+    /// name is taken, before anything was written.
     fn make<R: Read>(
         &mut self,
         entry: &mut tar::Entry<'_, R>,
@@ -334,7 +330,6 @@ impl Unpacker {
         path: &[u8],
         xattrs: &[(Vec<u8>, Vec<u8>)],
         (mode, uid_, gid_, mtime): (u32, u64, u64, u64),
-        keep_dir: bool,
     ) -> io::Result<Made> {
         let taken = |e: rustix::io::Errno| -> io::Result<Made> {
             if e == rustix::io::Errno::EXIST {
@@ -347,8 +342,13 @@ impl Unpacker {
         let kind = header.entry_type();
         match kind {
             k if k.is_dir() => {
-                if !keep_dir {
-                    if let Err(e) = rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o755)) {
+                if let Err(e) = rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o755)) {
+                    let is_dir = || {
+                        rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).is_ok_and(|st| {
+                            FileType::from_raw_mode(st.st_mode) == FileType::Directory
+                        })
+                    };
+                    if e != rustix::io::Errno::EXIST || !is_dir() {
                         return taken(e);
                     }
                 }
