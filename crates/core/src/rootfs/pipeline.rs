@@ -416,8 +416,8 @@ struct LayerReader {
     offset: u64,
     current: Arc<Vec<u8>>,
     pos: usize,
-    hashing: Option<SyncSender<Arc<Vec<u8>>>>,
-    hashed: Option<std::thread::JoinHandle<Digest>>,
+    hashing: SyncSender<Arc<Vec<u8>>>,
+    hashed: std::thread::JoinHandle<Digest>,
 }
 
 impl LayerReader {
@@ -436,17 +436,18 @@ impl LayerReader {
             offset: 0,
             current: Arc::default(),
             pos: 0,
-            hashing: Some(tx),
-            hashed: Some(hashed),
+            hashing: tx,
+            hashed,
         }
     }
 
     /// The sha256 of every byte read, once the layer has been read to its end.
-    fn digest(mut self) -> io::Result<Digest> {
-        drop(self.hashing.take());
-        self.hashed
-            .take()
-            .expect("digest is taken once")
+    fn digest(self) -> io::Result<Digest> {
+        let LayerReader {
+            hashing, hashed, ..
+        } = self;
+        drop(hashing);
+        hashed
             .join()
             .map_err(|_| io::Error::other("the hashing thread stopped"))
     }
@@ -455,14 +456,9 @@ impl LayerReader {
     fn read_next(&mut self, chunk: Vec<u8>) -> io::Result<()> {
         self.current = Arc::new(chunk);
         self.pos = 0;
-        let sent = self
-            .hashing
-            .as_ref()
-            .is_some_and(|h| h.send(self.current.clone()).is_ok());
-        if !sent {
-            return Err(io::Error::other("the hashing thread stopped"));
-        }
-        Ok(())
+        self.hashing
+            .send(self.current.clone())
+            .map_err(|_| io::Error::other("the hashing thread stopped"))
     }
 
     /// Refills `current`; false at the end of the layer.
